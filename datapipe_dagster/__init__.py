@@ -1,0 +1,63 @@
+"""datapipe_dagster: incremental, row-level data processing that runs as a Dagster code location.
+
+The engine (stores, row metadata, transforms, changelists) never imports Dagster; ``build_definitions``
+(in ``datapipe_dagster.dagster``) is imported lazily on first access.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datapipe_dagster.compute.batch_transform import BatchTransform, BatchTransformStep
+from datapipe_dagster.compute.catalog import Catalog, ComputeStep, Pipeline, PipelineStep, Table
+from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.result import RunSummary, StepResult
+from datapipe_dagster.compute.run import build_compute, run_steps, run_steps_changelist
+from datapipe_dagster.errors import (
+    ConfigurationError,
+    DatapipeError,
+    SchemaError,
+    SkipRow,
+    StepFailedError,
+    UnknownTableError,
+)
+from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.database import DBConn, TableStoreDB
+from datapipe_dagster.types import ChangeList
+
+__all__ = [
+    "BatchTransform",
+    "BatchTransformStep",
+    "Catalog",
+    "ChangeList",
+    "ComputeStep",
+    "ConfigurationError",
+    "DBConn",
+    "DataStore",
+    "DataTable",
+    "DatapipeError",
+    "Pipeline",
+    "PipelineStep",
+    "RunSummary",
+    "SchemaError",
+    "SkipRow",
+    "StepFailedError",
+    "StepResult",
+    "Table",
+    "TableStore",
+    "TableStoreDB",
+    "UnknownTableError",
+    "build_compute",
+    "build_definitions",
+    "run_steps",
+    "run_steps_changelist",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The Dagster layer is imported on demand so the engine stays usable (and fast to import) without it.
+    if name == "build_definitions":
+        from datapipe_dagster.dagster.definitions import build_definitions
+
+        return build_definitions
+    raise AttributeError(f"module 'datapipe_dagster' has no attribute {name!r}")

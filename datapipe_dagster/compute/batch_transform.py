@@ -1,0 +1,370 @@
+"""BatchTransform: a pandas function from N input tables to M output tables, run per transform key."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import time
+import traceback as tb
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
+from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.stale import all_keys_query, classify_inputs, keys_matching, stale_keys_query
+from datapipe_dagster.errors import ConfigurationError, SchemaError
+from datapipe_dagster.types import ChangeList
+
+log = logging.getLogger("datapipe_dagster")
+
+ALL_KEY = "_datapipe_all"
+"""The synthetic key column of a transform without key columns (one key: the whole input)."""
+
+
+def code_version_of(func: Callable[..., Any], *extra: Any) -> str:
+    """A short digest of a function's source (or its qualified name if source is unavailable) and ``extra``."""
+    try:
+        src = inspect.getsource(func)
+    except (OSError, TypeError):
+        src = getattr(func, "__qualname__", repr(func))
+    h = hashlib.sha256(src.encode())
+    for e in extra:
+        h.update(repr(e).encode())
+    return h.hexdigest()[:16]
+
+
+def default_transform_keys(inputs: list[DataTable], outputs: list[DataTable]) -> list[str]:
+    """Primary-key columns common to all outputs and to every input that carries any of them.
+
+    Inputs that share none of the outputs' key columns (e.g. a config table) are passed whole.
+    """
+    tables = outputs or inputs[:1]
+    common = list(tables[0].primary_keys)
+    for t in tables[1:]:
+        common = [k for k in common if k in t.primary_keys]
+    for t in inputs:
+        narrowed = [k for k in common if k in t.primary_keys]
+        if narrowed:
+            common = narrowed
+    return common
+
+
+class BatchTransform(PipelineStep):
+    """A pandas function from ``inputs`` to ``outputs``, recomputed only for stale transform keys.
+
+    Args:
+        func: ``func(df_in_1, ..., df_in_N, **kwargs)`` returning one DataFrame or a tuple, one per output.
+            It receives *all* input rows of a batch of keys, in the order they were last written.
+        inputs: input table names.
+        outputs: output table names.
+        transform_keys: key columns; default: the primary-key columns common to all inputs and outputs.
+        chunk_size: keys per call (bounds memory).
+        name: step name (default: the function's name).
+        kwargs: extra keyword arguments for ``func``.
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        inputs: list[str],
+        outputs: list[str],
+        transform_keys: list[str] | None = None,
+        chunk_size: int = 1000,
+        name: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ):
+        if not inputs:
+            raise ConfigurationError(f"BatchTransform {name or func.__name__!r}: needs at least one input")
+        if chunk_size < 1:
+            raise ConfigurationError(f"BatchTransform {name or func.__name__!r}: chunk_size must be >= 1")
+        self.func = func
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.transform_keys = transform_keys
+        self.chunk_size = chunk_size
+        self.name = name or getattr(func, "__name__", "transform")
+        self.kwargs = kwargs or {}
+
+    @property
+    def code_version(self) -> str:
+        return code_version_of(self.func, sorted(self.kwargs.items()), self.inputs, self.outputs, self.transform_keys)
+
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> list[ComputeStep]:
+        return [
+            BatchTransformStep(
+                ds,
+                name=self.name,
+                func=self.func,
+                input_dts=[catalog.get_datatable(ds, n) for n in self.inputs],
+                output_dts=[catalog.get_datatable(ds, n) for n in self.outputs],
+                transform_keys=self.transform_keys,
+                chunk_size=self.chunk_size,
+                kwargs=self.kwargs,
+                code_version=self.code_version,
+            )
+        ]
+
+
+class BatchTransformStep(ComputeStep):
+    """A BatchTransform bound to a DataStore: finds stale keys and processes them in chunks."""
+
+    def __init__(
+        self,
+        ds: DataStore,
+        name: str,
+        func: Callable[..., Any],
+        input_dts: list[DataTable],
+        output_dts: list[DataTable],
+        transform_keys: list[str] | None = None,
+        chunk_size: int = 1000,
+        kwargs: dict[str, Any] | None = None,
+        code_version: str | None = None,
+    ):
+        self.ds = ds
+        self.name = name
+        self.func = func
+        self.input_dts = input_dts
+        self.output_dts = output_dts
+        self.chunk_size = chunk_size
+        self.kwargs = kwargs or {}
+        self.code_version = code_version or code_version_of(func)
+        keys = list(transform_keys) if transform_keys is not None else default_transform_keys(input_dts, output_dts)
+        self._check_keys(keys)
+        self.transform_keys = keys
+        self.keyless = not keys
+        self.key_cols = keys or [ALL_KEY]
+        self.roles = classify_inputs(input_dts, keys)
+        self._tmeta = None
+
+    def _check_keys(self, keys: list[str]) -> None:
+        where = f"transform {self.name!r}"
+        if keys:
+            if not any(all(k in dt.primary_keys for k in keys) for dt in self.input_dts):
+                raise ConfigurationError(
+                    f"{where}: no input has every transform key column {keys} in its primary key "
+                    f"(inputs: {', '.join(f'{d.name}{d.primary_keys}' for d in self.input_dts)})"
+                )
+            for dt in self.output_dts:
+                missing = [k for k in keys if k not in dt.primary_keys]
+                if missing:
+                    raise ConfigurationError(
+                        f"{where}: output table {dt.name!r} lacks transform key column {missing[0]!r} in its "
+                        f"primary key {dt.primary_keys}; add it or set transform_keys"
+                    )
+
+    def key_schema(self) -> list[sa.Column]:
+        if self.keyless:
+            return [sa.Column(ALL_KEY, sa.Integer, primary_key=True)]
+        cols = []
+        for k in self.transform_keys:
+            for dt in self.input_dts:
+                col = next((c for c in dt.primary_schema if c.name == k), None)
+                if col is not None:
+                    cols.append(sa.Column(k, col.type, primary_key=True))
+                    break
+        return cols
+
+    @property
+    def meta(self):  # noqa: ANN201 - TransformMetaTable
+        if self._tmeta is None:
+            for dt in self.input_dts + self.output_dts:
+                dt.ensure_ready()
+            self._tmeta = self.ds.transform_meta(self.name, self.key_schema())
+            with self.ds.meta_dbconn.begin_write() as conn:
+                # Watermarks without processed keys mean the transform state was reset: start over.
+                if conn.execute(sa.select(self._tmeta.table).limit(1)).first() is None:
+                    self.ds.watermarks.reset(conn, self.name)
+        return self._tmeta
+
+    def __repr__(self) -> str:
+        return f"BatchTransformStep({self.name!r}, keys={self.transform_keys})"
+
+    # ------------------------------------------------------------------ key sets
+
+    def get_stale_keys(self, advance_watermark: bool = True) -> pd.DataFrame:
+        """Keys needing processing (found by indexed SQL); advances the input watermarks past what is
+        known to be processed."""
+        tmeta = self.meta
+        if self.keyless:
+            return self._keyless_stale()
+        with self.ds.meta_dbconn.connect() as conn:
+            current = self.ds.seq.current(conn)
+            marks = self.ds.watermarks.get(conn, self.name)
+            stale, new_marks = stale_keys_query(conn, self.roles, tmeta, self.transform_keys, marks, current)
+        if advance_watermark:
+            with self.ds.meta_dbconn.begin_write() as conn:
+                self.ds.watermarks.advance(conn, self.name, new_marks)
+        return self._typed(stale)
+
+    def _keyless_stale(self) -> pd.DataFrame:
+        t = self.meta.table
+        with self.ds.meta_dbconn.connect() as conn:
+            row = conn.execute(sa.select(t.c.processed_seq, t.c.is_success)).first()
+            top = max((dt.meta.max_seq(conn) for dt in self.input_dts), default=0)
+        stale = row is None and top > 0 or row is not None and (not row[1] or top > row[0])
+        return pd.DataFrame({ALL_KEY: [0] if stale else []}, dtype="int64")
+
+    def get_all_keys(self) -> pd.DataFrame:
+        """Every key the transform knows (for a reparse)."""
+        tmeta = self.meta
+        if self.keyless:
+            return pd.DataFrame({ALL_KEY: [0]}, dtype="int64")
+        with self.ds.meta_dbconn.connect() as conn:
+            return self._typed(all_keys_query(conn, self.roles, tmeta, self.transform_keys))
+
+    def failed_keys(self, limit: int | None = None) -> pd.DataFrame:
+        """Keys whose last attempt failed, with ``error``, ``traceback`` and ``process_ts``."""
+        tmeta = self.meta
+        with self.ds.meta_dbconn.connect() as conn:
+            return tmeta.failed(conn, limit)
+
+    def count_failed(self) -> int:
+        tmeta = self.meta
+        with self.ds.meta_dbconn.connect() as conn:
+            return tmeta.count_failed(conn)
+
+    def _typed(self, keys: pd.DataFrame) -> pd.DataFrame:
+        from datapipe_dagster.store.schema import conform_types
+
+        return conform_types(keys.reset_index(drop=True), self.key_schema())
+
+    def keys_for_changes(self, changelist: ChangeList) -> pd.DataFrame | None:
+        """Transform keys affected by ``changelist`` (None when it touches no input)."""
+        frames = []
+        for role in self.roles:
+            idx = changelist.get(role.dt.name)
+            if idx is None or len(idx) == 0:
+                continue
+            if self.keyless or role.kind == "keyless":
+                return self.get_stale_keys(advance_watermark=False) if not self.keyless else pd.DataFrame({ALL_KEY: [0]})
+            if role.kind == "full":
+                frames.append(idx[self.transform_keys])
+            else:
+                with self.ds.meta_dbconn.connect() as conn:
+                    frames.append(keys_matching(conn, self.roles, self.meta, self.transform_keys, idx[role.shared]))
+        if not frames:
+            return None
+        return self._typed(pd.concat(frames, ignore_index=True).drop_duplicates())
+
+    # ------------------------------------------------------------------ running
+
+    def run_full(self, ds: DataStore | None = None) -> StepResult:
+        return self.process_keys(self.get_stale_keys())
+
+    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+        keys = self.keys_for_changes(changelist)
+        if keys is None or len(keys) == 0:
+            return StepResult(self.name)
+        return self.process_keys(keys)
+
+    def process_keys(self, keys: pd.DataFrame, chunk_size: int | None = None) -> StepResult:
+        """Recompute ``keys`` (every one, stale or not: this is also the reparse) in chunks."""
+        started = time.perf_counter()
+        _ = self.meta  # create every table before opening write transactions
+        result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
+        size = chunk_size or self.chunk_size
+        keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
+        whole: dict[str, pd.DataFrame] = {}
+        for start in range(0, len(keys), size):
+            self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
+        result.elapsed = time.perf_counter() - started
+        if result.keys_failed:
+            log.warning("%s", result)
+        return result
+
+    def _read_inputs(self, conn: sa.Connection, keys: pd.DataFrame, whole: dict[str, pd.DataFrame]) -> list[pd.DataFrame]:
+        dfs = []
+        for role in self.roles:
+            if self.keyless or role.kind == "keyless":
+                if role.dt.name not in whole:
+                    whole[role.dt.name] = role.dt.read(conn)
+                dfs.append(whole[role.dt.name])
+            else:
+                dfs.append(role.dt.read(conn, keys[role.shared]))
+        return dfs
+
+    def _call(self, dfs: list[pd.DataFrame]) -> list[pd.DataFrame]:
+        res = self.func(*dfs, **self.kwargs)
+        if isinstance(res, pd.DataFrame):
+            res = (res,)
+        if res is None:
+            res = ()
+        if not isinstance(res, (tuple, list)) or len(res) != len(self.output_dts):
+            raise ConfigurationError(
+                f"transform {self.name!r} returned {type(res).__name__} of {len(res) if isinstance(res, (tuple, list)) else 1} "
+                f"item(s); expected {len(self.output_dts)} DataFrame(s), one per output {[d.name for d in self.output_dts]}"
+            )
+        out = []
+        for dt, df in zip(self.output_dts, res, strict=True):
+            if df is None:
+                df = dt.store.empty()
+            if not isinstance(df, pd.DataFrame):
+                raise ConfigurationError(f"transform {self.name!r}: output for {dt.name!r} is {type(df).__name__}, not a DataFrame")
+            out.append(dt.store.validate(df))
+        return out
+
+    def _process_chunk(self, keys: pd.DataFrame, result: StepResult, whole: dict[str, pd.DataFrame]) -> None:
+        try:
+            self._try_chunk(keys, result, whole)
+        except Exception as e:  # noqa: BLE001 - user code: isolate the failing keys, keep going
+            if len(keys) > 1:
+                half = len(keys) // 2
+                self._process_chunk(keys.iloc[:half].reset_index(drop=True), result, whole)
+                self._process_chunk(keys.iloc[half:].reset_index(drop=True), result, whole)
+                return
+            self._mark_failed(keys, e, result)
+
+    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: dict[str, pd.DataFrame]) -> None:
+        ds = self.ds
+        with ds.meta_dbconn.connect() as rconn:
+            processed_seq = ds.seq.current(rconn)
+            dfs = self._read_inputs(rconn, keys, whole)
+        keyed = [d for d, r in zip(dfs, self.roles, strict=True) if not (self.keyless or r.kind == "keyless")]
+        if self.keyless:
+            nothing = all(len(d) == 0 for d in dfs)
+        else:
+            nothing = bool(keyed) and all(len(d) == 0 for d in keyed)
+        outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs)
+        now = time.time()
+        with ds.meta_dbconn.begin_write() as conn:
+            stats = []
+            for dt, df in zip(self.output_dts, outs, strict=True):
+                scope = keys[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
+                stats.append(dt.write(conn, df, processed_idx=scope, now=now, validated=True))
+            self.meta.mark(conn, self._meta_keys(keys), processed_seq, now)
+        result.keys_processed += len(keys)
+        result.rows_read += sum(len(d) for d in keyed) if keyed else sum(len(d) for d in dfs)
+        for dt, st in zip(self.output_dts, stats, strict=True):
+            o = result.outputs[dt.name]
+            o.inserted += len(st.inserted)
+            o.updated += len(st.updated)
+            o.deleted += len(st.deleted)
+            result.changed.append(dt.name, st.changed_idx()[dt.primary_keys])
+
+    def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
+        return keys[self.key_cols]
+
+    def _mark_failed(self, keys: pd.DataFrame, e: BaseException, result: StepResult) -> None:
+        ds = self.ds
+        err = f"{type(e).__name__}: {e}"
+        trace = "".join(tb.format_exception(type(e), e, e.__traceback__))
+        with ds.meta_dbconn.connect() as rconn:
+            processed_seq = ds.seq.current(rconn)
+        with ds.meta_dbconn.begin_write() as conn:
+            self.meta.mark(conn, self._meta_keys(keys), processed_seq, time.time(), error=err, traceback=trace)
+        failed = keys[self.key_cols].copy()
+        failed["error"] = err
+        failed["traceback"] = trace
+        result.add_failed(failed)
+        if isinstance(e, SchemaError):
+            log.debug("transform %s produced bad output: %s", self.name, e)
+
+
+def chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, len(df), size):
+        yield df.iloc[start : start + size]

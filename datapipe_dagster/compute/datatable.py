@@ -1,0 +1,285 @@
+"""DataStore (where the metadata lives) and DataTable (a store plus its row metadata)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.errors import SchemaError
+from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
+from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.database import DBConn, TableStoreDB
+from datapipe_dagster.store.schema import hash_rows
+from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+
+
+class DataStore:
+    """Keeps the row metadata of every table and the state of every transform, in one database.
+
+    Args:
+        dbconn: the metadata database (the data tables may live elsewhere).
+        create_meta_table: accepted for compatibility; metadata tables are always created when missing.
+    """
+
+    def __init__(self, dbconn: DBConn, create_meta_table: bool = True):
+        self.meta_dbconn = dbconn
+        self.seq = SequenceTable(dbconn)
+        self.watermarks = WatermarkTable(dbconn)
+        self._tables: dict[str, DataTable] = {}
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"DataStore({self.meta_dbconn!r})"
+
+    def ensure_ready(self) -> None:
+        """Create the shared metadata tables when missing (idempotent; opens the first connection)."""
+        if not self._ready:
+            self.seq.create()
+            self.watermarks.create()
+            self._ready = True
+
+    def get_or_create_table(self, name: str, store: TableStore) -> DataTable:
+        dt = self._tables.get(name)
+        if dt is None or dt.store is not store:
+            dt = DataTable(self, name, store)
+            self._tables[name] = dt
+        return dt
+
+    def get_table(self, name: str) -> DataTable:
+        return self._tables[name]
+
+    def transform_meta(self, name: str, key_schema: list[sa.Column]) -> TransformMetaTable:
+        self.ensure_ready()
+        tm = TransformMetaTable(self.meta_dbconn, name, key_schema)
+        tm.create()
+        return tm
+
+    def current_seq(self) -> int:
+        self.ensure_ready()
+        with self.meta_dbconn.connect() as conn:
+            return self.seq.current(conn)
+
+
+@dataclass
+class WriteResult:
+    """Keys of the rows a write inserted, updated (content changed) and deleted."""
+
+    inserted: pd.DataFrame
+    updated: pd.DataFrame
+    deleted: pd.DataFrame
+    unchanged: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def changed_idx(self) -> pd.DataFrame:
+        return pd.concat([self.inserted, self.updated, self.deleted], ignore_index=True)
+
+
+class DataTable:
+    """A catalog table bound to a DataStore: its data store plus its row metadata.
+
+    Rows come back from ``get_data`` in the order they were last written.
+    """
+
+    def __init__(self, ds: DataStore, name: str, store: TableStore):
+        self.ds = ds
+        self.name = name
+        self.table_store = store
+        self.primary_schema = store.get_primary_schema()
+        self.primary_keys = [c.name for c in self.primary_schema]
+        self.meta = MetaTable(ds.meta_dbconn, name, self.primary_schema)
+        self._shared = isinstance(store, TableStoreDB) and store.dbconn.same_database(ds.meta_dbconn)
+        self._ready = False
+
+    @property
+    def store(self) -> TableStore:
+        return self.table_store
+
+    def __repr__(self) -> str:
+        return f"DataTable({self.name!r})"
+
+    def ensure_ready(self) -> None:
+        if not self._ready:
+            self.ds.ensure_ready()
+            self.meta.create()
+            if isinstance(self.table_store, TableStoreDB):
+                self.table_store._ensure()
+            self._ready = True
+
+    def _data_conn(self, conn: sa.Connection) -> sa.Connection | None:
+        return conn if self._shared else None
+
+    # ---------------------------------------------------------------- writing
+
+    def store_chunk(self, data_df: pd.DataFrame, processed_idx: pd.DataFrame | None = None, now: float | None = None) -> pd.DataFrame:
+        """Write rows; return the keys of rows inserted, changed or deleted.
+
+        Rows whose content is unchanged are not rewritten and keep their update time. With
+        ``processed_idx`` (keys, possibly a subset of the key columns), live rows under those keys that
+        ``data_df`` does not hold are deleted.
+
+        Raises:
+            SchemaError: bad input (names the table, column and key); nothing is written.
+        """
+        self.ensure_ready()
+        with self.ds.meta_dbconn.begin_write() as conn:
+            res = self.write(conn, data_df, processed_idx=processed_idx, now=now)
+        return res.changed_idx()[self.primary_keys].reset_index(drop=True)
+
+    def delete_by_idx(self, idx: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
+        """Delete the rows with these keys (full keys or a subset of the key columns); returns their keys."""
+        self.ensure_ready()
+        with self.ds.meta_dbconn.begin_write() as conn:
+            res = self.write(conn, self.table_store.empty().iloc[0:0], processed_idx=idx, now=now)
+        return res.deleted
+
+    def write(
+        self,
+        conn: sa.Connection,
+        data_df: pd.DataFrame,
+        processed_idx: pd.DataFrame | None = None,
+        now: float | None = None,
+        validated: bool = False,
+    ) -> WriteResult:
+        """``store_chunk`` inside the caller's write transaction ``conn`` (the metadata database)."""
+        now = time.time() if now is None else now
+        pks = self.primary_keys
+        df = data_df if validated else self.table_store.validate(data_df)
+        if processed_idx is not None:
+            missing = [c for c in processed_idx.columns if c not in pks]
+            if missing:
+                raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
+        hashes = hash_rows(df, self.table_store.get_schema())
+        existing = self.meta.get_existing(conn, df[pks]) if len(df) else None
+
+        if existing is not None and len(existing):
+            existing = existing.astype({"hash": "Int64"})
+            merged = df[pks].assign(_hash=hashes, _pos=np.arange(len(df))).merge(existing, on=pks, how="left")
+            merged = merged.sort_values("_pos")
+            known = merged["hash"].notna().to_numpy()
+            alive = known & merged["delete_ts"].isna().to_numpy()
+            same = alive & (merged["hash"].fillna(0).to_numpy(dtype=np.int64) == merged["_hash"].to_numpy())
+            is_new = ~alive
+            is_changed = alive & ~same
+            create_ts = np.where(alive, merged["create_ts"].to_numpy(dtype="float64", na_value=np.nan), now)
+        else:
+            is_new = np.ones(len(df), dtype=bool)
+            is_changed = np.zeros(len(df), dtype=bool)
+            create_ts = np.full(len(df), now)
+
+        to_write = is_new | is_changed
+        deleted = pd.DataFrame({c: [] for c in pks})
+        if processed_idx is not None and len(processed_idx):
+            alive_keys = self.meta.get_alive_keys(conn, processed_idx)
+            if len(alive_keys):
+                present = alive_keys.merge(df[pks].drop_duplicates(), on=pks, how="left", indicator=True)
+                deleted = present.loc[present["_merge"] == "left_only", pks].reset_index(drop=True)
+
+        n_write = int(to_write.sum())
+        n_total = n_write + len(deleted)
+        if n_total:
+            first = self.ds.seq.allocate(conn, n_total)
+            wdf = df.loc[to_write]
+            data_conn = self._data_conn(conn)
+            if n_write:
+                self.table_store.write_rows(wdf, conn=data_conn)
+                meta = wdf[pks].copy()
+                meta["hash"] = hashes[to_write]
+                meta["create_ts"] = create_ts[to_write]
+                meta["update_ts"] = now
+                meta["delete_ts"] = None
+                meta["seq"] = np.arange(first, first + n_write, dtype=np.int64)
+                self.meta.upsert(conn, meta)
+            if len(deleted):
+                self.table_store.delete_rows(deleted, conn=data_conn)
+                self._mark_deleted(conn, deleted, first + n_write, now)
+
+        return WriteResult(
+            inserted=df.loc[is_new, pks].reset_index(drop=True),
+            updated=df.loc[is_changed, pks].reset_index(drop=True),
+            deleted=deleted,
+            unchanged=len(df) - n_write,
+        )
+
+    def _mark_deleted(self, conn: sa.Connection, keys: pd.DataFrame, first_seq: int, now: float) -> None:
+        t = self.meta.table
+        pks = self.primary_keys
+        recs = keys[pks].to_dict("records")
+        params = [
+            {**{f"k_{k}": r[k] for k in pks}, "d_ts": now, "d_seq": first_seq + i} for i, r in enumerate(recs)
+        ]
+        for p in params:
+            for k in pks:
+                v = p[f"k_{k}"]
+                if isinstance(v, np.generic):
+                    p[f"k_{k}"] = v.item()
+        stmt = (
+            sa.update(t)
+            .where(*[t.c[k] == sa.bindparam(f"k_{k}") for k in pks])
+            .values(delete_ts=sa.bindparam("d_ts"), update_ts=sa.bindparam("d_ts"), seq=sa.bindparam("d_seq"))
+        )
+        conn.execute(stmt, params)
+
+    # ---------------------------------------------------------------- reading
+
+    def get_data(self, idx: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Live rows (all, or those matching ``idx``, which may hold a subset of the key columns), in the
+        order they were last written."""
+        self.ensure_ready()
+        with self.ds.meta_dbconn.connect() as conn:
+            return self.read(conn, idx)
+
+    def read(self, conn: sa.Connection, idx: pd.DataFrame | None = None) -> pd.DataFrame:
+        """``get_data`` on the caller's connection."""
+        if self._shared and isinstance(self.table_store, TableStoreDB):
+            return self._read_joined(conn, idx)
+        data = self.table_store.read_rows(idx)
+        if len(data) == 0:
+            return data.reset_index(drop=True)
+        order = self.meta.get_metadata(conn, idx)[self.primary_keys + ["seq"]]
+        data = data.merge(order, on=self.primary_keys, how="left")
+        data = data.sort_values("seq", kind="stable", na_position="last").drop(columns=["seq"])
+        return data.reset_index(drop=True)
+
+    def _read_joined(self, conn: sa.Connection, idx: pd.DataFrame | None) -> pd.DataFrame:
+        from datapipe_dagster.store.schema import conform_types
+
+        store = self.table_store
+        assert isinstance(store, TableStoreDB)
+        d, m = store.data_table, self.meta.table
+        cols = [c.name for c in store.get_schema()]
+        on = sa.and_(*[d.c[k] == m.c[k] for k in self.primary_keys])
+        base = sa.select(*[d.c[c] for c in cols], m.c.seq).select_from(d.join(m, on))
+        if idx is None:
+            df = fetch_frame(conn, base.order_by(m.c.seq), cols + ["seq"])
+        else:
+            sub = [c for c in idx.columns if c in self.primary_keys]
+            frames = [fetch_frame(conn, base.where(key_clause(d, sub, b)), cols + ["seq"]) for b in key_batches(idx, sub)]
+            if not frames:
+                return store.empty()
+            df = pd.concat(frames, ignore_index=True)
+            if len(frames) > 1 or len(df) > 1:
+                df = df.sort_values("seq", kind="stable")
+        df = df.drop(columns=["seq"]).reset_index(drop=True)
+        return conform_types(df, store.get_schema())
+
+    def get_metadata(self, idx: pd.DataFrame | None = None, include_deleted: bool = False) -> pd.DataFrame:
+        """Row metadata: key columns, hash, create_ts, update_ts, delete_ts, seq (ordered by seq)."""
+        self.ensure_ready()
+        with self.ds.meta_dbconn.connect() as conn:
+            return self.meta.get_metadata(conn, idx, include_deleted=include_deleted)
+
+    def get_size(self) -> int:
+        """Number of live rows."""
+        self.ensure_ready()
+        t = self.meta.table
+        with self.ds.meta_dbconn.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.delete_ts.is_(None))).scalar_one())
+
+
+def transform_meta_for(ds: DataStore, name: str, key_schema: list[sa.Column]) -> TransformMetaTable:
+    return ds.transform_meta(name, key_schema)

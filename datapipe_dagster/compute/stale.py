@@ -1,0 +1,132 @@
+"""The SQL that finds a transform's stale keys, and its key sets.
+
+A key is stale when an input row under it was written or deleted after the key was last processed
+(``seq > processed_seq``), when it was never processed, or when its last attempt failed. Each input
+contributes by how much of the transform key it carries:
+
+- *full* inputs hold every key column: rows above the watermark, left-joined to the transform metadata;
+- *partial* inputs hold some key columns: their changed rows make every processed key sharing them stale;
+- *keyless* inputs (a small config table) hold none: any change makes every processed key stale.
+
+Only rows above the per-input watermark are scanned (an index range on ``seq``), so the cost follows
+what changed, not the table's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.compute.datatable import DataTable
+from datapipe_dagster.meta.tables import TransformMetaTable
+from datapipe_dagster.store.sql import fetch_frame
+
+
+@dataclass
+class InputRole:
+    dt: DataTable
+    shared: list[str]  # transform-key columns this input carries in its primary key
+    kind: str  # "full" | "partial" | "keyless"
+
+
+def classify_inputs(input_dts: list[DataTable], keys: list[str]) -> list[InputRole]:
+    roles = []
+    for dt in input_dts:
+        shared = [k for k in keys if k in dt.primary_keys]
+        kind = "full" if len(shared) == len(keys) and keys else ("partial" if shared else "keyless")
+        roles.append(InputRole(dt, shared, kind))
+    return roles
+
+
+def stale_keys_query(
+    conn: sa.Connection,
+    roles: list[InputRole],
+    tmeta: TransformMetaTable,
+    keys: list[str],
+    watermarks: dict[str, int],
+    current: int,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Stale keys (``keys`` columns) and the new watermark per input table."""
+    t = tmeta.table
+    frames: list[pd.DataFrame] = []
+    new_marks: dict[str, int] = {}
+    for role in roles:
+        m = role.dt.meta.table
+        wm = watermarks.get(role.dt.name, 0)
+        if role.kind == "full":
+            on = sa.and_(*[m.c[k] == t.c[k] for k in keys])
+            stmt = (
+                sa.select(*[m.c[k] for k in keys], sa.func.min(m.c.seq))
+                .select_from(m.outerjoin(t, on))
+                .where(
+                    m.c.seq > wm,
+                    sa.or_(
+                        sa.and_(t.c[keys[0]].is_(None), m.c.delete_ts.is_(None)),
+                        m.c.seq > t.c.processed_seq,
+                    ),
+                )
+                .group_by(*[m.c[k] for k in keys])
+            )
+        elif role.kind == "partial":
+            on = sa.and_(*[m.c[k] == t.c[k] for k in role.shared])
+            stmt = (
+                sa.select(*[t.c[k] for k in keys], sa.func.min(m.c.seq))
+                .select_from(m.join(t, on))
+                .where(m.c.seq > wm, m.c.seq > t.c.processed_seq)
+                .group_by(*[t.c[k] for k in keys])
+            )
+        else:
+            top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
+            if top is None:
+                new_marks[role.dt.name] = current
+                continue
+            stmt = sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(t.c.processed_seq < top)
+        df = fetch_frame(conn, stmt, keys + ["min_seq"])
+        new_marks[role.dt.name] = int(df["min_seq"].min()) - 1 if len(df) else current
+        frames.append(df[keys])
+    failed = fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys)
+    frames.append(failed)
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({k: [] for k in keys}), new_marks
+    out = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+    return out, new_marks
+
+
+def all_keys_query(conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str]) -> pd.DataFrame:
+    """Every key the transform knows: live keys of its full inputs and keys it processed before."""
+    t = tmeta.table
+    selects = [sa.select(*[t.c[k] for k in keys])]
+    for role in roles:
+        if role.kind == "full":
+            m = role.dt.meta.table
+            selects.append(sa.select(*[m.c[k] for k in keys]).where(m.c.delete_ts.is_(None)))
+    return fetch_frame(conn, sa.union(*selects), keys)
+
+
+def keys_matching(conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str], idx: pd.DataFrame) -> pd.DataFrame:
+    """Transform keys that share values with ``idx`` (a partial-key change): from the full inputs and the
+    transform metadata."""
+    from datapipe_dagster.store.sql import key_batches, key_clause
+
+    sub = [c for c in idx.columns if c in keys]
+    t = tmeta.table
+    frames = []
+    for b in key_batches(idx, sub):
+        frames.append(fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(key_clause(t, sub, b)), keys))
+        for role in roles:
+            if role.kind == "full":
+                m = role.dt.meta.table
+                frames.append(
+                    fetch_frame(
+                        conn,
+                        sa.select(*[m.c[k] for k in keys]).where(key_clause(m, sub, b), m.c.delete_ts.is_(None)).distinct(),
+                        keys,
+                    )
+                )
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({k: [] for k in keys})
+    return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)

@@ -1,0 +1,228 @@
+"""The metadata tables: per-row metadata of every data table, the write sequence, per-key transform state.
+
+Row metadata (``<table>_meta``): the key columns, a content hash, create/update/delete times (a delete is
+soft: the row's metadata stays with ``delete_ts`` set) and ``seq``, a number from one database-wide
+sequence, taken in commit order. ``seq`` orders rows by their last write and tells a transform which rows
+it has not seen yet: a row is new to a transform key when its ``seq`` exceeds the key's ``processed_seq``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.store.database import DBConn
+from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+
+META_COLUMNS = ["hash", "create_ts", "update_ts", "delete_ts", "seq"]
+
+
+def key_columns_copy(primary_schema: list[sa.Column]) -> list[sa.Column]:
+    return [sa.Column(c.name, c.type, primary_key=True) for c in primary_schema]
+
+
+class SequenceTable:
+    """One database-wide counter. ``allocate`` runs inside the writer's transaction and holds the row lock
+    until commit, so sequence numbers become visible in increasing order."""
+
+    def __init__(self, dbconn: DBConn):
+        self.dbconn = dbconn
+        self.table = sa.Table(
+            "datapipe_seq",
+            dbconn.metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("value", sa.BigInteger, nullable=False),
+            extend_existing=True,
+        )
+
+    def create(self) -> None:
+        self.dbconn.ensure_table(self.table)
+        with self.dbconn.begin_write() as conn:
+            if conn.execute(sa.select(self.table.c.value).where(self.table.c.id == 1)).first() is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(self.table).values(id=1, value=0))
+                except sa.exc.IntegrityError:
+                    pass
+
+    def allocate(self, conn: sa.Connection, n: int) -> int:
+        """Reserve ``n`` numbers; returns the first."""
+        conn.execute(sa.update(self.table).where(self.table.c.id == 1).values(value=self.table.c.value + n))
+        last = conn.execute(sa.select(self.table.c.value).where(self.table.c.id == 1)).scalar_one()
+        return int(last) - n + 1
+
+    def current(self, conn: sa.Connection) -> int:
+        return int(conn.execute(sa.select(self.table.c.value).where(self.table.c.id == 1)).scalar_one())
+
+
+class MetaTable:
+    """Row metadata of one data table."""
+
+    def __init__(self, dbconn: DBConn, name: str, primary_schema: list[sa.Column]):
+        self.dbconn = dbconn
+        self.name = name
+        self.primary_keys = [c.name for c in primary_schema]
+        self.table = sa.Table(
+            f"{name}_meta",
+            dbconn.metadata,
+            *key_columns_copy(primary_schema),
+            sa.Column("hash", sa.BigInteger, nullable=False),
+            sa.Column("create_ts", sa.Float, nullable=False),
+            sa.Column("update_ts", sa.Float, nullable=False),
+            sa.Column("delete_ts", sa.Float, nullable=True),
+            sa.Column("seq", sa.BigInteger, nullable=False),
+            sa.Index(f"ix_{name}_meta_seq", "seq"),
+            extend_existing=True,
+        )
+
+    def create(self) -> None:
+        self.dbconn.ensure_table(self.table)
+
+    def get_existing(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
+        """Metadata (deleted rows included) of the rows whose keys are in ``idx`` (all key columns)."""
+        cols = self.primary_keys + ["hash", "create_ts", "delete_ts"]
+        sel = [self.table.c[c] for c in cols]
+        frames = [
+            fetch_frame(conn, sa.select(*sel).where(key_clause(self.table, self.primary_keys, b)), cols)
+            for b in key_batches(idx, self.primary_keys)
+        ]
+        return pd.concat(frames, ignore_index=True) if frames else fetch_frame(conn, sa.select(*sel).where(sa.false()), cols)
+
+    def get_alive_keys(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
+        """Keys of live rows whose key columns match ``idx`` (which may hold a subset of the key columns)."""
+        sub = [c for c in idx.columns if c in self.primary_keys]
+        sel = [self.table.c[c] for c in self.primary_keys]
+        frames = [
+            fetch_frame(
+                conn,
+                sa.select(*sel).where(key_clause(self.table, sub, b), self.table.c.delete_ts.is_(None)),
+                self.primary_keys,
+            )
+            for b in key_batches(idx, sub)
+        ]
+        if not frames:
+            return pd.DataFrame({c: [] for c in self.primary_keys})
+        return pd.concat(frames, ignore_index=True)
+
+    def upsert(self, conn: sa.Connection, df: pd.DataFrame) -> None:
+        self.dbconn.upsert(conn, self.table, to_records(df), self.primary_keys)
+
+    def get_metadata(
+        self, conn: sa.Connection, idx: pd.DataFrame | None = None, include_deleted: bool = False
+    ) -> pd.DataFrame:
+        cols = self.primary_keys + META_COLUMNS
+        base = sa.select(*[self.table.c[c] for c in cols])
+        if not include_deleted:
+            base = base.where(self.table.c.delete_ts.is_(None))
+        if idx is None:
+            df = fetch_frame(conn, base.order_by(self.table.c.seq), cols)
+        else:
+            sub = [c for c in idx.columns if c in self.primary_keys]
+            frames = [fetch_frame(conn, base.where(key_clause(self.table, sub, b)), cols) for b in key_batches(idx, sub)]
+            df = pd.concat(frames, ignore_index=True) if frames else fetch_frame(conn, base.where(sa.false()), cols)
+            df = df.sort_values("seq", kind="stable").reset_index(drop=True)
+        return df
+
+    def max_seq(self, conn: sa.Connection) -> int:
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(self.table.c.seq), 0))).scalar_one())
+
+
+class TransformMetaTable:
+    """Per transform key: the sequence number it was last processed at and whether that succeeded."""
+
+    def __init__(self, dbconn: DBConn, name: str, key_schema: list[sa.Column]):
+        self.dbconn = dbconn
+        self.name = name
+        self.keys = [c.name for c in key_schema]
+        self.table = sa.Table(
+            f"{name}_meta",
+            dbconn.metadata,
+            *key_columns_copy(key_schema),
+            sa.Column("processed_seq", sa.BigInteger, nullable=False),
+            sa.Column("process_ts", sa.Float, nullable=False),
+            sa.Column("is_success", sa.Boolean, nullable=False),
+            sa.Column("error", sa.Text, nullable=True),
+            sa.Column("traceback", sa.Text, nullable=True),
+            sa.Index(f"ix_{name}_meta_success", "is_success"),
+            extend_existing=True,
+        )
+
+    def create(self) -> None:
+        self.dbconn.ensure_table(self.table)
+
+    def mark(
+        self,
+        conn: sa.Connection,
+        keys: pd.DataFrame,
+        processed_seq: int,
+        now: float,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        if len(keys) == 0:
+            return
+        df = keys[self.keys].copy()
+        df["processed_seq"] = processed_seq
+        df["process_ts"] = now
+        df["is_success"] = error is None
+        df["error"] = error
+        df["traceback"] = traceback
+        self.dbconn.upsert(conn, self.table, to_records(df), self.keys)
+
+    def failed(self, conn: sa.Connection, limit: int | None = None) -> pd.DataFrame:
+        cols = self.keys + ["error", "traceback", "process_ts"]
+        stmt = sa.select(*[self.table.c[c] for c in cols]).where(self.table.c.is_success.is_(False))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return fetch_frame(conn, stmt, cols)
+
+    def count_failed(self, conn: sa.Connection) -> int:
+        return int(
+            conn.execute(sa.select(sa.func.count()).select_from(self.table).where(self.table.c.is_success.is_(False))).scalar_one()
+        )
+
+
+class WatermarkTable:
+    """Per (transform, input table): every input row with ``seq`` at or below the watermark has been seen
+    by the transform, so the stale-key query scans only rows above it (an index range, not the table)."""
+
+    def __init__(self, dbconn: DBConn):
+        self.dbconn = dbconn
+        self.table = sa.Table(
+            "datapipe_watermarks",
+            dbconn.metadata,
+            sa.Column("transform", sa.String(255), primary_key=True),
+            sa.Column("input_table", sa.String(255), primary_key=True),
+            sa.Column("seq", sa.BigInteger, nullable=False),
+            extend_existing=True,
+        )
+
+    def create(self) -> None:
+        self.dbconn.ensure_table(self.table)
+
+    def get(self, conn: sa.Connection, transform: str) -> dict[str, int]:
+        rows = conn.execute(
+            sa.select(self.table.c.input_table, self.table.c.seq).where(self.table.c.transform == transform)
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def advance(self, conn: sa.Connection, transform: str, marks: dict[str, int]) -> None:
+        """Raise watermarks to ``marks`` (never lowers one)."""
+        current = self.get(conn, transform)
+        recs: list[dict[str, Any]] = [
+            {"transform": transform, "input_table": t, "seq": int(s)}
+            for t, s in marks.items()
+            if int(s) > current.get(t, -1)
+        ]
+        self.dbconn.upsert(conn, self.table, recs, ["transform", "input_table"])
+
+    def reset(self, conn: sa.Connection, transform: str) -> None:
+        conn.execute(sa.delete(self.table).where(self.table.c.transform == transform))
+
+
+def as_int64(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)

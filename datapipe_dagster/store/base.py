@@ -1,0 +1,61 @@
+"""The store interface: how a table's rows are read, written and deleted.
+
+A store knows nothing of row metadata; the DataTable (compute layer) keeps that. Writing your own store
+means implementing these few methods and passing ``datapipe_dagster.testing``'s conformance suite.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.store.schema import coerce_frame, empty_frame
+
+
+class TableStore(ABC):
+    """A table of rows with a primary key, stored somewhere.
+
+    ``conn`` arguments: when the store lives in the same database as the metadata, the DataTable passes
+    its open SQLAlchemy connection so data and metadata commit in one transaction; other stores ignore it.
+    """
+
+    name: str
+
+    @abstractmethod
+    def get_schema(self) -> list[sa.Column]:
+        """All columns of the table (primary-key columns marked ``primary_key=True``)."""
+
+    def get_primary_schema(self) -> list[sa.Column]:
+        """The primary-key columns."""
+        return [c for c in self.get_schema() if c.primary_key]
+
+    @property
+    def primary_keys(self) -> list[str]:
+        return [c.name for c in self.get_primary_schema()]
+
+    @abstractmethod
+    def read_rows(self, idx: pd.DataFrame | None = None, conn: Any = None) -> pd.DataFrame:
+        """Rows whose key columns match a row of ``idx`` (which may hold a subset of the key columns);
+        all rows when ``idx`` is None. Order is unspecified."""
+
+    @abstractmethod
+    def write_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
+        """Insert or replace the rows of ``df`` (already validated, every schema column present)."""
+
+    @abstractmethod
+    def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
+        """Delete the rows whose full primary keys are in ``idx``; unknown keys are ignored."""
+
+    def transaction_engine(self) -> sa.Engine | None:
+        """The engine whose transaction this store can join, if it is a SQL store."""
+        return None
+
+    def validate(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Check and coerce ``df`` to the schema; raises SchemaError naming table, column and key."""
+        return coerce_frame(self.name, self.get_schema(), df)
+
+    def empty(self) -> pd.DataFrame:
+        return empty_frame(self.get_schema())
