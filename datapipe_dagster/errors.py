@@ -43,8 +43,23 @@ class SchemaError(DatapipeError, ValueError):
         if column is not None:
             parts.append(f"column {column!r}")
         if key is not None:
-            parts.append("key " + ", ".join(f"{k}={v!r}" for k, v in key.items()))
+            parts.append("key " + ", ".join(f"{k}={_plain(v)!r}" for k, v in key.items()))
         super().__init__(f"{'; '.join(parts)}: {message}")
+
+
+def _plain(v: Any) -> Any:
+    """A value as a user wrote it: numpy scalars as Python values, NaN/NA as None."""
+    if hasattr(v, "item") and callable(v.item):
+        try:
+            v = v.item()
+        except (ValueError, TypeError):
+            pass
+    try:
+        if v != v:  # NaN
+            return None
+    except (TypeError, ValueError):
+        pass
+    return None if v is not None and type(v).__name__ in ("NAType", "NaTType") else v
 
 
 class StepFailedError(DatapipeError):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from datapipe_dagster.errors import _plain
 from datapipe_dagster.types import ChangeList
 
 
@@ -61,7 +62,7 @@ class StepResult:
             first = self.failed.iloc[0]
             s += (
                 f"; {self.keys_failed} keys FAILED, first: "
-                + ", ".join(f"{k}={first[k]!r}" for k in keys)
+                + ", ".join(f"{k}={_plain(first[k])!r}" for k in keys)
                 + f": {first['error']}"
             )
         return s

@@ -138,8 +138,9 @@ class TransformMetaTable:
         self.dbconn = dbconn
         self.name = name
         self.keys = [c.name for c in key_schema]
+        # "__transform_meta" keeps a transform's state apart from a table's "<name>_meta" of the same name.
         self.table = sa.Table(
-            f"{name}_meta",
+            f"{name}__transform_meta",
             dbconn.metadata,
             *key_columns_copy(key_schema),
             sa.Column("processed_seq", sa.BigInteger, nullable=False),
@@ -147,7 +148,7 @@ class TransformMetaTable:
             sa.Column("is_success", sa.Boolean, nullable=False),
             sa.Column("error", sa.Text, nullable=True),
             sa.Column("traceback", sa.Text, nullable=True),
-            sa.Index(f"ix_{name}_meta_success", "is_success"),
+            sa.Index(f"ix_{name}__transform_meta_success", "is_success"),
             extend_existing=True,
         )
 

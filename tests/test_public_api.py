@@ -1,0 +1,67 @@
+"""The public API a user of epoch8's datapipe ports to by changing imports only."""
+
+from __future__ import annotations
+
+import inspect
+
+import datapipe_dagster
+from datapipe_dagster import BatchTransform, DataTable, DBConn, TableStoreDB
+
+ENGINE_NAMES = {
+    "DBConn", "TableStoreDB", "Table", "Catalog", "DataStore", "DataTable", "Pipeline", "BatchTransform",
+    "build_compute", "run_steps", "ChangeList", "run_steps_changelist", "build_definitions",
+}
+
+
+def test_public_names_are_exported() -> None:
+    assert ENGINE_NAMES <= set(datapipe_dagster.__all__)
+    for name in datapipe_dagster.__all__:
+        assert getattr(datapipe_dagster, name) is not None, name
+
+
+def params(obj: object) -> list[str]:
+    return list(inspect.signature(obj).parameters)  # type: ignore[arg-type]
+
+
+def test_signatures_match_datapipe() -> None:
+    assert params(DBConn)[:2] == ["connstr", "schema"]
+    assert params(TableStoreDB)[:4] == ["name", "dbconn", "data_sql_schema", "create_table"]
+    assert params(BatchTransform)[:7] == ["func", "inputs", "outputs", "transform_keys", "chunk_size", "name", "kwargs"]
+    assert params(DataTable.store_chunk)[:3] == ["self", "data_df", "processed_idx"]
+    assert params(DataTable.get_data)[:2] == ["self", "idx"]
+    assert params(datapipe_dagster.run_steps_changelist)[:3] == ["ds", "steps", "changelist"]
+
+
+def test_importing_the_engine_does_not_import_dagster() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, datapipe_dagster; assert 'dagster' not in sys.modules, 'dagster imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_postgres_url_forms(pg_database: str) -> None:
+    import pandas as pd
+    from sqlalchemy import Column, String
+
+    from datapipe_dagster import Catalog, DataStore, Table
+
+    base = pg_database.split("://", 1)[1]
+    for url in (f"postgresql://{base}", f"postgresql+psycopg2://{base}"):
+        conn = DBConn(url)
+        dt = Catalog({"t": Table(TableStoreDB("t", conn, [Column("k", String(), primary_key=True)]))}).get_datatable(DataStore(conn), "t")
+        dt.store_chunk(pd.DataFrame({"k": ["x"]}))
+        assert list(dt.get_data()["k"]) == ["x"]
+        conn.engine.dispose()
+
+
+def test_declaring_a_catalog_opens_no_connection(tmp_path) -> None:  # noqa: ANN001
+    from sqlalchemy import Column, String
+
+    from datapipe_dagster import Catalog, DataStore, Pipeline, Table, build_compute
+
+    path = tmp_path / "never.sqlite"
+    conn = DBConn(f"sqlite:///{path}")
+    catalog = Catalog({"a": Table(TableStoreDB("a", conn, [Column("k", String(), primary_key=True)])), "b": Table(TableStoreDB("b", conn, [Column("k", String(), primary_key=True)]))})
+    build_compute(DataStore(conn), catalog, Pipeline([BatchTransform(lambda df: df, ["a"], ["b"], name="copy")]))
+    assert not path.exists() and conn._engine is None
