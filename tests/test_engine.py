@@ -338,3 +338,20 @@ def test_metadata_tables_are_created_idempotently(dbconn) -> None:
         catalog.get_datatable(ds, "events").store_chunk(frame(event("1", "1")))
         run_steps(ds, steps)
     assert as_dict(catalog.get_datatable(ds, "click_count").get_data(), "user_id", "click_count") == {"1": 1}
+
+
+def test_large_key_sets_go_through_temp_tables(dbconn) -> None:
+    """Thousands of two-column keys (PostgreSQL rejects long row-value IN lists)."""
+    ds, catalog, steps = seed_setup(dbconn)
+    events = catalog.get_datatable(ds, "events")
+    df = pd.DataFrame([event(f"u{i % 3000}", f"e{i}") for i in range(6000)])
+    assert len(events.store_chunk(df)) == 6000
+    assert len(events.store_chunk(df)) == 0  # 6000 keys looked up, none changed
+    run_steps(ds, steps)
+    assert catalog.get_datatable(ds, "click_count").get_size() == 3000
+    gone = events.delete_by_idx(pd.DataFrame({"user_id": [f"u{i}" for i in range(2500)]}))
+    assert len(gone) == 5000
+    assert len(events.get_data(pd.DataFrame({"user_id": [f"u{i}" for i in range(3000)]}))) == 1000
+    summary = run_steps(ds, steps)
+    assert summary.steps[0].keys_processed == 2500
+    assert catalog.get_datatable(ds, "click_count").get_size() == 500

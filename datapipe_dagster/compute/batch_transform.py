@@ -254,7 +254,14 @@ class BatchTransformStep(ComputeStep):
     # ------------------------------------------------------------------ running
 
     def run_full(self, ds: DataStore | None = None) -> StepResult:
-        return self.process_keys(self.get_stale_keys())
+        with self.ds.meta_dbconn.connect() as conn:
+            current = self.ds.seq.current(conn)
+        result = self.process_keys(self.get_stale_keys())
+        # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
+        # query finds by itself), so the next stale query can start above ``current``.
+        with self.ds.meta_dbconn.begin_write() as conn:
+            self.ds.watermarks.advance(conn, self.name, {r.dt.name: current for r in self.roles})
+        return result
 
     def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
         keys = self.keys_for_changes(changelist)

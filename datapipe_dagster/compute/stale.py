@@ -109,23 +109,16 @@ def all_keys_query(conn: sa.Connection, roles: list[InputRole], tmeta: Transform
 def keys_matching(conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str], idx: pd.DataFrame) -> pd.DataFrame:
     """Transform keys that share values with ``idx`` (a partial-key change): from the full inputs and the
     transform metadata."""
-    from datapipe_dagster.store.sql import key_batches, key_clause
+    from datapipe_dagster.store.sql import fetch_by_keys
 
     sub = [c for c in idx.columns if c in keys]
     t = tmeta.table
-    frames = []
-    for b in key_batches(idx, sub):
-        frames.append(fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(key_clause(t, sub, b)), keys))
-        for role in roles:
-            if role.kind == "full":
-                m = role.dt.meta.table
-                frames.append(
-                    fetch_frame(
-                        conn,
-                        sa.select(*[m.c[k] for k in keys]).where(key_clause(m, sub, b), m.c.delete_ts.is_(None)).distinct(),
-                        keys,
-                    )
-                )
+    frames = [fetch_by_keys(conn, sa.select(*[t.c[k] for k in keys]), t, sub, idx, keys)]
+    for role in roles:
+        if role.kind == "full":
+            m = role.dt.meta.table
+            base = sa.select(*[m.c[k] for k in keys]).where(m.c.delete_ts.is_(None)).distinct()
+            frames.append(fetch_by_keys(conn, base, m, sub, idx, keys))
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({k: [] for k in keys})

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.store.database import DBConn
 from datapipe_dagster.store.schema import to_records
-from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 META_COLUMNS = ["hash", "create_ts", "update_ts", "delete_ts", "seq"]
 
@@ -85,31 +85,21 @@ class MetaTable:
     def get_existing(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
         """Metadata (deleted rows included) of the rows whose keys are in ``idx`` (all key columns)."""
         cols = self.primary_keys + ["hash", "create_ts", "delete_ts"]
-        sel = [self.table.c[c] for c in cols]
-        frames = [
-            fetch_frame(conn, sa.select(*sel).where(key_clause(self.table, self.primary_keys, b)), cols)
-            for b in key_batches(idx, self.primary_keys)
-        ]
-        return pd.concat(frames, ignore_index=True) if frames else fetch_frame(conn, sa.select(*sel).where(sa.false()), cols)
+        base = sa.select(*[self.table.c[c] for c in cols])
+        return fetch_by_keys(conn, base, self.table, self.primary_keys, idx, cols)
 
     def get_alive_keys(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
         """Keys of live rows whose key columns match ``idx`` (which may hold a subset of the key columns)."""
         sub = [c for c in idx.columns if c in self.primary_keys]
-        sel = [self.table.c[c] for c in self.primary_keys]
-        frames = [
-            fetch_frame(
-                conn,
-                sa.select(*sel).where(key_clause(self.table, sub, b), self.table.c.delete_ts.is_(None)),
-                self.primary_keys,
-            )
-            for b in key_batches(idx, sub)
-        ]
-        if not frames:
-            return pd.DataFrame({c: [] for c in self.primary_keys})
-        return pd.concat(frames, ignore_index=True)
+        base = sa.select(*[self.table.c[c] for c in self.primary_keys]).where(self.table.c.delete_ts.is_(None))
+        return fetch_by_keys(conn, base, self.table, sub, idx, self.primary_keys)
 
     def upsert(self, conn: sa.Connection, df: pd.DataFrame) -> None:
         self.dbconn.upsert(conn, self.table, to_records(df), self.primary_keys)
+
+    def insert(self, conn: sa.Connection, df: pd.DataFrame) -> None:
+        """Insert metadata of keys not yet in the table."""
+        self.dbconn.insert_new(conn, self.table, to_records(df), self.primary_keys)
 
     def get_metadata(
         self, conn: sa.Connection, idx: pd.DataFrame | None = None, include_deleted: bool = False
@@ -122,8 +112,7 @@ class MetaTable:
             df = fetch_frame(conn, base.order_by(self.table.c.seq), cols)
         else:
             sub = [c for c in idx.columns if c in self.primary_keys]
-            frames = [fetch_frame(conn, base.where(key_clause(self.table, sub, b)), cols) for b in key_batches(idx, sub)]
-            df = pd.concat(frames, ignore_index=True) if frames else fetch_frame(conn, base.where(sa.false()), cols)
+            df = fetch_by_keys(conn, base, self.table, sub, idx, cols)
             df = df.sort_values("seq", kind="stable").reset_index(drop=True)
         return df
 

@@ -45,6 +45,10 @@ class TableStore(ABC):
     def write_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
         """Insert or replace the rows of ``df`` (already validated, every schema column present)."""
 
+    def insert_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
+        """Write rows the metadata says are new; stores may take a faster path than ``write_rows``."""
+        self.write_rows(df, conn=conn)
+
     @abstractmethod
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
         """Delete the rows whose full primary keys are in ``idx``; unknown keys are ignored."""

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.schema import conform_types, to_records
-from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
 
 
 def _normalise_url(connstr: str) -> str:
@@ -92,7 +92,11 @@ class DBConn:
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         else:
-            engine = sa.create_engine(self.url, pool_pre_ping=True, **self.engine_kwargs)
+            kwargs = dict(self.engine_kwargs)
+            if self.url.startswith("postgresql+psycopg2"):
+                # Batch executemany of UPDATE and INSERT .. ON CONFLICT too (the default batches plain INSERTs only).
+                kwargs.setdefault("executemany_mode", "values_plus_batch")
+            engine = sa.create_engine(self.url, pool_pre_ping=True, **kwargs)
         if self.schema is not None:
             with engine.begin() as conn:
                 if not engine.dialect.has_schema(conn, self.schema):
@@ -126,6 +130,17 @@ class DBConn:
             if not insp.has_table(table.name, schema=table.schema):
                 raise
 
+    def insert_new(self, conn: sa.Connection, table: sa.Table, records: list[dict[str, Any]], keys: list[str]) -> None:
+        """Insert rows believed new with a plain (fast, batched) INSERT; if some exist after all (a table
+        written outside the library), fall back to an upsert."""
+        if not records:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.insert(table), records)
+        except sa.exc.IntegrityError:
+            self.upsert(conn, table, records, keys)
+
     def upsert(self, conn: sa.Connection, table: sa.Table, records: list[dict[str, Any]], keys: list[str]) -> None:
         """Insert ``records`` into ``table``, replacing rows with the same ``keys``."""
         if not records:
@@ -143,8 +158,7 @@ class DBConn:
                 stmt = stmt.on_conflict_do_nothing(index_elements=keys)
             conn.execute(stmt, records)
         else:
-            for batch in key_batches(pd.DataFrame(records), keys):
-                conn.execute(sa.delete(table).where(key_clause(table, keys, batch)))
+            delete_by_keys(conn, table, keys, pd.DataFrame(records))
             conn.execute(sa.insert(table), records)
 
 
@@ -201,11 +215,7 @@ class TableStoreDB(TableStore):
                 df = fetch_frame(c, sa.select(self.data_table), cols)
             else:
                 key_cols = [k for k in idx.columns if k in self.data_table.c]
-                frames = [
-                    fetch_frame(c, sa.select(self.data_table).where(key_clause(self.data_table, key_cols, b)), cols)
-                    for b in key_batches(idx, key_cols)
-                ]
-                df = pd.concat(frames, ignore_index=True) if frames else self.empty()
+                df = fetch_by_keys(c, sa.select(self.data_table), self.data_table, key_cols, idx, cols)
         return conform_types(df, self.data_sql_schema)
 
     def write_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
@@ -214,9 +224,14 @@ class TableStoreDB(TableStore):
         with self._conn(conn, write=True) as c:
             self.dbconn.upsert(c, self.data_table, to_records(df), self.primary_keys)
 
+    def insert_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
+        if len(df) == 0:
+            return
+        with self._conn(conn, write=True) as c:
+            self.dbconn.insert_new(c, self.data_table, to_records(df), self.primary_keys)
+
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
         if len(idx) == 0:
             return
         with self._conn(conn, write=True) as c:
-            for b in key_batches(idx, self.primary_keys):
-                c.execute(sa.delete(self.data_table).where(key_clause(self.data_table, self.primary_keys, b)))
+            delete_by_keys(c, self.data_table, self.primary_keys, idx)

@@ -17,6 +17,9 @@ import sqlalchemy as sa
 from datapipe_dagster.errors import SchemaError
 
 
+_JSON_TYPES = (dict, list, str, int, float, bool, np.integer, np.floating, np.bool_)
+
+
 def _key_of(df: pd.DataFrame, pos: int, primary_keys: list[str]) -> dict[str, Any]:
     row = df.iloc[pos]
     return {k: (row[k] if k in df.columns else None) for k in primary_keys}
@@ -67,16 +70,8 @@ def _coerce_column(table: str, col: sa.Column, s: pd.Series, df: pd.DataFrame, p
             fail(bad, "expected a number")
         return num.astype("float64")
     if isinstance(t, sa.JSON):
-        def check(v: Any) -> bool:
-            if v is None:
-                return True
-            try:
-                json.dumps(v)
-                return True
-            except (TypeError, ValueError):
-                return False
-
-        ok = s.map(check)
+        # A shallow type check here; hash_rows serialises every value (once) and reports deeper problems.
+        ok = s.map(lambda v: v is None or isinstance(v, _JSON_TYPES) or (isinstance(v, float) and v != v))
         if not ok.all():
             fail(~ok.to_numpy(), "expected a JSON-serialisable value")
         return s.astype(object)
@@ -151,34 +146,71 @@ def empty_frame(columns: list[sa.Column]) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series([], dtype=object) for c in columns})
 
 
-def hash_rows(df: pd.DataFrame, columns: list[sa.Column]) -> np.ndarray:
-    """A 63-bit content hash per row, from every column (JSON values canonicalised), as int64."""
+def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?") -> np.ndarray:
+    """A 63-bit content hash per row, from every column (JSON values canonicalised), as int64.
+
+    Raises:
+        SchemaError: a JSON value that cannot be serialised (names the column and key).
+    """
     if len(df) == 0:
         return np.zeros(0, dtype=np.int64)
+    pks = [c.name for c in columns if c.primary_key]
     parts = {}
     for col in columns:
         s = df[col.name]
         if isinstance(col.type, sa.JSON) or s.dtype == object:
-            s = s.map(lambda v: json.dumps(v, sort_keys=True, default=str) if v is not None and not (isinstance(v, float) and v != v) else "\x00null")
+            vals = s.tolist()
+            out = []
+            for pos, v in enumerate(vals):
+                if v is None or (isinstance(v, float) and v != v):
+                    out.append("\x00null")
+                    continue
+                try:
+                    out.append(json.dumps(v, sort_keys=True, default=_json_default))
+                except (TypeError, ValueError) as e:
+                    raise SchemaError(table, f"value is not JSON-serialisable: {e}", col.name, _key_of(df, pos, pks)) from None
+            s = pd.Series(out, index=df.index, dtype=object)
         parts[col.name] = s
     h = pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy()
     return (h >> np.uint64(1)).astype(np.int64)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (dt.date, dt.datetime, pd.Timestamp)):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+def _plain_list(s: pd.Series) -> list[Any]:
+    """A column as a list of plain Python values (None for missing)."""
+    kind = s.dtype.kind
+    if kind in "iub" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
+        return s.to_numpy().tolist()
+    if kind == "f" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
+        vals = s.to_numpy().tolist()
+        return [None if v != v else v for v in vals] if s.isna().any() else vals
+    if kind == "M":
+        return [None if v is pd.NaT or v is None else v.to_pydatetime() for v in s.tolist()]
+    vals = s.tolist()
+    if s.isna().any():
+        mask = s.isna().to_numpy()
+        vals = [None if m else v for v, m in zip(vals, mask, strict=True)]
+    if vals and any(isinstance(v, (np.generic, pd.Timestamp)) for v in vals[:1000]):
+        vals = [v.item() if isinstance(v, np.generic) else (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v) for v in vals]
+    return vals
 
 
 def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as dicts of plain Python values (numpy scalars and NaN/NaT become Python values/None)."""
     if len(df) == 0:
         return []
-    obj = df.astype(object)
-    obj = obj.where(df.notna(), None)
-    recs = obj.to_dict("records")
-    for r in recs:
-        for k, v in r.items():
-            if isinstance(v, np.generic):
-                r[k] = v.item()
-            elif isinstance(v, pd.Timestamp):
-                r[k] = v.to_pydatetime()
-    return recs
+    cols = [str(c) for c in df.columns]
+    lists = [_plain_list(df.iloc[:, i]) for i in range(len(cols))]
+    return [dict(zip(cols, row, strict=True)) for row in zip(*lists, strict=True)]
 
 
 def conform_types(df: pd.DataFrame, columns: list[sa.Column]) -> pd.DataFrame:

@@ -1,8 +1,14 @@
-"""SQL helpers shared by the stores and the metadata: key filters in bounded batches, fast fetches."""
+"""SQL helpers shared by the stores and the metadata: key filters that scale, fast fetches.
+
+Few keys are filtered with ``IN`` lists; many keys go through a temporary table and an ``IN (SELECT …)``
+(PostgreSQL rejects long row-value ``IN`` lists, and both databases plan a subquery better).
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -11,26 +17,83 @@ import sqlalchemy as sa
 from datapipe_dagster.store.schema import to_records
 
 MAX_PARAMS = 20000
+MAX_TUPLES = 500
+SMALL_KEYS = 2000
 
 
 def key_batches(idx: pd.DataFrame, columns: list[str], max_params: int = MAX_PARAMS) -> Iterator[list[Any]]:
-    """Yield lists of key values (scalars for one column, tuples for several), each within ``max_params``."""
+    """Yield lists of key values (scalars for one column, tuples for several), each a bounded IN list."""
     keys = idx[columns].drop_duplicates()
     recs = to_records(keys)
     if len(columns) == 1:
         values: list[Any] = [r[columns[0]] for r in recs]
+        step = max_params
     else:
         values = [tuple(r[c] for c in columns) for r in recs]
-    step = max(1, max_params // max(1, len(columns)))
+        step = MAX_TUPLES
     for i in range(0, len(values), step):
         yield values[i : i + step]
 
 
-def key_clause(table: sa.Table, columns: list[str], values: list[Any]) -> sa.ColumnElement[bool]:
+def key_clause(table: sa.Table | sa.FromClause, columns: list[str], values: list[Any]) -> sa.ColumnElement[bool]:
     """``(cols) IN (values)`` for one batch from ``key_batches``."""
     if len(columns) == 1:
         return table.c[columns[0]].in_(values)
     return sa.tuple_(*[table.c[c] for c in columns]).in_(values)
+
+
+@contextmanager
+def temp_keys(conn: sa.Connection, table: sa.Table | sa.FromClause, columns: list[str], keys: pd.DataFrame) -> Iterator[sa.Table]:
+    """A temporary table holding ``keys`` (typed like ``table``'s columns), dropped afterwards."""
+    tmp = sa.Table(
+        f"dp_keys_{uuid.uuid4().hex[:12]}",
+        sa.MetaData(),
+        *[sa.Column(c, table.c[c].type) for c in columns],
+        prefixes=["TEMPORARY"],
+    )
+    tmp.create(conn)
+    try:
+        conn.execute(sa.insert(tmp), to_records(keys[columns]))
+        yield tmp
+    finally:
+        tmp.drop(conn)
+
+
+def keys_in_subquery(table: sa.Table | sa.FromClause, columns: list[str], tmp: sa.Table) -> sa.ColumnElement[bool]:
+    sub = sa.select(*[tmp.c[c] for c in columns])
+    if len(columns) == 1:
+        return table.c[columns[0]].in_(sub)
+    return sa.tuple_(*[table.c[c] for c in columns]).in_(sub)
+
+
+def fetch_by_keys(
+    conn: sa.Connection,
+    base: sa.Select,
+    table: sa.Table | sa.FromClause,
+    columns: list[str],
+    idx: pd.DataFrame,
+    out_columns: list[str],
+) -> pd.DataFrame:
+    """Rows of ``base`` whose ``table.columns`` match a row of ``idx``; the result has ``out_columns``."""
+    keys = idx[columns].drop_duplicates()
+    if len(keys) == 0:
+        return fetch_frame(conn, base.where(sa.false()), out_columns)
+    if len(keys) <= SMALL_KEYS:
+        frames = [fetch_frame(conn, base.where(key_clause(table, columns, b)), out_columns) for b in key_batches(keys, columns)]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    with temp_keys(conn, table, columns, keys) as tmp:
+        return fetch_frame(conn, base.where(keys_in_subquery(table, columns, tmp)), out_columns)
+
+
+def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx: pd.DataFrame) -> None:
+    """Delete the rows of ``table`` whose ``columns`` match a row of ``idx``."""
+    keys = idx[columns].drop_duplicates()
+    if len(keys) <= SMALL_KEYS:
+        for b in key_batches(keys, columns):
+            conn.execute(sa.delete(table).where(key_clause(table, columns, b)))
+        return
+    with temp_keys(conn, table, columns, keys) as tmp:
+        conn.execute(sa.delete(table).where(keys_in_subquery(table, columns, tmp)))
 
 
 def fetch_frame(conn: sa.Connection, stmt: sa.Executable, columns: list[str]) -> pd.DataFrame:
@@ -38,4 +101,6 @@ def fetch_frame(conn: sa.Connection, stmt: sa.Executable, columns: list[str]) ->
     rows = conn.execute(stmt).fetchall()
     if not rows:
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
-    return pd.DataFrame.from_records(rows, columns=columns)
+    # Column-wise construction: pandas' row-wise paths probe each Row's attributes (slow for SQLAlchemy Rows).
+    cols = list(zip(*rows, strict=True))
+    return pd.DataFrame({c: pd.Series(v, dtype=None) for c, v in zip(columns, cols, strict=True)})

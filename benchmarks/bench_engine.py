@@ -1,0 +1,171 @@
+"""Engine benchmark: datapipe_dagster vs a naive full recompute, on SQLite and PostgreSQL.
+
+    .venv/bin/python -m benchmarks.bench_engine --sizes 100000:10000,1000000:100000 --backends sqlite,postgres
+
+Per backend and size, in one run: store_chunk of new rows vs a plain bulk insert; the first full
+``run_steps`` vs the naive baseline (read every event, recompute with pandas, rewrite the outputs); a run
+with nothing stale; one changed event then ``run_steps``; and the peak memory (RSS) of the full run,
+measured in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from benchmarks.workload import build, clicks_ip, make_events, schemas
+from datapipe_dagster import DBConn, build_compute, run_steps
+from datapipe_dagster.store.schema import to_records
+
+PG_ADMIN = os.environ.get("DATAPIPE_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def fresh_url(backend: str, workdir: str) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{workdir}/bench-{uuid.uuid4().hex[:8]}.sqlite"
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    eng = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    eng.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_url(url: str) -> None:
+    if url.startswith("postgresql"):
+        eng = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        eng.dispose()
+
+
+def naive_recompute(dbconn: DBConn) -> float:
+    """Read every event in write order, recompute with pandas, replace both outputs in one transaction."""
+    md = sa.MetaData()
+    tables = {n: sa.Table(f"naive_{n}", md, *[c._copy() for c in cols]) for n, cols in schemas().items() if n != "events"}
+    md.create_all(dbconn.engine)
+    events = sa.Table("events", sa.MetaData(), autoload_with=dbconn.engine)
+    t0 = time.perf_counter()
+    with dbconn.engine.begin() as conn:
+        import pandas as pd
+
+        rows = conn.execute(sa.select(events)).fetchall()
+        df = pd.DataFrame.from_records(rows, columns=[c.name for c in events.columns])
+        cc, ip = clicks_ip(df)
+        for name, out in (("click_count", cc), ("ip", ip)):
+            conn.execute(sa.delete(tables[name]))
+            conn.execute(sa.insert(tables[name]), to_records(out))
+    return time.perf_counter() - t0
+
+
+def plain_bulk_insert(dbconn: DBConn, n: int, users: int) -> float:
+    """rows/s of a plain executemany INSERT of the same events into an unindexed-but-keyed table."""
+    md = sa.MetaData()
+    t = sa.Table("plain_events", md, *[c._copy() for c in schemas()["events"]])
+    md.create_all(dbconn.engine)
+    df = make_events(n, users, seed=7)
+    t0 = time.perf_counter()
+    with dbconn.engine.begin() as conn:
+        for start in range(0, n, 100_000):
+            conn.execute(sa.insert(t), to_records(df.iloc[start : start + 100_000]))
+    return n / (time.perf_counter() - t0)
+
+
+def child_full_run(url: str, chunk_size: int) -> None:
+    """Run in a child process: the first full run_steps, printing its time and peak RSS."""
+    dbconn = DBConn(url)
+    ds, catalog, pipeline = build(dbconn, chunk_size)
+    steps = build_compute(ds, catalog, pipeline)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    summary = run_steps(ds, steps)
+    elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"elapsed": elapsed, "peak_mb": peak / 1024, "base_mb": base / 1024, "keys": summary.steps[0].keys_processed}))
+
+
+def bench_one(backend: str, n: int, users: int, chunk_size: int, workdir: str) -> dict[str, float]:
+    url = fresh_url(backend, workdir)
+    try:
+        dbconn = DBConn(url)
+        ds, catalog, pipeline = build(dbconn, chunk_size)
+        steps = build_compute(ds, catalog, pipeline)
+        events = catalog.get_datatable(ds, "events")
+        df = make_events(n, users)
+        events.ensure_ready()
+        t0 = time.perf_counter()
+        for start in range(0, n, 100_000):
+            events.store_chunk(df.iloc[start : start + 100_000])
+        store_rps = n / (time.perf_counter() - t0)
+        bulk_rps = plain_bulk_insert(dbconn, n, users)
+        naive = naive_recompute(dbconn)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_engine", "--child-full-run", url, "--chunk-size", str(chunk_size)],
+            capture_output=True, text=True, check=True,
+        )
+        full = json.loads(out.stdout.strip().splitlines()[-1])
+        t0 = time.perf_counter()
+        run_steps(ds, steps)
+        nothing = time.perf_counter() - t0
+        ev = df.iloc[[n // 2]].copy()
+        ev["event"] = [{"event_type": "click", "ip": "192.168.0.1"}]
+        t0 = time.perf_counter()
+        events.store_chunk(ev)
+        summary = run_steps(ds, steps)
+        one = time.perf_counter() - t0
+        assert summary.steps[0].keys_processed == 1, summary
+        got = catalog.get_datatable(ds, "ip").get_data(ev[["user_id"]])
+        assert list(got["ip"]) == ["192.168.0.1"], got
+        # correctness against the naive result
+        with dbconn.engine.connect() as c:
+            naive_n = c.execute(sa.text("select count(*) from naive_click_count")).scalar_one()
+        assert naive_n == catalog.get_datatable(ds, "click_count").get_size()
+        dbconn.engine.dispose()
+        return {
+            "store_rps": store_rps, "bulk_rps": bulk_rps, "naive_s": naive, "full_s": full["elapsed"],
+            "ratio": full["elapsed"] / naive, "nothing_ms": nothing * 1000, "one_ms": one * 1000,
+            "peak_mb": full["peak_mb"], "base_mb": full["base_mb"],
+        }
+    finally:
+        drop_url(url)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100000:10000", help="comma-separated EVENTS:USERS pairs")
+    p.add_argument("--backends", default="sqlite,postgres")
+    p.add_argument("--chunk-size", type=int, default=1000)
+    p.add_argument("--child-full-run", metavar="URL", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child_full_run:
+        child_full_run(a.child_full_run, a.chunk_size)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for backend in a.backends.split(","):
+            for pair in a.sizes.split(","):
+                n, u = (int(x) for x in pair.split(":"))
+                r = bench_one(backend, n, u, a.chunk_size, workdir)
+                rows.append((backend, n, u, r))
+                print(f"done {backend} {n}: {r}", file=sys.stderr, flush=True)
+    hdr = f"| backend | events | users | store_chunk rows/s | plain insert rows/s | naive recompute s | first run s | first/naive | nothing stale ms | 1 change ms | full-run peak RSS MB (after imports) |"
+    print(hdr)
+    print("|" + "---|" * hdr.count("|")[:-1] if False else "|---|---|---|---|---|---|---|---|---|---|---|")
+    for backend, n, u, r in rows:
+        print(
+            f"| {backend} | {n:,} | {u:,} | {r['store_rps']:,.0f} | {r['bulk_rps']:,.0f} | {r['naive_s']:.2f} | {r['full_s']:.2f} | "
+            f"{r['ratio']:.2f}x | {r['nothing_ms']:.1f} | {r['one_ms']:.1f} | {r['peak_mb']:.0f} ({r['base_mb']:.0f}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
