@@ -15,7 +15,7 @@ from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMeta
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
 from datapipe_dagster.store.schema import hash_rows
-from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 
 class DataStore:
@@ -144,8 +144,13 @@ class DataTable:
         processed_idx: pd.DataFrame | None = None,
         now: float | None = None,
         validated: bool = False,
+        write_data: bool = True,
     ) -> WriteResult:
-        """``store_chunk`` inside the caller's write transaction ``conn`` (the metadata database)."""
+        """``store_chunk`` inside the caller's write transaction ``conn`` (the metadata database).
+
+        With ``write_data=False`` only the row metadata is updated: the data is already in the store
+        (an external table being scanned), so it is neither rewritten nor deleted.
+        """
         now = time.time() if now is None else now
         pks = self.primary_keys
         df = data_df if validated else self.table_store.validate(data_df)
@@ -153,7 +158,7 @@ class DataTable:
             missing = [c for c in processed_idx.columns if c not in pks]
             if missing:
                 raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
-        hashes = hash_rows(df, self.table_store.get_schema())
+        hashes = hash_rows(df, self.table_store.get_schema(), self.name)
         existing = self.meta.get_existing(conn, df[pks]) if len(df) else None
 
         if existing is not None and len(existing):
@@ -161,6 +166,7 @@ class DataTable:
             merged = df[pks].assign(_hash=hashes, _pos=np.arange(len(df))).merge(existing, on=pks, how="left")
             merged = merged.sort_values("_pos")
             known = merged["hash"].notna().to_numpy()
+            unknown = ~known
             alive = known & merged["delete_ts"].isna().to_numpy()
             same = alive & (merged["hash"].fillna(0).to_numpy(dtype=np.int64) == merged["_hash"].to_numpy())
             is_new = ~alive
@@ -168,6 +174,7 @@ class DataTable:
             create_ts = np.where(alive, merged["create_ts"].to_numpy(dtype="float64", na_value=np.nan), now)
         else:
             is_new = np.ones(len(df), dtype=bool)
+            unknown = is_new
             is_changed = np.zeros(len(df), dtype=bool)
             create_ts = np.full(len(df), now)
 
@@ -186,16 +193,26 @@ class DataTable:
             wdf = df.loc[to_write]
             data_conn = self._data_conn(conn)
             if n_write:
-                self.table_store.write_rows(wdf, conn=data_conn)
+                # Keys the metadata has never seen take the plain-INSERT path; the rest are upserts.
+                fresh = unknown[to_write]
+                if write_data:
+                    if fresh.any():
+                        self.table_store.insert_rows(wdf.loc[fresh], conn=data_conn)
+                    if (~fresh).any():
+                        self.table_store.write_rows(wdf.loc[~fresh], conn=data_conn)
                 meta = wdf[pks].copy()
                 meta["hash"] = hashes[to_write]
                 meta["create_ts"] = create_ts[to_write]
                 meta["update_ts"] = now
                 meta["delete_ts"] = None
                 meta["seq"] = np.arange(first, first + n_write, dtype=np.int64)
-                self.meta.upsert(conn, meta)
+                if fresh.any():
+                    self.meta.insert(conn, meta.loc[fresh])
+                if (~fresh).any():
+                    self.meta.upsert(conn, meta.loc[~fresh])
             if len(deleted):
-                self.table_store.delete_rows(deleted, conn=data_conn)
+                if write_data:
+                    self.table_store.delete_rows(deleted, conn=data_conn)
                 self._mark_deleted(conn, deleted, first + n_write, now)
 
         return WriteResult(
@@ -258,11 +275,8 @@ class DataTable:
             df = fetch_frame(conn, base.order_by(m.c.seq), cols + ["seq"])
         else:
             sub = [c for c in idx.columns if c in self.primary_keys]
-            frames = [fetch_frame(conn, base.where(key_clause(d, sub, b)), cols + ["seq"]) for b in key_batches(idx, sub)]
-            if not frames:
-                return store.empty()
-            df = pd.concat(frames, ignore_index=True)
-            if len(frames) > 1 or len(df) > 1:
+            df = fetch_by_keys(conn, base, d, sub, idx, cols + ["seq"])
+            if len(df) > 1:
                 df = df.sort_values("seq", kind="stable")
         df = df.drop(columns=["seq"]).reset_index(drop=True)
         return conform_types(df, store.get_schema())
