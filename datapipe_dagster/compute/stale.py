@@ -55,28 +55,35 @@ def stale_keys_query(
     for role in roles:
         m = role.dt.meta.table
         wm = watermarks.get(role.dt.name, 0)
-        if role.kind == "full":
-            on = sa.and_(*[m.c[k] == t.c[k] for k in keys])
-            stmt = (
-                sa.select(*[m.c[k] for k in keys], sa.func.min(m.c.seq))
-                .select_from(m.outerjoin(t, on))
-                .where(
-                    m.c.seq > wm,
-                    sa.or_(
-                        sa.and_(t.c[keys[0]].is_(None), m.c.delete_ts.is_(None)),
-                        m.c.seq > t.c.processed_seq,
-                    ),
+        if role.kind in ("full", "partial"):
+            # The rows above the watermark come first, from the seq index, materialised: left to itself,
+            # SQLite would walk the whole table in key order to serve the GROUP BY.
+            changed = (
+                sa.select(*[m.c[k] for k in role.shared], m.c.seq, m.c.delete_ts)
+                .where(m.c.seq > wm)
+                .cte(f"changed_{role.dt.name}")
+                .prefix_with("MATERIALIZED")
+            )
+            on = sa.and_(*[changed.c[k] == t.c[k] for k in role.shared])
+            if role.kind == "full":
+                stmt = (
+                    sa.select(*[changed.c[k] for k in keys], sa.func.min(changed.c.seq))
+                    .select_from(changed.outerjoin(t, on))
+                    .where(
+                        sa.or_(
+                            sa.and_(t.c[keys[0]].is_(None), changed.c.delete_ts.is_(None)),
+                            changed.c.seq > t.c.processed_seq,
+                        )
+                    )
+                    .group_by(*[changed.c[k] for k in keys])
                 )
-                .group_by(*[m.c[k] for k in keys])
-            )
-        elif role.kind == "partial":
-            on = sa.and_(*[m.c[k] == t.c[k] for k in role.shared])
-            stmt = (
-                sa.select(*[t.c[k] for k in keys], sa.func.min(m.c.seq))
-                .select_from(m.join(t, on))
-                .where(m.c.seq > wm, m.c.seq > t.c.processed_seq)
-                .group_by(*[t.c[k] for k in keys])
-            )
+            else:
+                stmt = (
+                    sa.select(*[t.c[k] for k in keys], sa.func.min(changed.c.seq))
+                    .select_from(changed.join(t, on))
+                    .where(changed.c.seq > t.c.processed_seq)
+                    .group_by(*[t.c[k] for k in keys])
+                )
         else:
             top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
             if top is None:
