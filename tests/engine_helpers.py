@@ -7,7 +7,16 @@ import json
 import pandas as pd
 from sqlalchemy import JSON, Column, Integer, String
 
-from datapipe_dagster import BatchTransform, Catalog, DataStore, DBConn, Pipeline, Table, TableStoreDB, build_compute
+from datapipe_dagster import (
+    BatchTransform,
+    Catalog,
+    DataStore,
+    DBConn,
+    Pipeline,
+    Table,
+    TableStoreDB,
+    build_compute,
+)
 
 
 def events_schema() -> list[Column]:

@@ -16,7 +16,6 @@ import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
 
-
 _JSON_TYPES = (dict, list, str, int, float, bool, np.integer, np.floating, np.bool_)
 
 
