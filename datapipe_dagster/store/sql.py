@@ -1,7 +1,8 @@
 """SQL helpers shared by the stores and the metadata: key filters that scale, fast fetches.
 
-Few keys are filtered with ``IN`` lists; many keys go through a temporary table and an ``IN (SELECT …)``
-(PostgreSQL rejects long row-value ``IN`` lists, and both databases plan a subquery better).
+Few keys are filtered with ``IN`` lists; many keys go through ``IN (SELECT …)`` over ``unnest`` of
+array parameters on PostgreSQL (which rejects long row-value ``IN`` lists) and over a temporary table
+on SQLite.
 """
 
 from __future__ import annotations
@@ -59,8 +60,24 @@ def temp_keys(conn: sa.Connection, table: sa.Table | sa.FromClause, columns: lis
         tmp.drop(conn)
 
 
+def _pg_unnest_keys(table: sa.Table | sa.FromClause, columns: list[str], keys: pd.DataFrame) -> sa.Select:
+    """PostgreSQL: the keys as one ``unnest`` of arrays, bound as a few parameters (no temp table)."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    recs = to_records(keys[columns])
+    arrays = [
+        sa.bindparam(f"dp_keys_{i}", value=[r[c] for r in recs], type_=ARRAY(table.c[c].type))
+        for i, c in enumerate(columns)
+    ]
+    derived = sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+    return sa.select(*[derived.c[c] for c in columns])
+
+
 def keys_in_subquery(table: sa.Table | sa.FromClause, columns: list[str], tmp: sa.Table) -> sa.ColumnElement[bool]:
-    sub = sa.select(*[tmp.c[c] for c in columns])
+    return _in_select(table, columns, sa.select(*[tmp.c[c] for c in columns]))
+
+
+def _in_select(table: sa.Table | sa.FromClause, columns: list[str], sub: sa.Select) -> sa.ColumnElement[bool]:
     if len(columns) == 1:
         return table.c[columns[0]].in_(sub)
     return sa.tuple_(*[table.c[c] for c in columns]).in_(sub)
@@ -81,6 +98,8 @@ def fetch_by_keys(
     if len(keys) <= SMALL_KEYS:
         frames = [fetch_frame(conn, base.where(key_clause(table, columns, b)), out_columns) for b in key_batches(keys, columns)]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if conn.dialect.name == "postgresql":
+        return fetch_frame(conn, base.where(_in_select(table, columns, _pg_unnest_keys(table, columns, keys))), out_columns)
     with temp_keys(conn, table, columns, keys) as tmp:
         return fetch_frame(conn, base.where(keys_in_subquery(table, columns, tmp)), out_columns)
 
@@ -91,6 +110,9 @@ def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx
     if len(keys) <= SMALL_KEYS:
         for b in key_batches(keys, columns):
             conn.execute(sa.delete(table).where(key_clause(table, columns, b)))
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.delete(table).where(_in_select(table, columns, _pg_unnest_keys(table, columns, keys))))
         return
     with temp_keys(conn, table, columns, keys) as tmp:
         conn.execute(sa.delete(table).where(keys_in_subquery(table, columns, tmp)))
