@@ -18,6 +18,15 @@ from datapipe_dagster.store.schema import hash_rows
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 
+def key_positions(table: pd.DataFrame, probe: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """For each row of ``probe``, the position of the row of ``table`` with the same ``keys`` (or -1)."""
+    if len(keys) == 1:
+        index = pd.Index(table[keys[0]])
+        return index.get_indexer(pd.Index(probe[keys[0]]))
+    index = pd.MultiIndex.from_frame(table[keys])
+    return index.get_indexer(pd.MultiIndex.from_frame(probe[keys]))
+
+
 class DataStore:
     """Keeps the row metadata of every table and the state of every transform, in one database.
 
@@ -162,16 +171,16 @@ class DataTable:
         existing = self.meta.get_existing(conn, df[pks]) if len(df) else None
 
         if existing is not None and len(existing):
-            existing = existing.astype({"hash": "Int64"})
-            merged = df[pks].assign(_hash=hashes, _pos=np.arange(len(df))).merge(existing, on=pks, how="left")
-            merged = merged.sort_values("_pos")
-            known = merged["hash"].notna().to_numpy()
+            pos = key_positions(existing, df, pks)
+            known = pos >= 0
             unknown = ~known
-            alive = known & merged["delete_ts"].isna().to_numpy()
-            same = alive & (merged["hash"].fillna(0).to_numpy(dtype=np.int64) == merged["_hash"].to_numpy())
+            at = np.where(known, pos, 0)
+            old_hash = existing["hash"].to_numpy(dtype=np.int64)[at]
+            alive = known & existing["delete_ts"].isna().to_numpy()[at]
+            same = alive & (old_hash == hashes)
             is_new = ~alive
             is_changed = alive & ~same
-            create_ts = np.where(alive, merged["create_ts"].to_numpy(dtype="float64", na_value=np.nan), now)
+            create_ts = np.where(alive, existing["create_ts"].to_numpy(dtype="float64")[at], now)
         else:
             is_new = np.ones(len(df), dtype=bool)
             unknown = is_new
@@ -183,8 +192,8 @@ class DataTable:
         if processed_idx is not None and len(processed_idx):
             alive_keys = self.meta.get_alive_keys(conn, processed_idx)
             if len(alive_keys):
-                present = alive_keys.merge(df[pks].drop_duplicates(), on=pks, how="left", indicator=True)
-                deleted = present.loc[present["_merge"] == "left_only", pks].reset_index(drop=True)
+                gone = key_positions(df, alive_keys, pks) < 0 if len(df) else np.ones(len(alive_keys), dtype=bool)
+                deleted = alive_keys.loc[gone, pks].reset_index(drop=True)
 
         n_write = int(to_write.sum())
         n_total = n_write + len(deleted)
