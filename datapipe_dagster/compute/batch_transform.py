@@ -189,17 +189,28 @@ class BatchTransformStep(ComputeStep):
     def get_stale_keys(self, advance_watermark: bool = True) -> pd.DataFrame:
         """Keys needing processing (found by indexed SQL); advances the input watermarks past what is
         known to be processed."""
-        tmeta = self.meta
         if self.keyless:
             return self._keyless_stale()
+        stale, marks, new_marks, _ = self._stale()
+        if advance_watermark:
+            self._advance(marks, new_marks)
+        return stale
+
+    def _stale(self) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
+        """Stale keys, the watermarks read, the watermarks they may advance to, and the sequence value
+        read before the query."""
+        tmeta = self.meta
         with self.ds.meta_dbconn.connect() as conn:
             current = self.ds.seq.current(conn)
             marks = self.ds.watermarks.get(conn, self.name)
             stale, new_marks = stale_keys_query(conn, self.roles, tmeta, self.transform_keys, marks, current)
-        if advance_watermark:
+        return self._typed(stale), marks, new_marks, current
+
+    def _advance(self, marks: dict[str, int], new_marks: dict[str, int]) -> None:
+        # Skip the write transaction when no watermark would move (the common idle case).
+        if any(v > marks.get(t, -1) for t, v in new_marks.items()):
             with self.ds.meta_dbconn.begin_write() as conn:
                 self.ds.watermarks.advance(conn, self.name, new_marks)
-        return self._typed(stale)
 
     def _keyless_stale(self) -> pd.DataFrame:
         t = self.meta.table
@@ -254,13 +265,13 @@ class BatchTransformStep(ComputeStep):
     # ------------------------------------------------------------------ running
 
     def run_full(self, ds: DataStore | None = None) -> StepResult:
-        with self.ds.meta_dbconn.connect() as conn:
-            current = self.ds.seq.current(conn)
-        result = self.process_keys(self.get_stale_keys())
+        if self.keyless:
+            return self.process_keys(self._keyless_stale())
+        stale, marks, _, current = self._stale()
+        result = self.process_keys(stale)
         # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
         # query finds by itself), so the next stale query can start above ``current``.
-        with self.ds.meta_dbconn.begin_write() as conn:
-            self.ds.watermarks.advance(conn, self.name, {r.dt.name: current for r in self.roles})
+        self._advance(marks, {r.dt.name: current for r in self.roles})
         return result
 
     def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
@@ -274,6 +285,8 @@ class BatchTransformStep(ComputeStep):
         started = time.perf_counter()
         _ = self.meta  # create every table before opening write transactions
         result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
+        if len(keys) == 0:
+            return result
         size = chunk_size or self.chunk_size
         keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
         whole: dict[str, pd.DataFrame] = {}
