@@ -11,7 +11,10 @@ from typing import Any
 from datapipe_dagster.compute.batch_transform import BatchTransform, BatchTransformStep
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, Pipeline, PipelineStep, Table
 from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.external import UpdateExternalTable
+from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import RunSummary, StepResult
+from datapipe_dagster.compute.row_transform import RowTransform
 from datapipe_dagster.compute.run import build_compute, run_steps, run_steps_changelist
 from datapipe_dagster.errors import (
     ConfigurationError,
@@ -23,11 +26,15 @@ from datapipe_dagster.errors import (
 )
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
+from datapipe_dagster.store.filedir import BytesFile, FileAdapter, JSONFile, TableStoreFiledir, TextFile
+from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine
 from datapipe_dagster.types import ChangeList
 
 __all__ = [
+    "BatchGenerate",
     "BatchTransform",
     "BatchTransformStep",
+    "BytesFile",
     "Catalog",
     "ChangeList",
     "ComputeStep",
@@ -36,8 +43,11 @@ __all__ = [
     "DataStore",
     "DataTable",
     "DatapipeError",
+    "FileAdapter",
+    "JSONFile",
     "Pipeline",
     "PipelineStep",
+    "RowTransform",
     "RunSummary",
     "SchemaError",
     "SkipRow",
@@ -45,8 +55,14 @@ __all__ = [
     "StepResult",
     "Table",
     "TableStore",
+    "TableStoreCSV",
     "TableStoreDB",
+    "TableStoreExcel",
+    "TableStoreFiledir",
+    "TableStoreJsonLine",
+    "TextFile",
     "UnknownTableError",
+    "UpdateExternalTable",
     "build_compute",
     "build_definitions",
     "run_steps",

@@ -1,0 +1,378 @@
+"""UpdateExternalTable: bring the row metadata of a table that someone else writes up to date.
+
+Another service inserts into a PostgreSQL table, or drops files into a folder; a scan compares what is
+there with the row metadata and records inserts, changes and deletes, so transforms downstream see
+exactly what changed. The data itself is never rewritten. Three modes:
+
+- **Folder of files** (``TableStoreFiledir``): the folder is listed with each file's size and mtime
+  (no file opened); only files whose size or mtime differ from the last scan are read and hashed. New,
+  changed, renamed (a delete plus an insert) and deleted files are all seen. A touched file whose
+  content is the same changes nothing downstream. A rewrite that keeps both the size and the mtime
+  (within the file system's timestamp resolution) goes unseen until the file changes again;
+  ``scan(full=True)`` re-reads every file.
+- **Full scan** (any other store): every row is read and hashed, and compared with the metadata.
+  Deletes are seen. Cost: the whole table, every scan.
+- **Updated-at** (``TableStoreDB`` with ``updated_at_column=``, a timestamp set on every insert/update
+  or a monotonically increasing id): a scan reads only the rows whose column is at or past the highest
+  value seen before (``>=``, so rows sharing the last value are not missed; re-reading them is harmless
+  since unchanged rows hash the same). **Deletes are not seen in this mode**, nor are rows committed
+  late with a value below one already seen (a long transaction). Set ``full_scan_interval`` (seconds)
+  to run a full scan, which catches both, when that much time has passed since the last one, or call
+  ``scan(full=True)``. The column should be indexed.
+
+A scan runs in full runs (``run_steps``, the Dagster sensor/materialization); a changelist run leaves it
+alone, since an external table changes outside the pipeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import traceback as tb
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
+from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.errors import ConfigurationError, SchemaError
+from datapipe_dagster.meta.tables import key_columns_copy
+from datapipe_dagster.store.database import TableStoreDB
+from datapipe_dagster.store.filedir import TableStoreFiledir
+from datapipe_dagster.store.schema import conform_types, hash_rows, to_records
+from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+from datapipe_dagster.types import ChangeList
+
+
+class UpdateExternalTable(PipelineStep):
+    """A scan of a table written outside the pipeline (see the module docs for the modes).
+
+    Args:
+        output: the catalog table to scan.
+        updated_at_column: for a SQL table, a column that grows on every insert/update (timestamp or
+            increasing id); scans then read only new rows and do not see deletes.
+        full_scan_interval: with ``updated_at_column``, run a full scan (which sees deletes) when this
+            many seconds passed since the last one.
+        name: step name (default: ``update_<output>``).
+    """
+
+    def __init__(
+        self,
+        output: str,
+        updated_at_column: str | None = None,
+        full_scan_interval: float | None = None,
+        name: str | None = None,
+    ):
+        self.output = output
+        self.updated_at_column = updated_at_column
+        self.full_scan_interval = full_scan_interval
+        self.name = name or f"update_{output}"
+
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> list[ComputeStep]:
+        return [
+            UpdateExternalTableStep(
+                ds,
+                self.name,
+                catalog.get_datatable(ds, self.output),
+                self.updated_at_column,
+                self.full_scan_interval,
+            )
+        ]
+
+
+class UpdateExternalTableStep(ComputeStep):
+    """An UpdateExternalTable bound to a DataStore."""
+
+    def __init__(
+        self,
+        ds: DataStore,
+        name: str,
+        dt: DataTable,
+        updated_at_column: str | None = None,
+        full_scan_interval: float | None = None,
+    ):
+        self.ds = ds
+        self.name = name
+        self.dt = dt
+        self.input_dts: list[DataTable] = []
+        self.output_dts = [dt]
+        self.updated_at_column = updated_at_column
+        self.full_scan_interval = full_scan_interval
+        store = dt.store
+        if updated_at_column is not None:
+            if not isinstance(store, TableStoreDB):
+                raise ConfigurationError(
+                    f"step {name!r}: updated_at_column needs a SQL table (TableStoreDB); {dt.name!r} is {store!r}"
+                )
+            if updated_at_column not in store.data_table.c:
+                raise ConfigurationError(
+                    f"step {name!r}: table {dt.name!r} has no column {updated_at_column!r} "
+                    f"(columns: {', '.join(store.data_table.c.keys())})"
+                )
+        meta = ds.meta_dbconn.metadata
+        self._state = sa.Table(
+            "datapipe_external_state",
+            meta,
+            sa.Column("step", sa.String(255), primary_key=True),
+            sa.Column("last_value", sa.Text, nullable=True),
+            sa.Column("last_full_ts", sa.Float, nullable=True),
+            extend_existing=True,
+        )
+        self._files = sa.Table(
+            f"{dt.name}_meta_files",
+            meta,
+            *key_columns_copy(dt.primary_schema),
+            sa.Column("size", sa.BigInteger, nullable=False),
+            sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+            extend_existing=True,
+        )
+        self.files_read = 0
+        """Files the last folder scan opened (only new or changed ones)."""
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"UpdateExternalTableStep({self.name!r}, {self.dt.name!r})"
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            self.dt.ensure_ready()
+            self.ds.meta_dbconn.ensure_table(self._state)
+            if isinstance(self.dt.store, TableStoreFiledir):
+                self.ds.meta_dbconn.ensure_table(self._files)
+            self._ready = True
+
+    def run_full(self, ds: DataStore | None = None) -> StepResult:
+        return self.scan()
+
+    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+        """Nothing: an external table's changes are found by scanning, not by the pipeline's changelist."""
+        return StepResult(self.name)
+
+    def scan(self, full: bool | None = None) -> StepResult:
+        """Scan the table and record what changed since the last scan.
+
+        Args:
+            full: in updated-at mode, force (True) or forbid (False) a full scan; default: full on the
+                first scan and when ``full_scan_interval`` has passed. For a folder, True reads and
+                hashes every file, ignoring the size/mtime fingerprints.
+        """
+        started = time.perf_counter()
+        self._ensure()
+        result = StepResult(self.name, outputs={self.dt.name: OutputStats()})
+        if isinstance(self.dt.store, TableStoreFiledir):
+            self._scan_folder(result, reread_all=bool(full))
+        elif self.updated_at_column is None:
+            self._scan_full(result)
+        else:
+            state = self._load_state()
+            due = (
+                state is None
+                or state[0] is None
+                or (
+                    self.full_scan_interval is not None
+                    and time.time() - (state[1] or 0) >= self.full_scan_interval
+                )
+            )
+            if full if full is not None else due:
+                self._scan_full(result)
+            else:
+                self._scan_since(result, self._decode(state[0]))  # type: ignore[index]
+        result.elapsed = time.perf_counter() - started
+        return result
+
+    # ------------------------------------------------------------ folder mode
+
+    def _scan_folder(self, result: StepResult, reread_all: bool = False) -> None:
+        store = self.dt.store
+        assert isinstance(store, TableStoreFiledir)
+        if not os.path.isdir(store.root):
+            raise ConfigurationError(
+                f"step {self.name!r}: folder {store.root!r} of table {self.dt.name!r} does not exist "
+                "(create it: an empty folder is an empty table; a missing one is more likely a missing mount)"
+            )
+        pks = self.dt.primary_keys
+        listing = store.list_files()
+        with self.ds.meta_dbconn.connect() as conn:
+            known = fetch_frame(conn, sa.select(self._files), pks + ["size", "mtime_ns"])
+            # Live rows without a fingerprint (written through the pipeline, or before the first scan):
+            # usually none, found by an indexed anti-join instead of fetching every live key.
+            m_t, f_t = self.dt.meta.table, self._files
+            on = sa.and_(*[m_t.c[k] == f_t.c[k] for k in pks])
+            unfingerprinted = fetch_frame(
+                conn,
+                sa.select(*[m_t.c[k] for k in pks])
+                .select_from(m_t.outerjoin(f_t, on))
+                .where(m_t.c.delete_ts.is_(None), f_t.c[pks[0]].is_(None)),
+                pks,
+            )
+        known = conform_types(known, self.dt.primary_schema)
+        # Nullable ints survive the merge: nanosecond mtimes do not fit a float64.
+        known = known.astype({"size": "Int64", "mtime_ns": "Int64"})
+        unfingerprinted = conform_types(unfingerprinted, self.dt.primary_schema)
+        m = listing.merge(known, on=pks, how="left")
+        same = (m["size"].fillna(-1).astype("int64").to_numpy() == m["_size"].astype("int64").to_numpy()) & (
+            m["mtime_ns"].fillna(-1).astype("int64").to_numpy() == m["_mtime_ns"].astype("int64").to_numpy()
+        )
+        touched = listing if reread_all else listing.loc[~same].reset_index(drop=True)
+        gone_files = _anti_join(known[pks], listing[pks], pks)
+        # Writing with these keys as the processed scope marks deleted only those still alive.
+        gone = pd.concat([gone_files, _anti_join(unfingerprinted, listing[pks], pks)], ignore_index=True)
+        data = self._read_files(store, touched[pks], result)
+        # A file removed between listing and reading is seen as deleted on the next scan.
+        fresh = touched.merge(data[pks], on=pks, how="inner")
+        now = time.time()
+        with self.ds.meta_dbconn.begin_write() as conn:
+            self._record(conn, result, data, gone, now)
+            fps = fresh[pks].assign(
+                size=fresh["_size"].astype("int64"), mtime_ns=fresh["_mtime_ns"].astype("int64")
+            )
+            self.ds.meta_dbconn.upsert(conn, self._files, to_records(fps), pks)
+            for b in key_batches(gone_files, pks):
+                conn.execute(sa.delete(self._files).where(key_clause(self._files, pks, b)))
+        self.files_read = len(data)
+
+    def _read_files(self, store: TableStoreFiledir, keys: pd.DataFrame, result: StepResult) -> pd.DataFrame:
+        """Read the files of ``keys``; a file that cannot be read (half-written, not JSON, wrong types) is
+        reported in ``result.failed`` and left unfingerprinted, so the next scan tries it again."""
+        if len(keys) == 0:
+            return store.empty()
+        try:
+            return store.read_rows(keys)
+        except SchemaError:
+            pass
+        frames = []
+        for i in range(len(keys)):
+            one = keys.iloc[i : i + 1]
+            try:
+                frames.append(store.read_rows(one))
+            except SchemaError as e:
+                failed = one.reset_index(drop=True).assign(
+                    error=f"{type(e).__name__}: {e}", traceback="".join(tb.format_exception(e))
+                )
+                result.add_failed(failed)
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else store.empty()
+
+    # ------------------------------------------------------------ full and updated-at modes
+
+    def _scan_full(self, result: StepResult) -> None:
+        dt_ = self.dt
+        pks = dt_.primary_keys
+        data = dt_.store.validate(dt_.store.read_rows())
+        hashes = hash_rows(data, dt_.store.get_schema(), dt_.name)
+        t = dt_.meta.table
+        with self.ds.meta_dbconn.connect() as conn:
+            meta = fetch_frame(
+                conn,
+                sa.select(*[t.c[k] for k in pks], t.c.hash).where(t.c.delete_ts.is_(None)),
+                pks + ["hash"],
+            )
+        meta = conform_types(meta, dt_.primary_schema)
+        m = data[pks].assign(_hash=hashes).merge(meta, on=pks, how="left")
+        changed = (m["hash"].isna() | (m["hash"].astype("Int64") != m["_hash"]).fillna(True)).to_numpy()
+        gone = _anti_join(meta[pks], data[pks], pks)
+        now = time.time()
+        with self.ds.meta_dbconn.begin_write() as conn:
+            self._record(
+                conn, result, data.loc[changed].reset_index(drop=True), gone, now, rows_read=len(data)
+            )
+            if self.updated_at_column is not None:
+                col = data[self.updated_at_column]
+                top = col.max() if col.notna().any() else None
+                self._save_state(conn, self._encode(top) if top is not None else None, full_ts=now)
+
+    def _scan_since(self, result: StepResult, last: Any) -> None:
+        store = self.dt.store
+        assert isinstance(store, TableStoreDB) and self.updated_at_column is not None
+        d = store.data_table
+        cols = [c.name for c in store.get_schema()]
+        with store.dbconn.connect() as conn:
+            df = fetch_frame(conn, sa.select(d).where(d.c[self.updated_at_column] >= last), cols)
+        data = store.validate(conform_types(df, store.get_schema()))
+        now = time.time()
+        with self.ds.meta_dbconn.begin_write() as conn:
+            self._record(conn, result, data, None, now)
+            if len(data):
+                self._save_state(conn, self._encode(data[self.updated_at_column].max()))
+
+    def _record(
+        self,
+        conn: sa.Connection,
+        result: StepResult,
+        data: pd.DataFrame,
+        gone: pd.DataFrame | None,
+        now: float,
+        rows_read: int | None = None,
+    ) -> None:
+        dt_ = self.dt
+        stats = [dt_.write(conn, data, now=now, validated=True, write_data=False)] if len(data) else []
+        if gone is not None and len(gone):
+            stats.append(
+                dt_.write(
+                    conn, dt_.store.empty(), processed_idx=gone, now=now, validated=True, write_data=False
+                )
+            )
+        o = result.outputs[dt_.name]
+        for st in stats:
+            o.inserted += len(st.inserted)
+            o.updated += len(st.updated)
+            o.deleted += len(st.deleted)
+            result.changed.append(dt_.name, st.changed_idx()[dt_.primary_keys])
+        result.keys_processed += len(data) + (len(gone) if gone is not None else 0)
+        result.rows_read += len(data) if rows_read is None else rows_read
+
+    # ------------------------------------------------------------ state
+
+    def _load_state(self) -> tuple[str | None, float | None] | None:
+        with self.ds.meta_dbconn.connect() as conn:
+            row = conn.execute(
+                sa.select(self._state.c.last_value, self._state.c.last_full_ts).where(
+                    self._state.c.step == self.name
+                )
+            ).first()
+        return None if row is None else (row[0], row[1])
+
+    def _save_state(self, conn: sa.Connection, value: str | None, full_ts: float | None = None) -> None:
+        rec: dict[str, Any] = {"step": self.name, "last_value": value}
+        if full_ts is not None:
+            rec["last_full_ts"] = full_ts
+        else:
+            old = conn.execute(
+                sa.select(self._state.c.last_full_ts).where(self._state.c.step == self.name)
+            ).scalar()
+            rec["last_full_ts"] = old
+        self.ds.meta_dbconn.upsert(conn, self._state, [rec], ["step"])
+
+    def _column_type(self) -> sa.types.TypeEngine[Any]:
+        store = self.dt.store
+        assert isinstance(store, TableStoreDB)
+        return store.data_table.c[self.updated_at_column].type
+
+    def _encode(self, v: Any) -> str:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, pd.Timestamp):
+            v = v.to_pydatetime()
+        return json.dumps(v.isoformat() if hasattr(v, "isoformat") else v)
+
+    def _decode(self, text: str) -> Any:
+        v = json.loads(text)
+        t = self._column_type()
+        if isinstance(t, sa.DateTime):
+            return dt.datetime.fromisoformat(v)
+        if isinstance(t, sa.Date):
+            return dt.date.fromisoformat(v)
+        return v
+
+
+def _anti_join(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows of ``left`` (key columns) whose key is not in ``right``."""
+    if len(left) == 0 or len(right) == 0:
+        return left[keys].reset_index(drop=True)
+    m = left[keys].merge(right[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return m.loc[m["_merge"] == "left_only", keys].reset_index(drop=True)
