@@ -1,0 +1,99 @@
+"""Materialization and check metadata built from the engine's results, in Dagster's metadata types."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.dagster import constants as c
+
+
+def _cell(v: Any) -> str | int | float | bool | None:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (_dt.datetime, _dt.date, pd.Timestamp)):
+        return str(v)
+    text = str(v)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def table_value(df: pd.DataFrame, limit: int = c.PREVIEW_ROWS) -> dg.TableMetadataValue:
+    """The first ``limit`` rows of ``df`` as a Dagster table (every cell a str/int/float/bool/None)."""
+    head = df.head(limit)
+    records = [dg.TableRecord({str(k): _cell(v) for k, v in row.items()}) for row in head.to_dict("records")]
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name=str(col), type=str(head[col].dtype)) for col in head.columns]
+    )
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def errors_markdown(
+    failed: pd.DataFrame, key_cols: list[str], total: int | None = None, limit: int = c.FIRST_ERRORS
+) -> str:
+    """A markdown list of failing keys and their first error line."""
+    if failed is None or len(failed) == 0:
+        return "No failing keys."
+    lines = []
+    for row in failed.head(limit).to_dict("records"):
+        key = ", ".join(f"{k}={row.get(k)!r}" for k in key_cols if k in row)
+        err = str(row.get("error") or "").splitlines()[0] if row.get("error") else "(no message)"
+        lines.append(f"- `{key}`: {err}")
+    n = total if total is not None else len(failed)
+    if n > limit:
+        lines.append(f"- … and {n - limit} more")
+    return "\n".join(lines)
+
+
+def output_metadata(
+    *,
+    result: StepResult,
+    stats: OutputStats,
+    mode: str,
+    partitions: list[str] | None,
+    key_cols: list[str],
+    stale_remaining: int,
+    preview: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """Metadata of one output's materialization: counts, failures, what is still stale, a preview."""
+    md: dict[str, Any] = {
+        c.META_MODE: mode,
+        c.META_KEYS_PROCESSED: dg.MetadataValue.int(int(result.keys_processed)),
+        c.META_ROWS_READ: dg.MetadataValue.int(int(result.rows_read)),
+        c.META_INSERTED: dg.MetadataValue.int(int(stats.inserted)),
+        c.META_UPDATED: dg.MetadataValue.int(int(stats.updated)),
+        c.META_DELETED: dg.MetadataValue.int(int(stats.deleted)),
+        c.META_KEYS_FAILED: dg.MetadataValue.int(int(result.keys_failed)),
+        c.META_STALE_REMAINING: dg.MetadataValue.int(int(stale_remaining)),
+        c.META_ELAPSED: dg.MetadataValue.float(round(float(result.elapsed), 4)),
+    }
+    if partitions is not None:
+        md[c.META_PARTITIONS] = (
+            partitions[0] if len(partitions) == 1 else f"{partitions[0]}…{partitions[-1]} ({len(partitions)})"
+        )
+    if result.keys_failed:
+        md[c.META_FIRST_ERRORS] = dg.MetadataValue.md(errors_markdown(result.failed, key_cols))
+    if preview is not None and len(preview):
+        md[c.META_PREVIEW] = table_value(preview)
+    return md
+
+
+def check_metadata(failed: pd.DataFrame, total: int, key_cols: list[str]) -> dict[str, Any]:
+    """Metadata of the failed-keys check: how many keys fail, and the first ones with their errors."""
+    md: dict[str, Any] = {c.META_KEYS_FAILED: dg.MetadataValue.int(int(total))}
+    if total:
+        md[c.META_FIRST_ERRORS] = dg.MetadataValue.md(errors_markdown(failed, key_cols, total))
+        cols = [k for k in key_cols if k in failed.columns] + ["error"]
+        md[c.META_FAILED_KEYS] = table_value(failed[cols], limit=c.FIRST_ERRORS)
+    return md

@@ -1,0 +1,305 @@
+"""Sensors: request runs only for the partitions that hold stale keys.
+
+One sensor per step. A tick reads the datastore's write sequence; when nothing was written since the
+cursor's sequence (and the code did not change) it answers without querying anything else. Otherwise it
+runs the engine's indexed stale-key query, maps the keys to hash buckets and requests one run per
+contiguous range of stale buckets (Dagster runs several partitions in one run only as a range). Run keys
+carry the sequence (``"03@1234"``): Dagster de-duplicates run keys forever, so the marker lets the same
+partition be requested again after new writes, but never twice for the same state. A partition that a
+queued or running sensor run of the step will process is deferred (the cursor then keeps its old sequence,
+so a later tick looks again). The first sensor reading a source table also reports its changes as asset
+observations (data version = the table's last write sequence).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster import SensorEvaluationContext
+
+from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.dagster import constants as c
+from datapipe_dagster.dagster.partitions import BucketPartitions
+from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
+from datapipe_dagster.errors import ConfigurationError
+
+
+@dataclass
+class Cursor:
+    """What a sensor saw last: the datastore's write sequence and the step's code version."""
+
+    seq: int | None = None
+    code: str | None = None
+    top: int | None = None  # unkeyed steps: the highest input sequence seen
+    src: dict[str, int] = field(default_factory=dict)  # observed source tables: their highest sequence
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor:
+        if not text:
+            return cls()
+        try:
+            d = json.loads(text)
+        except ValueError:
+            return cls()
+        return cls(seq=d.get("seq"), code=d.get("code"), top=d.get("top"), src=dict(d.get("src") or {}))
+
+    def dump(self) -> str:
+        d = {"seq": self.seq, "code": self.code, "top": self.top, "src": self.src or None}
+        return json.dumps({k: v for k, v in d.items() if v is not None})
+
+
+def observe_sources(
+    ds: DataStore, sources: dict[str, Any], cur: Cursor
+) -> tuple[list[dg.AssetObservation], dict[str, int]]:
+    """Observations of the source tables written since the cursor (data version = highest sequence).
+
+    Source tables are written outside Dagster; an observation makes their changes visible in the UI
+    (and marks the assets reading them as having newer upstream data).
+    """
+    events: list[dg.AssetObservation] = []
+    tops: dict[str, int] = {}
+    if not sources:
+        return events, tops
+    with ds.meta_dbconn.connect() as conn:
+        for name, (key, dt) in sources.items():
+            dt.ensure_ready()
+            top = dt.meta.max_seq(conn)  # an index lookup
+            tops[name] = top
+            if cur.src.get(name) != top and top > 0:
+                events.append(
+                    dg.AssetObservation(
+                        asset_key=key,
+                        metadata={c.META_LAST_SEQ: top},
+                        tags={c.DATA_VERSION_TAG: str(top)},
+                    )
+                )
+    return events, tops
+
+
+class StaleTick:
+    """One evaluation of a keyed step's sensor (usable without a Dagster context, e.g. in benchmarks).
+
+    Args:
+        sources: source tables this sensor observes: name -> (asset key, DataTable).
+    """
+
+    def __init__(
+        self,
+        step: Any,
+        props: StepProps,
+        specs: DatapipeSpecs,
+        parts: BucketPartitions | None,
+        ds: DataStore,
+        reparse_on_code_change: bool,
+        sources: dict[str, Any] | None = None,
+    ):
+        self.step = step
+        self.props = props
+        self.parts = parts if props.partitioned else None
+        self.ds = ds
+        self.reparse_on_code_change = reparse_on_code_change
+        self.sources = sources or {}
+        self.asset_keys = [s.key for s in specs.step_specs[props.name]]
+        self.check_keys = [cs.key for cs in specs.check_specs.get(props.name, [])]
+
+    def busy_from(self, pending: list[tuple[str, str] | None]) -> set[str]:
+        """The partitions that pending runs (``pending_runs``) will process; ``"*"`` for all of them."""
+        out: set[str] = set()
+        for rng in pending:
+            if rng is None or self.parts is None:
+                return {"*"}
+            try:
+                lo, hi = self.parts.bucket_of(rng[0]), self.parts.bucket_of(rng[1])
+            except ConfigurationError:  # a run from before the number of partitions changed
+                continue
+            out |= {self.parts.key_of(i) for i in range(lo, hi + 1)}
+        return out
+
+    def _request(
+        self, run_key: str, mode: str, reason: str, first: str | None, last: str | None
+    ) -> dg.RunRequest:
+        tags = {c.TAG_MODE: mode, c.TAG_REASON: reason, c.TAG_STEP: self.props.name}
+        partition_key = None
+        if first is not None and first != last:
+            tags[c.RANGE_START_TAG] = first
+            tags[c.RANGE_END_TAG] = last
+        elif first is not None:
+            partition_key = first
+        return dg.RunRequest(
+            run_key=run_key,
+            asset_selection=self.asset_keys,
+            asset_check_keys=self.check_keys,
+            partition_key=partition_key,
+            tags=tags,
+        )
+
+    def __call__(
+        self, cursor_text: str | None, busy: Callable[[], set[str]] | None = None
+    ) -> dg.SensorResult:
+        """Evaluate a tick from ``cursor_text``; ``busy`` returns the partitions (``"*"``: all) that a
+        queued or running sensor run of this step will process (asked only when keys are stale)."""
+        cur = Cursor.parse(cursor_text)
+        code = self.props.code_version
+        seq = self.ds.current_seq()
+        code_changed = cur.code is not None and cur.code != code
+        if cur.seq == seq and not code_changed:
+            keep = Cursor(seq=seq, code=code, src=cur.src).dump()
+            return dg.SensorResult(skip_reason=f"nothing written since sequence {seq}", cursor=keep)
+        if code_changed and self.reparse_on_code_change:
+            first, last = (self.parts.keys[0], self.parts.keys[-1]) if self.parts else (None, None)
+            req = self._request(f"reparse:{code}@{seq}", c.MODE_REPARSE, "code_version", first, last)
+            return dg.SensorResult(run_requests=[req], cursor=Cursor(seq=seq, code=code, src=cur.src).dump())
+        stale = self.step.get_stale_keys()
+        observations, tops = observe_sources(self.ds, self.sources, cur)
+        if len(stale) == 0:
+            cursor = Cursor(seq=seq, code=code, src=tops).dump()
+            return dg.SensorResult(skip_reason="no stale keys", cursor=cursor, asset_events=observations)
+        pending = busy() if busy is not None else set()
+        stale_parts = (
+            self.parts.stale_partitions(stale, list(self.props.transform_keys or ())) if self.parts else ["*"]
+        )
+        todo = [p for p in stale_parts if p not in pending and "*" not in pending]
+        # Partitions a pending run will process are left for a later tick: the cursor then keeps the old
+        # sequence, so that tick looks again (cheaply: the watermarks moved) once the run is done.
+        deferred = len(todo) < len(stale_parts)
+        cursor = Cursor(
+            seq=cur.seq if deferred else seq, code=cur.code if deferred else code, src=tops
+        ).dump()
+        # A changed function retries failed keys even without a reparse: the code is part of the marker.
+        marker = f"{seq}" + (f":{code}" if code_changed else "")
+        if self.parts is None:
+            reqs = [self._request(f"all@{marker}", c.MODE_STALE, "changes", None, None)] if todo else []
+        else:
+            reqs = [
+                self._request(
+                    f"{a}@{marker}" if a == b else f"{a}..{b}@{marker}", c.MODE_STALE, "changes", a, b
+                )
+                for a, b in self.parts.contiguous_ranges(todo)
+            ]
+        skip = (
+            f"partitions {sorted(set(stale_parts) - set(todo))} wait for a pending run" if deferred else None
+        )
+        return dg.SensorResult(
+            run_requests=reqs, cursor=cursor, asset_events=observations, skip_reason=None if reqs else skip
+        )
+
+
+PENDING_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def pending_runs(
+    instance: dg.DagsterInstance, step_name: str, limit: int = 200
+) -> list[tuple[str, str] | None]:
+    """Partition ranges (first, last) of this step's sensor runs that are queued or running; None for a
+    run without partitions."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={c.TAG_STEP: step_name}, statuses=PENDING_STATUSES), limit=limit
+    )
+    out: list[tuple[str, str] | None] = []
+    for run in runs:
+        tags = run.tags
+        if "dagster/partition" in tags:
+            out.append((tags["dagster/partition"], tags["dagster/partition"]))
+        elif c.RANGE_START_TAG in tags and c.RANGE_END_TAG in tags:
+            out.append((tags[c.RANGE_START_TAG], tags[c.RANGE_END_TAG]))
+        else:
+            out.append(None)
+    return out
+
+
+class InputsTick:
+    """One evaluation of an unkeyed step's sensor: a run when any input row was written since last time."""
+
+    def __init__(
+        self,
+        step: Any,
+        props: StepProps,
+        specs: DatapipeSpecs,
+        ds: DataStore,
+        sources: dict[str, Any] | None = None,
+    ):
+        self.step = step
+        self.props = props
+        self.ds = ds
+        self.sources = sources or {}
+        self.asset_keys = [s.key for s in specs.step_specs[props.name]]
+
+    def __call__(self, cursor_text: str | None) -> dg.SensorResult:
+        cur = Cursor.parse(cursor_text)
+        seq = self.ds.current_seq()
+        if cur.seq == seq:
+            return dg.SensorResult(skip_reason=f"nothing written since sequence {seq}", cursor=cursor_text)
+        for dt in self.step.input_dts:
+            dt.ensure_ready()
+        with self.ds.meta_dbconn.connect() as conn:
+            top = max((dt.meta.max_seq(conn) for dt in self.step.input_dts), default=0)
+        observations, tops = observe_sources(self.ds, self.sources, cur)
+        new_cursor = Cursor(seq=seq, top=top, src=tops).dump()
+        if top == 0 or (cur.top is not None and top <= cur.top):
+            return dg.SensorResult(
+                skip_reason="no input changed", cursor=new_cursor, asset_events=observations
+            )
+        req = dg.RunRequest(
+            run_key=f"all@{top}",
+            asset_selection=self.asset_keys,
+            tags={c.TAG_MODE: c.MODE_STALE, c.TAG_REASON: "changes", c.TAG_STEP: self.props.name},
+        )
+        return dg.SensorResult(run_requests=[req], cursor=new_cursor, asset_events=observations)
+
+
+def build_step_sensor(
+    step: Any,
+    props: StepProps,
+    specs: DatapipeSpecs,
+    parts: BucketPartitions | None,
+    ds: DataStore,
+    *,
+    interval: int,
+    reparse_on_code_change: bool,
+    default_status: dg.DefaultSensorStatus,
+    sources: dict[str, Any] | None = None,
+) -> dg.SensorDefinition | None:
+    """The sensor of one step; None for a step with neither keys nor inputs (nothing can make it stale).
+
+    ``sources`` (name -> (asset key, DataTable)): source tables whose changes this sensor reports as
+    asset observations (each source table is observed by one sensor only).
+    """
+    if props.transform_keys is not None:
+        tick: Any = StaleTick(step, props, specs, parts, ds, reparse_on_code_change, sources)
+        what = "requests runs for the partitions holding stale keys"
+    elif props.inputs and hasattr(step, "input_dts"):
+        tick = InputsTick(step, props, specs, ds, sources)
+        what = "requests a run when an input changes"
+    else:
+        return None
+
+    @dg.sensor(
+        name=c.sensor_name(props.name),
+        minimum_interval_seconds=interval,
+        asset_selection=tick.asset_keys,
+        default_status=default_status,
+        description=f"`{props.name}`: {what}.",
+    )
+    def _sensor(context: SensorEvaluationContext) -> dg.SensorResult:
+        try:
+            if isinstance(tick, StaleTick):
+                return tick(
+                    context.cursor, lambda: tick.busy_from(pending_runs(context.instance, props.name))
+                )
+            return tick(context.cursor)
+        except sa.exc.OperationalError as e:  # a database that is down now may be up at the next tick
+            return dg.SensorResult(
+                skip_reason=f"database not reachable: {str(e).splitlines()[0]}", cursor=context.cursor
+            )
+
+    return _sensor
