@@ -72,6 +72,11 @@ def sensor_name(step_name: str) -> str:
     return f"{safe_name(step_name)}_stale_sensor"
 
 
+def scan_sensor_name(step_name: str) -> str:
+    """The sensor that scans an external table (``UpdateExternalTable``)."""
+    return f"{safe_name(step_name)}_scan_sensor"
+
+
 def op_name(step_name: str) -> str:
     """The multi-asset (op) that runs a transform."""
     return safe_name(step_name)

@@ -8,7 +8,8 @@ carry the sequence (``"03@1234"``): Dagster de-duplicates run keys forever, so t
 partition be requested again after new writes, but never twice for the same state. A partition that a
 queued or running sensor run of the step will process is deferred (the cursor then keeps its old sequence,
 so a later tick looks again). The first sensor reading a source table also reports its changes as asset
-observations (data version = the table's last write sequence).
+observations (data version = the table's last write sequence). An external table (``UpdateExternalTable``)
+has a sensor of its own that scans it every tick.
 """
 
 from __future__ import annotations
@@ -257,6 +258,48 @@ class InputsTick:
         return dg.SensorResult(run_requests=[req], cursor=new_cursor, asset_events=observations)
 
 
+class ScanTick:
+    """One evaluation of an external table's sensor: scan it (``UpdateExternalTable``) and report what
+    changed as an asset observation. The scan records the changes in the row metadata, so the sensors of
+    the transforms reading the table then request exactly the partitions those rows fall in."""
+
+    def __init__(self, step: Any, props: StepProps, specs: DatapipeSpecs):
+        self.step = step
+        self.props = props
+        self.asset_keys = [s.key for s in specs.step_specs[props.name]]
+
+    def __call__(self, cursor_text: str | None) -> dg.SensorResult:
+        result = self.step.scan()
+        events = []
+        for key, dt in zip(self.asset_keys, self.step.output_dts, strict=True):
+            stats = result.outputs.get(dt.name)
+            if stats is None or stats.inserted + stats.updated + stats.deleted == 0:
+                continue
+            with dt.ds.meta_dbconn.connect() as conn:
+                top = dt.meta.max_seq(conn)
+            events.append(
+                dg.AssetObservation(
+                    asset_key=key,
+                    metadata={
+                        c.META_INSERTED: stats.inserted,
+                        c.META_UPDATED: stats.updated,
+                        c.META_DELETED: stats.deleted,
+                        c.META_LAST_SEQ: top,
+                        c.META_ELAPSED: round(result.elapsed, 4),
+                    },
+                    tags={c.DATA_VERSION_TAG: str(top)},
+                )
+            )
+        if result.keys_failed:
+            first = result.failed.iloc[0]
+            context_note = f"; {result.keys_failed} rows could not be read, first: {first['error']}"
+        else:
+            context_note = ""
+        if not events:
+            return dg.SensorResult(skip_reason=f"no change in {self.props.name}{context_note}", cursor=cursor_text)
+        return dg.SensorResult(asset_events=events, cursor=cursor_text)
+
+
 def build_step_sensor(
     step: Any,
     props: StepProps,
@@ -270,12 +313,16 @@ def build_step_sensor(
     sources: dict[str, Any] | None = None,
 ) -> dg.SensorDefinition | None:
     """The sensor of one step; None for a step with neither keys nor inputs (nothing can make it stale).
+    An external table's step (one with ``scan``) gets a sensor that scans it every tick.
 
     ``sources`` (name -> (asset key, DataTable)): source tables whose changes this sensor reports as
     asset observations (each source table is observed by one sensor only).
     """
-    if props.transform_keys is not None:
-        tick: Any = StaleTick(step, props, specs, parts, ds, reparse_on_code_change, sources)
+    if callable(getattr(step, "scan", None)):
+        tick: Any = ScanTick(step, props, specs)
+        what = "scans the external table and records what changed (transforms reading it then go stale)"
+    elif props.transform_keys is not None:
+        tick = StaleTick(step, props, specs, parts, ds, reparse_on_code_change, sources)
         what = "requests runs for the partitions holding stale keys"
     elif props.inputs and hasattr(step, "input_dts"):
         tick = InputsTick(step, props, specs, ds, sources)
@@ -284,7 +331,7 @@ def build_step_sensor(
         return None
 
     @dg.sensor(
-        name=c.sensor_name(props.name),
+        name=c.scan_sensor_name(props.name) if isinstance(tick, ScanTick) else c.sensor_name(props.name),
         minimum_interval_seconds=interval,
         asset_selection=tick.asset_keys,
         default_status=default_status,
