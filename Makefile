@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo dev lint bench clean
+.PHONY: install browser test demo dev api simulate lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Headless Chromium for the browser test (Debian's chromium + chromium-driver; a no-op when present).
+browser:
+	bash .ci/install-browser.sh
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
@@ -23,6 +27,12 @@ demo: $(STAMP)
 dev: $(STAMP)
 	mkdir -p .dagster_home
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+api: $(STAMP)
+	$(PY) -m example_project.api --port 8000
+
+simulate: $(STAMP)
+	$(PY) -m example_project.simulate --events 10000 --users 500 --rate 200/s
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check datapipe_dagster example_project tests benchmarks

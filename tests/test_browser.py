@@ -54,7 +54,10 @@ def chromium_or_skip() -> Path:
     if CHROMIUM.exists():
         return CHROMIUM
     reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-    pytest.skip(f"{CHROMIUM} is missing and .ci/install-browser.sh could not install it: {reason[0]}")
+    message = f"{CHROMIUM} is missing and .ci/install-browser.sh could not install it: {reason[0]}"
+    if os.environ.get("DATAPIPE_REQUIRE_BROWSER", "") not in ("", "0", "false"):
+        pytest.fail(f"DATAPIPE_REQUIRE_BROWSER is set and {message}")
+    pytest.skip(message)
 
 
 @pytest.fixture
