@@ -14,7 +14,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
-from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.datatable import DataStore, DataTable, analyze
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.stale import all_keys_query, classify_inputs, keys_matching, stale_keys_query
 from datapipe_dagster.errors import ConfigurationError, SchemaError
@@ -140,6 +140,8 @@ class BatchTransformStep(ComputeStep):
         self.key_cols = keys or [ALL_KEY]
         self.roles = classify_inputs(input_dts, keys)
         self._tmeta = None
+        self._marked = 0  # keys marked since this object was made, and at the last ANALYZE
+        self._marked_analyzed = 0
 
     def _check_keys(self, keys: list[str]) -> None:
         where = f"transform {self.name!r}"
@@ -357,6 +359,9 @@ class BatchTransformStep(ComputeStep):
                 scope = keys[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
                 stats.append(dt.write(conn, df, processed_idx=scope, now=now, validated=True))
             self.meta.mark(conn, self._meta_keys(keys), processed_seq, now)
+        for dt in self.output_dts:
+            dt.maybe_analyze()
+        self._maybe_analyze_meta(len(keys))
         result.keys_processed += len(keys)
         result.rows_read += sum(len(d) for d in keyed) if keyed else sum(len(d) for d in dfs)
         for dt, st in zip(self.output_dts, stats, strict=True):
@@ -365,6 +370,15 @@ class BatchTransformStep(ComputeStep):
             o.updated += len(st.updated)
             o.deleted += len(st.deleted)
             result.changed.append(dt.name, st.changed_idx()[dt.primary_keys])
+
+    def _maybe_analyze_meta(self, n: int) -> None:
+        """The transform state table grows by a key per key processed: refresh its statistics as it grows
+        (see ``DataTable.maybe_analyze``)."""
+        self._marked += n
+        done = self._marked_analyzed
+        if self.ds.meta_dbconn.backend == "postgresql" and self._marked - done >= max(10_000, done):
+            self._marked_analyzed = self._marked
+            analyze(self.ds.meta_dbconn, [self.meta.table])
 
     def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
         return keys[self.key_cols]

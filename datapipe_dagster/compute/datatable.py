@@ -27,6 +27,14 @@ def key_positions(table: pd.DataFrame, probe: pd.DataFrame, keys: list[str]) -> 
     return index.get_indexer(pd.MultiIndex.from_frame(probe[keys]))
 
 
+def analyze(dbconn: DBConn, tables: list[sa.Table]) -> None:
+    """``ANALYZE`` the tables (PostgreSQL), outside any write transaction."""
+    with dbconn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for t in tables:
+            name = conn.dialect.identifier_preparer.format_table(t)
+            conn.exec_driver_sql(f"ANALYZE {name}")
+
+
 class DataStore:
     """Keeps the row metadata of every table and the state of every transform, in one database.
 
@@ -103,6 +111,8 @@ class DataTable:
         self.meta = MetaTable(ds.meta_dbconn, name, self.primary_schema)
         self._shared = isinstance(store, TableStoreDB) and store.dbconn.same_database(ds.meta_dbconn)
         self._ready = False
+        self._written = 0  # rows written (and deleted) through this object
+        self._analyzed_at = 0
 
     @property
     def store(self) -> TableStore:
@@ -137,6 +147,7 @@ class DataTable:
         self.ensure_ready()
         with self.ds.meta_dbconn.begin_write() as conn:
             res = self.write(conn, data_df, processed_idx=processed_idx, now=now)
+        self.maybe_analyze()
         return res.changed_idx()[self.primary_keys].reset_index(drop=True)
 
     def delete_by_idx(self, idx: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
@@ -144,6 +155,7 @@ class DataTable:
         self.ensure_ready()
         with self.ds.meta_dbconn.begin_write() as conn:
             res = self.write(conn, self.table_store.empty().iloc[0:0], processed_idx=idx, now=now)
+        self.maybe_analyze()
         return res.deleted
 
     def write(
@@ -224,12 +236,26 @@ class DataTable:
                     self.table_store.delete_rows(deleted, conn=data_conn)
                 self._mark_deleted(conn, deleted, first + n_write, now)
 
+        self._written += n_total
         return WriteResult(
             inserted=df.loc[is_new, pks].reset_index(drop=True),
             updated=df.loc[is_changed, pks].reset_index(drop=True),
             deleted=deleted,
             unchanged=len(df) - n_write,
         )
+
+    def maybe_analyze(self) -> None:
+        """Refresh PostgreSQL's planner statistics of this table (metadata and data) once it has grown
+        enough since the last time (10,000 rows, then each doubling). Without statistics a freshly
+        loaded table gets generic estimates, and the planner scans whole tables where an index serves."""
+        grown = self._written - self._analyzed_at
+        if grown < max(10_000, self._analyzed_at) or self.ds.meta_dbconn.backend != "postgresql":
+            return
+        self._analyzed_at = self._written
+        tables = [self.meta.table]
+        if self._shared and isinstance(self.table_store, TableStoreDB):
+            tables.append(self.table_store.data_table)
+        analyze(self.ds.meta_dbconn, tables)
 
     def _mark_deleted(self, conn: sa.Connection, keys: pd.DataFrame, first_seq: int, now: float) -> None:
         t = self.meta.table

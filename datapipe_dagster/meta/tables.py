@@ -155,6 +155,9 @@ class TransformMetaTable:
     ) -> None:
         if len(keys) == 0:
             return
+        if self.dbconn.backend == "postgresql" and len(keys) > 50:
+            self._mark_pg(conn, keys, processed_seq, now, error, traceback)
+            return
         df = keys[self.keys].copy()
         df["processed_seq"] = processed_seq
         df["process_ts"] = now
@@ -162,6 +165,35 @@ class TransformMetaTable:
         df["error"] = error
         df["traceback"] = traceback
         self.dbconn.upsert(conn, self.table, to_records(df), self.keys)
+
+    def _mark_pg(
+        self,
+        conn: sa.Connection,
+        keys: pd.DataFrame,
+        processed_seq: int,
+        now: float,
+        error: str | None,
+        traceback: str | None,
+    ) -> None:
+        """One ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`` for the whole chunk of keys."""
+        from sqlalchemy.dialects.postgresql import ARRAY, insert
+
+        t = self.table
+        recs = to_records(keys[self.keys])
+        arrays = [
+            sa.bindparam(f"mk_{i}", value=[r[k] for r in recs], type_=ARRAY(t.c[k].type)) for i, k in enumerate(self.keys)
+        ]
+        u = sa.func.unnest(*arrays).table_valued(*self.keys).render_derived()
+        values = {
+            "processed_seq": sa.literal(int(processed_seq), sa.BigInteger),
+            "process_ts": sa.literal(float(now), sa.Float),
+            "is_success": sa.literal(error is None, sa.Boolean),
+            "error": sa.literal(error, sa.Text),
+            "traceback": sa.literal(traceback, sa.Text),
+        }
+        stmt = insert(t).from_select(self.keys + list(values), sa.select(*[u.c[k] for k in self.keys], *values.values()))
+        stmt = stmt.on_conflict_do_update(index_elements=self.keys, set_={c: stmt.excluded[c] for c in values})
+        conn.execute(stmt)
 
     def failed(self, conn: sa.Connection, limit: int | None = None) -> pd.DataFrame:
         cols = self.keys + ["error", "traceback", "process_ts"]

@@ -15,8 +15,16 @@ from sqlalchemy.exc import DBAPIError
 
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_rows
 from datapipe_dagster.store.schema import conform_types, to_records
 from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
+
+try:  # COPY raises the driver's own error, not SQLAlchemy's
+    from psycopg2.errors import UniqueViolation
+except ImportError:  # pragma: no cover - psycopg2 is a dependency, but keep the engine importable without it
+
+    class UniqueViolation(Exception):  # type: ignore[no-redef]
+        """Stand-in when psycopg2 is not installed."""
 
 
 def _normalise_url(connstr: str) -> str:
@@ -137,8 +145,11 @@ class DBConn:
             return
         try:
             with conn.begin_nested():
-                conn.execute(sa.insert(table), records)
-        except sa.exc.IntegrityError:
+                if not (
+                    self.backend == "postgresql" and len(records) >= COPY_MIN_ROWS and copy_rows(conn, table, records)
+                ):
+                    conn.execute(sa.insert(table), records)
+        except (sa.exc.IntegrityError, UniqueViolation):
             self.upsert(conn, table, records, keys)
 
     def upsert(self, conn: sa.Connection, table: sa.Table, records: list[dict[str, Any]], keys: list[str]) -> None:
