@@ -99,7 +99,7 @@ class MetaTable:
 
     def insert(self, conn: sa.Connection, df: pd.DataFrame) -> None:
         """Insert metadata of keys not yet in the table."""
-        self.dbconn.insert_new(conn, self.table, to_records(df), self.primary_keys)
+        self.dbconn.insert_new(conn, self.table, df, self.primary_keys)
 
     def get_metadata(
         self, conn: sa.Connection, idx: pd.DataFrame | None = None, include_deleted: bool = False

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_rows
+from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame
 from datapipe_dagster.store.schema import conform_types, to_records
 from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
 
@@ -138,19 +138,17 @@ class DBConn:
             if not insp.has_table(table.name, schema=table.schema):
                 raise
 
-    def insert_new(self, conn: sa.Connection, table: sa.Table, records: list[dict[str, Any]], keys: list[str]) -> None:
-        """Insert rows believed new with a plain (fast, batched) INSERT; if some exist after all (a table
-        written outside the library), fall back to an upsert."""
-        if not records:
+    def insert_new(self, conn: sa.Connection, table: sa.Table, df: pd.DataFrame, keys: list[str]) -> None:
+        """Insert rows believed new with a plain INSERT (COPY on PostgreSQL for many rows); if some exist
+        after all (a table written outside the library), fall back to an upsert."""
+        if len(df) == 0:
             return
         try:
             with conn.begin_nested():
-                if not (
-                    self.backend == "postgresql" and len(records) >= COPY_MIN_ROWS and copy_rows(conn, table, records)
-                ):
-                    conn.execute(sa.insert(table), records)
+                if not (self.backend == "postgresql" and len(df) >= COPY_MIN_ROWS and copy_frame(conn, table, df)):
+                    conn.execute(sa.insert(table), to_records(df))
         except (sa.exc.IntegrityError, UniqueViolation):
-            self.upsert(conn, table, records, keys)
+            self.upsert(conn, table, to_records(df), keys)
 
     def upsert(self, conn: sa.Connection, table: sa.Table, records: list[dict[str, Any]], keys: list[str]) -> None:
         """Insert ``records`` into ``table``, replacing rows with the same ``keys``."""
@@ -239,7 +237,7 @@ class TableStoreDB(TableStore):
         if len(df) == 0:
             return
         with self._conn(conn, write=True) as c:
-            self.dbconn.insert_new(c, self.data_table, to_records(df), self.primary_keys)
+            self.dbconn.insert_new(c, self.data_table, df, self.primary_keys)
 
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
         if len(idx) == 0:

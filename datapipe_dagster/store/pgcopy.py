@@ -7,62 +7,69 @@ becomes a JSON string).
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
-import math
-from collections.abc import Callable
-from typing import Any
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 
 COPY_MIN_ROWS = 500
 """Below this, a batched INSERT is as fast and simpler."""
 
 
-def _escape(text: str) -> str:
-    if "\\" in text:
-        text = text.replace("\\", "\\\\")
-    if "\t" in text or "\n" in text or "\r" in text:
-        text = text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return text
+_SPECIAL = r"[\\\t\n\r]"
 
 
-def _converter(col: sa.Column) -> Callable[[Any], str]:
+def _escape_series(s: pd.Series) -> pd.Series:
+    """COPY text escapes (backslash, tab, newline, carriage return) on a column of strings."""
+    if not s.str.contains(_SPECIAL, regex=True, na=False).any():
+        return s
+    return (
+        s.str.replace("\\", "\\\\", regex=False)
+        .str.replace("\t", "\\t", regex=False)
+        .str.replace("\n", "\\n", regex=False)
+        .str.replace("\r", "\\r", regex=False)
+    )
+
+
+def _column_text(col: sa.Column, s: pd.Series) -> np.ndarray:
+    """One column rendered in COPY's text format, ``\\N`` for NULL, as an object array."""
     t = col.type
+    na = s.isna().to_numpy() if s.dtype != object else np.fromiter((v is None or v is pd.NA or (isinstance(v, float) and v != v) for v in s), bool, len(s))
     if isinstance(t, sa.JSON):
-        return lambda v: _escape(json.dumps(v))
-    if isinstance(t, sa.Boolean):
-        return lambda v: "t" if v else "f"
-    if isinstance(t, sa.LargeBinary):
-        return lambda v: "\\\\x" + bytes(v).hex()
-    if isinstance(t, (sa.Float, sa.Numeric)):
-        return lambda v: "NaN" if isinstance(v, float) and math.isnan(v) else repr(v)
+        txt = pd.Series([None if m else json.dumps(v) for v, m in zip(s, na, strict=True)], index=s.index, dtype=object)
+        txt = _escape_series(txt.astype(str))
+    elif isinstance(t, sa.Boolean):
+        txt = pd.Series(np.where(s.fillna(False).astype(bool).to_numpy(), "t", "f"), index=s.index)
+    elif isinstance(t, sa.LargeBinary):
+        txt = pd.Series(["" if m else "\\\\x" + bytes(v).hex() for v, m in zip(s, na, strict=True)], index=s.index)
+    elif isinstance(t, (sa.Integer, sa.Float, sa.Numeric)) and s.dtype != object:
+        txt = s.astype(str)
+    elif isinstance(t, (sa.DateTime, sa.Date, sa.Time)):
+        txt = pd.Series([None if m else (v.isoformat() if hasattr(v, "isoformat") else str(v)) for v, m in zip(s, na, strict=True)], index=s.index, dtype=object)
+    else:
+        txt = _escape_series(s.astype(str))
+    out = txt.to_numpy(dtype=object)
+    if na.any():
+        out = out.copy()
+        out[na] = "\\N"
+    return out
 
-    def text(v: Any) -> str:
-        if isinstance(v, (dt.datetime, dt.date, dt.time)):
-            return v.isoformat()
-        return _escape(v if isinstance(v, str) else str(v))
 
-    return text
-
-
-def copy_rows(conn: sa.Connection, table: sa.Table, records: list[dict[str, Any]]) -> bool:
-    """Insert ``records`` with COPY on the connection's transaction; False when the driver cannot."""
+def copy_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame) -> bool:
+    """Insert the rows of ``df`` with COPY on the connection's transaction; False when the driver cannot."""
     dbapi = conn.connection.driver_connection
     cursor = dbapi.cursor()
     if not hasattr(cursor, "copy_expert"):  # psycopg2 only; other drivers take the INSERT path
         cursor.close()
         return False
-    cols = [c for c in table.columns if c.name in records[0]]
-    convs = [_converter(c) for c in cols]
-    buf = io.StringIO()
-    for r in records:
-        buf.write(
-            "\t".join("\\N" if (v := r[c.name]) is None else f(v) for c, f in zip(cols, convs, strict=True))
-        )
-        buf.write("\n")
-    buf.seek(0)
+    cols = [c for c in table.columns if c.name in df.columns]
+    lines: np.ndarray | None = None
+    for c in cols:
+        part = _column_text(c, df[c.name])
+        lines = part if lines is None else lines + "\t" + part
+    buf = io.StringIO("\n".join(lines.tolist()) + "\n" if lines is not None else "")
     prep = conn.dialect.identifier_preparer
     names = ", ".join(prep.quote(c.name) for c in cols)
     try:
