@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame
+from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame, executemany_frame
 from datapipe_dagster.store.schema import conform_types, to_records
 from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
 
@@ -145,8 +145,10 @@ class DBConn:
             return
         try:
             with conn.begin_nested():
-                if not (self.backend == "postgresql" and len(df) >= COPY_MIN_ROWS and copy_frame(conn, table, df)):
+                if len(df) < COPY_MIN_ROWS:
                     conn.execute(sa.insert(table), to_records(df))
+                elif not (self.backend == "postgresql" and copy_frame(conn, table, df)):
+                    executemany_frame(conn, table, df)
         except (sa.exc.IntegrityError, UniqueViolation):
             self.upsert(conn, table, to_records(df), keys)
 

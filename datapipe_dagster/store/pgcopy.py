@@ -1,4 +1,6 @@
-"""PostgreSQL ``COPY … FROM STDIN`` for bulk inserts of new rows (about 3x a batched INSERT here).
+"""Bulk inserts of new rows: PostgreSQL ``COPY … FROM STDIN`` (about 3x a batched INSERT here), and on
+other drivers a plain ``executemany`` of tuples with the columns' own bind processors (about 2x
+SQLAlchemy's per-row dictionaries on SQLite).
 
 Values are rendered in COPY's text format: ``\\N`` for NULL, backslash escapes for the separators. JSON
 columns get their values JSON-encoded, exactly as SQLAlchemy's JSON type does on INSERT (a Python string
@@ -77,3 +79,24 @@ def copy_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame) -> bool:
     finally:
         cursor.close()
     return True
+
+
+def executemany_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame) -> None:
+    """``INSERT`` the rows of ``df`` through the driver's ``executemany`` with tuples, converting each column
+    once with its type's bind processor (what SQLAlchemy would do per row), in the caller's transaction."""
+    from datapipe_dagster.store.schema import _plain_list
+
+    cols = [c for c in table.columns if c.name in df.columns]
+    lists = []
+    for c in cols:
+        vals = _plain_list(df[c.name])
+        proc = c.type.bind_processor(conn.dialect)
+        if proc is not None:
+            vals = [None if v is None else proc(v) for v in vals]
+        lists.append(vals)
+    prep = conn.dialect.identifier_preparer
+    names = ", ".join(prep.quote(c.name) for c in cols)
+    marks = ", ".join(["?"] * len(cols)) if conn.dialect.paramstyle == "qmark" else ", ".join(["%s"] * len(cols))
+    conn.exec_driver_sql(
+        f"INSERT INTO {prep.format_table(table)} ({names}) VALUES ({marks})", list(zip(*lists, strict=True))
+    )
