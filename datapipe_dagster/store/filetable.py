@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import os
+from abc import abstractmethod
 from typing import Any
 
 import pandas as pd
@@ -100,13 +101,21 @@ class FileTableStore(TableStore):
 
     # ------------------------------------------------------------ format hooks
 
+    @abstractmethod
     def _load(self) -> list[dict[str, Any]]:
         """The file's rows as dicts of encoded values (missing file: no rows)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _dump(self, records: list[dict[str, Any]]) -> bytes:
         """File content for ``records`` (dicts of encoded values, schema column order)."""
-        raise NotImplementedError
+
+    def _checked_records(self, raw: pd.DataFrame) -> list[dict[str, Any]]:
+        """Rows read by a tabular reader; a column the schema lacks is a SchemaError naming the file."""
+        names = [c.name for c in self._schema]
+        unknown = [c for c in raw.columns if c not in names]
+        if unknown:
+            raise SchemaError(self.name, f"file {self.path!r} has a column not in the schema", str(unknown[0]))
+        return to_records(raw)
 
     # ------------------------------------------------------------ encoding
 
@@ -263,13 +272,7 @@ class TableStoreCSV(FileTableStore):
         if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             return []
         raw = pd.read_csv(self.path, dtype=str, keep_default_na=False, na_values=[""])
-        names = [c.name for c in self._schema]
-        unknown = [c for c in raw.columns if c not in names]
-        if unknown:
-            raise SchemaError(
-                self.name, f"file {self.path!r} has a column not in the schema", str(unknown[0])
-            )
-        return to_records(raw)
+        return self._checked_records(raw)
 
     def _dump(self, records: list[dict[str, Any]]) -> bytes:
         names = [c.name for c in self._schema]
@@ -315,13 +318,7 @@ class TableStoreExcel(FileTableStore):
         if not os.path.exists(self.path):
             return []
         raw = pd.read_excel(self.path, sheet_name=self.sheet_name, dtype=object, engine="openpyxl")
-        names = [c.name for c in self._schema]
-        unknown = [c for c in raw.columns if c not in names]
-        if unknown:
-            raise SchemaError(
-                self.name, f"file {self.path!r} has a column not in the schema", str(unknown[0])
-            )
-        return to_records(raw)
+        return self._checked_records(raw)
 
     def _dump(self, records: list[dict[str, Any]]) -> bytes:
         names = [c.name for c in self._schema]
