@@ -406,3 +406,32 @@ def test_bulk_insert_falls_back_when_rows_exist_outside_the_metadata(dbconn) -> 
     assert len(idx) == 1000
     got = dt_.get_data()
     assert len(got) == 1000 and set(got["v"]) == {"ours"}
+
+
+def test_change_to_a_whole_input_during_a_run_is_not_missed(dbconn) -> None:
+    """A config table read once per run: keys processed with the old config stay stale after it changes."""
+    state: dict[str, object] = {"calls": 0}
+
+    def scaled(events: pd.DataFrame, config: pd.DataFrame) -> pd.DataFrame:
+        state["calls"] = int(state["calls"]) + 1
+        if state["calls"] == 1:  # another writer changes the config while the run is under way
+            state["config"].store_chunk(pd.DataFrame({"name": ["factor"], "value": [10]}))  # type: ignore[union-attr]
+        factor = int(config["value"].iloc[0])
+        return events.groupby("user_id", as_index=False).size().assign(score=lambda d: d["size"] * factor)[["user_id", "score"]]
+
+    catalog = seed_catalog(
+        dbconn,
+        {
+            "config": Table(TableStoreDB("config", dbconn, [Column("name", String(), primary_key=True), Column("value", Integer())])),
+            "score": Table(TableStoreDB("score", dbconn, [Column("user_id", String(), primary_key=True), Column("score", Integer())])),
+        },
+    )
+    ds = DataStore(dbconn)
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(scaled, ["events", "config"], ["score"], chunk_size=1)]))
+    state["config"] = catalog.get_datatable(ds, "config")
+    state["config"].store_chunk(pd.DataFrame({"name": ["factor"], "value": [1]}))  # type: ignore[union-attr]
+    catalog.get_datatable(ds, "events").store_chunk(frame(event("1", "1"), event("2", "1")))
+    run_steps(ds, steps)
+    assert sorted(steps[0].get_stale_keys()["user_id"]) == ["1", "2"]  # both saw factor 1, which changed
+    run_steps(ds, steps)
+    assert as_dict(catalog.get_datatable(ds, "score").get_data(), "user_id", "score") == {"1": 10, "2": 10}

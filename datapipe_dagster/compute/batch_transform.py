@@ -7,7 +7,8 @@ import inspect
 import logging
 import time
 import traceback as tb
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -52,6 +53,15 @@ def default_transform_keys(inputs: list[DataTable], outputs: list[DataTable]) ->
         if narrowed:
             common = narrowed
     return common
+
+
+@dataclass
+class WholeInputs:
+    """Inputs passed whole (keyless), read once per ``process_keys`` call, and the write sequence value
+    read before that read (what the keys processed with them have seen)."""
+
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    seq: int | None = None
 
 
 class BatchTransform(PipelineStep):
@@ -291,7 +301,7 @@ class BatchTransformStep(ComputeStep):
             return result
         size = chunk_size or self.chunk_size
         keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
-        whole: dict[str, pd.DataFrame] = {}
+        whole = WholeInputs()
         for start in range(0, len(keys), size):
             self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
         result.elapsed = time.perf_counter() - started
@@ -299,13 +309,14 @@ class BatchTransformStep(ComputeStep):
             log.warning("%s", result)
         return result
 
-    def _read_inputs(self, conn: sa.Connection, keys: pd.DataFrame, whole: dict[str, pd.DataFrame]) -> list[pd.DataFrame]:
+    def _read_inputs(self, conn: sa.Connection, keys: pd.DataFrame, whole: WholeInputs, seq: int) -> list[pd.DataFrame]:
         dfs = []
         for role in self.roles:
             if self.keyless or role.kind == "keyless":
-                if role.dt.name not in whole:
-                    whole[role.dt.name] = role.dt.read(conn)
-                dfs.append(whole[role.dt.name])
+                if role.dt.name not in whole.frames:
+                    whole.frames[role.dt.name] = role.dt.read(conn)
+                    whole.seq = seq if whole.seq is None else min(whole.seq, seq)
+                dfs.append(whole.frames[role.dt.name])
             else:
                 dfs.append(role.dt.read(conn, keys[role.shared]))
         return dfs
@@ -330,7 +341,7 @@ class BatchTransformStep(ComputeStep):
             out.append(dt.store.validate(df))
         return out
 
-    def _process_chunk(self, keys: pd.DataFrame, result: StepResult, whole: dict[str, pd.DataFrame]) -> None:
+    def _process_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
         try:
             self._try_chunk(keys, result, whole)
         except Exception as e:  # noqa: BLE001 - user code: isolate the failing keys, keep going
@@ -341,11 +352,14 @@ class BatchTransformStep(ComputeStep):
                 return
             self._mark_failed(keys, e, result)
 
-    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: dict[str, pd.DataFrame]) -> None:
+    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
         ds = self.ds
         with ds.meta_dbconn.connect() as rconn:
             processed_seq = ds.seq.current(rconn)
-            dfs = self._read_inputs(rconn, keys, whole)
+            dfs = self._read_inputs(rconn, keys, whole, processed_seq)
+        if whole.seq is not None:
+            # Inputs passed whole were read once for the run: the keys saw them as of that read.
+            processed_seq = min(processed_seq, whole.seq)
         keyed = [d for d, r in zip(dfs, self.roles, strict=True) if not (self.keyless or r.kind == "keyless")]
         if self.keyless:
             nothing = all(len(d) == 0 for d in dfs)
@@ -397,8 +411,3 @@ class BatchTransformStep(ComputeStep):
         result.add_failed(failed)
         if isinstance(e, SchemaError):
             log.debug("transform %s produced bad output: %s", self.name, e)
-
-
-def chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
-    for start in range(0, len(df), size):
-        yield df.iloc[start : start + size]

@@ -328,7 +328,3 @@ class DataTable:
         t = self.meta.table
         with self.ds.meta_dbconn.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.delete_ts.is_(None))).scalar_one())
-
-
-def transform_meta_for(ds: DataStore, name: str, key_schema: list[sa.Column]) -> TransformMetaTable:
-    return ds.transform_meta(name, key_schema)

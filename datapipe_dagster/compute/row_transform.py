@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from datapipe_dagster.compute.batch_transform import BatchTransformStep, code_version_of
+from datapipe_dagster.compute.batch_transform import BatchTransformStep, WholeInputs, code_version_of
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import StepResult
@@ -132,7 +132,7 @@ class RowTransformStep(BatchTransformStep):
             out.append(filled)
         return out
 
-    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: dict[str, pd.DataFrame]) -> None:
+    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
         ds = self.ds
         tk = self.transform_keys
         with ds.meta_dbconn.connect() as rconn:

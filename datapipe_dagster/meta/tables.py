@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -244,7 +243,3 @@ class WatermarkTable:
 
     def reset(self, conn: sa.Connection, transform: str) -> None:
         conn.execute(sa.delete(self.table).where(self.table.c.transform == transform))
-
-
-def as_int64(values: Any) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
