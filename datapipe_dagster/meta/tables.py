@@ -50,8 +50,8 @@ class SequenceTable:
 
     def allocate(self, conn: sa.Connection, n: int) -> int:
         """Reserve ``n`` numbers; returns the first."""
-        conn.execute(sa.update(self.table).where(self.table.c.id == 1).values(value=self.table.c.value + n))
-        last = conn.execute(sa.select(self.table.c.value).where(self.table.c.id == 1)).scalar_one()
+        stmt = sa.update(self.table).where(self.table.c.id == 1).values(value=self.table.c.value + n)
+        last = conn.execute(stmt.returning(self.table.c.value)).scalar_one()
         return int(last) - n + 1
 
     def current(self, conn: sa.Connection) -> int:
