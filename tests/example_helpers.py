@@ -18,6 +18,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
+EXAMPLE_TABLES = ("events", "click_count", "ip", "user_ips", "ip_stats", "user_profiles", "user_report")
+"""Every table of the example project: each one an asset in the UI."""
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 import pytest
-from example_helpers import REPO, running_dagster_dev
+from example_helpers import EXAMPLE_TABLES, REPO, running_dagster_dev
 
 from datapipe_dagster.dagster import BucketPartitions
 from example_project.catalog import open_store
@@ -103,15 +103,7 @@ def test_asset_graph_and_partitions_page_in_chromium(
                 f"{web.url}/locations/example_project/asset-groups/clicks", wait_until="domcontentloaded"
             )
             dismiss_welcome(page)
-            for name in (
-                "events",
-                "click_count",
-                "ip",
-                "user_ips",
-                "ip_stats",
-                "user_profiles",
-                "user_report",
-            ):
+            for name in EXAMPLE_TABLES:
                 expect(page.get_by_text(name, exact=True).first).to_be_visible()
             expect(page.get_by_text("16 partitions").first).to_be_visible()
             page.wait_for_timeout(1000)  # let the graph finish its layout animation

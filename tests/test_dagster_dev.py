@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from example_helpers import DagsterDev, running_dagster_dev, wait_for
+from example_helpers import EXAMPLE_TABLES, DagsterDev, running_dagster_dev, wait_for
 
 from datapipe_dagster.dagster import BucketPartitions
 from example_project.catalog import open_store
@@ -99,15 +99,7 @@ def test_dagster_dev_sensor_launches_runs_for_stale_partitions(tmp_path: Path) -
     with running_dagster_dev(home, str(db), tmp_path / "dagster_dev.log", timeout=90, extra_env=env) as dev:
         # The UI's view of the code location: every table an asset, partitions, checks, sensors.
         nodes = {"/".join(n["assetKey"]["path"]): n for n in dev.graphql(ASSETS_QUERY)["assetNodes"]}
-        assert set(nodes) == {
-            "events",
-            "click_count",
-            "ip",
-            "user_ips",
-            "ip_stats",
-            "user_profiles",
-            "user_report",
-        }
+        assert set(nodes) == set(EXAMPLE_TABLES)
         for key in ("click_count", "ip", "user_ips", "ip_stats", "user_report"):
             assert nodes[key]["isPartitioned"] and nodes[key]["partitionKeys"] == parts.keys, key
         assert not nodes["events"]["isPartitioned"] and nodes["click_count"]["groupName"] == "clicks"
