@@ -183,6 +183,17 @@ def test_multi_input_key_missing_from_one_input_is_found(dbconn) -> None:
     assert as_dict(out.get_data(), "k", "total") == {"x": 1, "y": 25}
 
 
+def config_catalog(dbconn) -> Catalog:  # noqa: ANN001
+    """The seed tables plus a small keyless ``config(name, value)`` and a per-user ``score``."""
+    return seed_catalog(
+        dbconn,
+        {
+            "config": Table(TableStoreDB("config", dbconn, [Column("name", String(), primary_key=True), Column("value", Integer())])),
+            "score": Table(TableStoreDB("score", dbconn, [Column("user_id", String(), primary_key=True), Column("score", Integer())])),
+        },
+    )
+
+
 def test_keyless_config_input_is_passed_whole_and_its_change_makes_every_key_stale(dbconn) -> None:
     calls: list[tuple[int, int]] = []
 
@@ -191,13 +202,7 @@ def test_keyless_config_input_is_passed_whole_and_its_change_makes_every_key_sta
         factor = int(config.loc[config["name"] == "factor", "value"].iloc[0])
         return events.groupby("user_id", as_index=False).size().assign(score=lambda d: d["size"] * factor)[["user_id", "score"]]
 
-    catalog = seed_catalog(
-        dbconn,
-        {
-            "config": Table(TableStoreDB("config", dbconn, [Column("name", String(), primary_key=True), Column("value", Integer())])),
-            "score": Table(TableStoreDB("score", dbconn, [Column("user_id", String(), primary_key=True), Column("score", Integer())])),
-        },
-    )
+    catalog = config_catalog(dbconn)
     ds = DataStore(dbconn)
     steps = build_compute(ds, catalog, Pipeline([BatchTransform(scaled, ["events", "config"], ["score"])]))
     assert steps[0].transform_keys == ["user_id"]
@@ -419,13 +424,7 @@ def test_change_to_a_whole_input_during_a_run_is_not_missed(dbconn) -> None:
         factor = int(config["value"].iloc[0])
         return events.groupby("user_id", as_index=False).size().assign(score=lambda d: d["size"] * factor)[["user_id", "score"]]
 
-    catalog = seed_catalog(
-        dbconn,
-        {
-            "config": Table(TableStoreDB("config", dbconn, [Column("name", String(), primary_key=True), Column("value", Integer())])),
-            "score": Table(TableStoreDB("score", dbconn, [Column("user_id", String(), primary_key=True), Column("score", Integer())])),
-        },
-    )
+    catalog = config_catalog(dbconn)
     ds = DataStore(dbconn)
     steps = build_compute(ds, catalog, Pipeline([BatchTransform(scaled, ["events", "config"], ["score"], chunk_size=1)]))
     state["config"] = catalog.get_datatable(ds, "config")
