@@ -17,6 +17,7 @@ Besides the pipeline, the location holds ``user_profiles``: a plain Dagster ``@a
 # No ``from __future__ import annotations``: Dagster resolves the ``config: ProfilesConfig`` annotation
 # at decoration time and cannot read it as a string.
 import os
+from types import SimpleNamespace
 
 import dagster as dg
 import pandas as pd
@@ -69,6 +70,13 @@ def make_definitions(
         sensors_running=sensors_running,
         assets=[user_profiles],
     )
+
+
+def datapipe_target() -> SimpleNamespace:
+    """The example's catalog, pipeline and DataStore for the ``datapipe-dagster`` command line:
+    ``datapipe-dagster status example_project.definitions:datapipe_target``."""
+    store = open_store()
+    return SimpleNamespace(catalog=store.catalog, pipeline=make_pipeline(), datastore=store.ds)
 
 
 def _env_int(name: str, default: int) -> int:
