@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -67,9 +66,6 @@ class DataStore:
             self._tables[name] = dt
         return dt
 
-    def get_table(self, name: str) -> DataTable:
-        return self._tables[name]
-
     def transform_meta(self, name: str, key_schema: list[sa.Column]) -> TransformMetaTable:
         self.ensure_ready()
         tm = TransformMetaTable(self.meta_dbconn, name, key_schema)
@@ -90,7 +86,6 @@ class WriteResult:
     updated: pd.DataFrame
     deleted: pd.DataFrame
     unchanged: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def changed_idx(self) -> pd.DataFrame:
         return pd.concat([self.inserted, self.updated, self.deleted], ignore_index=True)
