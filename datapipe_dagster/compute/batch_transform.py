@@ -379,11 +379,7 @@ class BatchTransformStep(ComputeStep):
         result.keys_processed += len(keys)
         result.rows_read += sum(len(d) for d in keyed) if keyed else sum(len(d) for d in dfs)
         for dt, st in zip(self.output_dts, stats, strict=True):
-            o = result.outputs[dt.name]
-            o.inserted += len(st.inserted)
-            o.updated += len(st.updated)
-            o.deleted += len(st.deleted)
-            result.changed.append(dt.name, st.changed_idx()[dt.primary_keys])
+            result.add_write(dt.name, dt.primary_keys, st)
 
     def _maybe_analyze_meta(self, n: int) -> None:
         """The transform state table grows by a key per key processed: refresh its statistics as it grows

@@ -317,12 +317,8 @@ class UpdateExternalTableStep(ComputeStep):
                     conn, dt_.store.empty(), processed_idx=gone, now=now, validated=True, write_data=False
                 )
             )
-        o = result.outputs[dt_.name]
         for st in stats:
-            o.inserted += len(st.inserted)
-            o.updated += len(st.updated)
-            o.deleted += len(st.deleted)
-            result.changed.append(dt_.name, st.changed_idx()[dt_.primary_keys])
+            result.add_write(dt_.name, dt_.primary_keys, st)
         result.keys_processed += len(data) + (len(gone) if gone is not None else 0)
         result.rows_read += len(data) if rows_read is None else rows_read
 

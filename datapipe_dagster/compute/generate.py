@@ -135,7 +135,7 @@ class BatchGenerateStep(ComputeStep):
                     ]
                 for dt, df, st in zip(self.output_dts, frames, stats, strict=True):
                     produced[dt.name].append(df[dt.primary_keys])
-                    self._count(result, dt, st)
+                    result.add_write(dt.name, dt.primary_keys, st)
                 result.rows_read += sum(len(f) for f in frames)
         except Exception as e:  # noqa: BLE001 - a source failing is reported, the rest of the run goes on
             trace = "".join(tb.format_exception(type(e), e, e.__traceback__))
@@ -167,15 +167,7 @@ class BatchGenerateStep(ComputeStep):
                         now=now,
                         validated=True,
                     )
-                    self._count(result, dt, st)
-
-    @staticmethod
-    def _count(result: StepResult, dt: DataTable, st: Any) -> None:
-        o = result.outputs[dt.name]
-        o.inserted += len(st.inserted)
-        o.updated += len(st.updated)
-        o.deleted += len(st.deleted)
-        result.changed.append(dt.name, st.changed_idx()[dt.primary_keys])
+                    result.add_write(dt.name, dt.primary_keys, st)
 
     def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
         """Nothing: a source has no inputs, so no change in a changelist can make it stale."""

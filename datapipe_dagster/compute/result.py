@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -37,6 +38,14 @@ class StepResult:
     @property
     def keys_failed(self) -> int:
         return len(self.failed)
+
+    def add_write(self, table: str, primary_keys: list[str], write: Any) -> None:
+        """Count a ``DataTable.write`` result for output ``table`` and record its changed keys."""
+        o = self.outputs.setdefault(table, OutputStats())
+        o.inserted += len(write.inserted)
+        o.updated += len(write.updated)
+        o.deleted += len(write.deleted)
+        self.changed.append(table, write.changed_idx()[primary_keys])
 
     def add_failed(self, df: pd.DataFrame) -> None:
         self.failed = df if self.failed.empty else pd.concat([self.failed, df], ignore_index=True)

@@ -179,11 +179,7 @@ class RowTransformStep(BatchTransformStep):
         if len(failed_df):
             result.add_failed(failed_df)
         for dt, st in zip(self.output_dts, stats, strict=True):
-            o = result.outputs[dt.name]
-            o.inserted += len(st.inserted)
-            o.updated += len(st.updated)
-            o.deleted += len(st.deleted)
-            result.changed.append(dt.name, st.changed_idx()[dt.primary_keys])
+            result.add_write(dt.name, dt.primary_keys, st)
 
     def _validated(
         self,
