@@ -15,10 +15,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
-from datapipe_dagster.compute.datatable import DataStore, DataTable, analyze
+from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult, analyze, key_positions
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.stale import all_keys_query, classify_inputs, keys_matching, stale_keys_query
-from datapipe_dagster.errors import ConfigurationError, SchemaError
+from datapipe_dagster.errors import ConfigurationError, SchemaError, _plain
+from datapipe_dagster.store.schema import to_records
 from datapipe_dagster.types import ChangeList
 
 log = logging.getLogger("datapipe_dagster")
@@ -321,16 +322,20 @@ class BatchTransformStep(ComputeStep):
                 dfs.append(role.dt.read(conn, keys[role.shared]))
         return dfs
 
-    def _call(self, dfs: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    def _call(self, dfs: list[pd.DataFrame], keys: pd.DataFrame) -> list[pd.DataFrame]:
         res = self.func(*dfs, **self.kwargs)
+        names = [d.name for d in self.output_dts]
         if isinstance(res, pd.DataFrame):
             res = (res,)
         if res is None:
-            res = ()
+            raise ConfigurationError(
+                f"transform {self.name!r} returned None; return {len(names)} DataFrame(s), one per output "
+                f"{names} (an empty DataFrame when a key produces nothing)"
+            )
         if not isinstance(res, (tuple, list)) or len(res) != len(self.output_dts):
             raise ConfigurationError(
                 f"transform {self.name!r} returned {type(res).__name__} of {len(res) if isinstance(res, (tuple, list)) else 1} "
-                f"item(s); expected {len(self.output_dts)} DataFrame(s), one per output {[d.name for d in self.output_dts]}"
+                f"item(s); expected {len(self.output_dts)} DataFrame(s), one per output {names}"
             )
         out = []
         for dt, df in zip(self.output_dts, res, strict=True):
@@ -338,48 +343,122 @@ class BatchTransformStep(ComputeStep):
                 df = dt.store.empty()
             if not isinstance(df, pd.DataFrame):
                 raise ConfigurationError(f"transform {self.name!r}: output for {dt.name!r} is {type(df).__name__}, not a DataFrame")
-            out.append(dt.store.validate(df))
+            df = dt.store.validate(df)
+            self._check_in_scope(dt, df, keys)
+            out.append(df)
         return out
+
+    def _check_in_scope(self, dt: DataTable, df: pd.DataFrame, keys: pd.DataFrame) -> None:
+        """Refuse output rows under keys the call was not asked about: they would overwrite what another
+        key produced, and no later run would ever clean them."""
+        if self.keyless or len(df) == 0:
+            return
+        tk = self.transform_keys
+        foreign = df.loc[key_positions(keys, df, tk) < 0, tk].drop_duplicates()
+        if len(foreign):
+            shown = ", ".join(
+                "(" + ", ".join(f"{k}={_plain(v)!r}" for k, v in r.items()) + ")" for r in to_records(foreign.head(3))
+            )
+            raise SchemaError(
+                dt.name,
+                f"transform {self.name!r} returned {len(foreign)} key(s) it was not called for ({shown}); "
+                "a call may only write rows under the keys of its input batch",
+                column=tk[0],
+                key=to_records(foreign.head(1))[0],
+            )
 
     def _process_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
         try:
             self._try_chunk(keys, result, whole)
-        except Exception as e:  # noqa: BLE001 - user code: isolate the failing keys, keep going
+        except ChunkFailed as f:
             if len(keys) > 1:
                 half = len(keys) // 2
                 self._process_chunk(keys.iloc[:half].reset_index(drop=True), result, whole)
                 self._process_chunk(keys.iloc[half:].reset_index(drop=True), result, whole)
                 return
-            self._mark_failed(keys, e, result)
+            self._mark_failed(keys, f.error, f.read_seq, result)
 
-    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
-        ds = self.ds
-        with ds.meta_dbconn.connect() as rconn:
-            processed_seq = ds.seq.current(rconn)
-            dfs = self._read_inputs(rconn, keys, whole, processed_seq)
+    def _read_chunk(self, keys: pd.DataFrame, whole: WholeInputs) -> tuple[int, list[pd.DataFrame]]:
+        """The chunk's inputs and the write sequence they are current to (read before them, so every row
+        at or below it is among them)."""
+        with self.ds.meta_dbconn.connect() as rconn:
+            read_seq = self.ds.seq.current(rconn)
+            dfs = self._read_inputs(rconn, keys, whole, read_seq)
         if whole.seq is not None:
             # Inputs passed whole were read once for the run: the keys saw them as of that read.
-            processed_seq = min(processed_seq, whole.seq)
+            read_seq = min(read_seq, whole.seq)
+        return read_seq, dfs
+
+    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
+        read_seq, dfs = self._read_chunk(keys, whole)
         keyed = [d for d, r in zip(dfs, self.roles, strict=True) if not (self.keyless or r.kind == "keyless")]
         if self.keyless:
             nothing = all(len(d) == 0 for d in dfs)
         else:
             nothing = bool(keyed) and all(len(d) == 0 for d in keyed)
-        outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs)
+        try:
+            outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs, keys)
+        except Exception as e:  # noqa: BLE001 - user code or its output: isolate the failing keys
+            raise ChunkFailed(e, read_seq) from e
+        try:
+            commit = self._commit(keys, outs, read_seq)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+            raise  # the database, not the keys: the run stops and a rerun redoes the chunk
+        except Exception as e:  # noqa: BLE001 - e.g. an output value the database refuses
+            raise ChunkFailed(e, read_seq) from e
+        result.rows_read += sum(len(d) for d in keyed) if keyed else sum(len(d) for d in dfs)
+        self._count(result, commit)
+
+    def _count(self, result: StepResult, commit: Commit) -> None:
+        result.keys_processed += commit.processed
+        result.keys_superseded += commit.superseded
+        if len(commit.failed):
+            result.add_failed(commit.failed)
+        for dt, st in zip(self.output_dts, commit.writes, strict=True):
+            result.add_write(dt.name, dt.primary_keys, st)
+
+    def _commit(
+        self,
+        keys: pd.DataFrame,
+        outs: list[pd.DataFrame],
+        read_seq: int,
+        failed: pd.DataFrame | None = None,
+    ) -> Commit:
+        """Write a chunk's outputs and mark its keys as of ``read_seq``, in one transaction.
+
+        ``keys`` are the chunk's keys; those in ``failed`` (key columns, ``error``, ``traceback``) are
+        marked failed and keep their outputs, the others get ``outs`` and are marked processed.
+
+        The rule that keeps concurrent processors of this transform from losing an update: under the
+        transform's commit lock, keys whose recorded state is newer than ``read_seq`` are left alone
+        (outputs and state), so a commit never regresses a key's state nor overwrites outputs computed
+        from newer inputs. A key whose inputs moved after ``read_seq`` is marked with ``read_seq``, so the
+        newer rows keep it stale.
+        """
         now = time.time()
-        with ds.meta_dbconn.begin_write() as conn:
-            stats = []
-            for dt, df in zip(self.output_dts, outs, strict=True):
-                scope = keys[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
-                stats.append(dt.write(conn, df, processed_idx=scope, now=now, validated=True))
-            self.meta.mark(conn, self._meta_keys(keys), processed_seq, now)
+        kc = self.key_cols
+        failed = failed if failed is not None else pd.DataFrame(columns=kc + ["error", "traceback"])
+        with self.ds.meta_dbconn.begin_write() as conn:
+            self.meta.lock(conn)
+            newer = self.meta.newer_than(conn, keys[kc], read_seq)
+            if len(newer):
+                keys = keys.loc[key_positions(newer, keys, kc) < 0].reset_index(drop=True)
+                failed = failed.loc[key_positions(newer, failed, kc) < 0].reset_index(drop=True)
+                outs = [o.loc[key_positions(newer, o, kc) < 0] for o in outs] if not self.keyless else []
+            ok = keys.loc[key_positions(failed, keys, kc) < 0, kc].reset_index(drop=True) if len(failed) else keys[kc]
+            stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
+            if len(ok):
+                for i, (dt, df) in enumerate(zip(self.output_dts, outs, strict=True)):
+                    scope = ok[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
+                    stats[i] = dt.write(conn, df, processed_idx=scope, now=now, validated=True)
+                self.meta.mark(conn, ok, read_seq, now)
+            for rec in to_records(failed):
+                one = pd.DataFrame([{k: rec[k] for k in kc}])
+                self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
         for dt in self.output_dts:
             dt.maybe_analyze()
         self._maybe_analyze_meta(len(keys))
-        result.keys_processed += len(keys)
-        result.rows_read += sum(len(d) for d in keyed) if keyed else sum(len(d) for d in dfs)
-        for dt, st in zip(self.output_dts, stats, strict=True):
-            result.add_write(dt.name, dt.primary_keys, st)
+        return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
 
     def _maybe_analyze_meta(self, n: int) -> None:
         """The transform state table grows by a key per key processed: refresh its statistics as it grows
@@ -393,17 +472,32 @@ class BatchTransformStep(ComputeStep):
     def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
         return keys[self.key_cols]
 
-    def _mark_failed(self, keys: pd.DataFrame, e: BaseException, result: StepResult) -> None:
-        ds = self.ds
-        err = f"{type(e).__name__}: {e}"
-        trace = "".join(tb.format_exception(type(e), e, e.__traceback__))
-        with ds.meta_dbconn.connect() as rconn:
-            processed_seq = ds.seq.current(rconn)
-        with ds.meta_dbconn.begin_write() as conn:
-            self.meta.mark(conn, self._meta_keys(keys), processed_seq, time.time(), error=err, traceback=trace)
+    def _mark_failed(self, keys: pd.DataFrame, e: BaseException, read_seq: int, result: StepResult) -> None:
+        """Record ``keys`` as failed with ``e``, as of the inputs read at ``read_seq`` (so a row written
+        after that read makes them stale again)."""
         failed = keys[self.key_cols].copy()
-        failed["error"] = err
-        failed["traceback"] = trace
-        result.add_failed(failed)
+        failed["error"] = f"{type(e).__name__}: {e}"
+        failed["traceback"] = "".join(tb.format_exception(type(e), e, e.__traceback__))
+        self._count(result, self._commit(keys, [dt.store.empty() for dt in self.output_dts], read_seq, failed))
         if isinstance(e, SchemaError):
             log.debug("transform %s produced bad output: %s", self.name, e)
+
+
+@dataclass
+class Commit:
+    """What one chunk's commit did: keys processed, keys left to a newer state, writes per output, and
+    the failed keys it recorded."""
+
+    processed: int
+    superseded: int
+    writes: list[WriteResult]
+    failed: pd.DataFrame
+
+
+class ChunkFailed(Exception):  # noqa: N818 - internal signal, never reaches a user
+    """A chunk's call or commit failed; carries the cause and the sequence its inputs were read at."""
+
+    def __init__(self, error: BaseException, read_seq: int):
+        super().__init__(str(error))
+        self.error = error
+        self.read_seq = read_seq

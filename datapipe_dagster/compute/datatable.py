@@ -87,6 +87,12 @@ class WriteResult:
     deleted: pd.DataFrame
     unchanged: int = 0
 
+    @classmethod
+    def empty(cls, keys: list[str]) -> WriteResult:
+        """A write that changed nothing."""
+        none = pd.DataFrame({k: [] for k in keys})
+        return cls(inserted=none, updated=none, deleted=none)
+
     def changed_idx(self) -> pd.DataFrame:
         return pd.concat([self.inserted, self.updated, self.deleted], ignore_index=True)
 

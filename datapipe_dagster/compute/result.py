@@ -29,6 +29,7 @@ class StepResult:
 
     name: str
     keys_processed: int = 0
+    keys_superseded: int = 0
     rows_read: int = 0
     outputs: dict[str, OutputStats] = field(default_factory=dict)
     failed: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -52,6 +53,7 @@ class StepResult:
 
     def merge(self, other: StepResult) -> None:
         self.keys_processed += other.keys_processed
+        self.keys_superseded += other.keys_superseded
         self.rows_read += other.rows_read
         for k, v in other.outputs.items():
             s = self.outputs.setdefault(k, OutputStats())
@@ -66,6 +68,8 @@ class StepResult:
     def __str__(self) -> str:
         outs = ", ".join(f"{k}: +{v.inserted} ~{v.updated} -{v.deleted}" for k, v in self.outputs.items())
         s = f"{self.name}: {self.keys_processed} keys, {self.rows_read} rows read, [{outs}], {self.elapsed:.3f}s"
+        if self.keys_superseded:
+            s += f"; {self.keys_superseded} keys left to a newer concurrent result"
         if self.keys_failed:
             keys = [c for c in self.failed.columns if c not in ("error", "traceback")]
             first = self.failed.iloc[0]

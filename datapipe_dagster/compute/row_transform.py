@@ -11,14 +11,19 @@ retried on the next run. Raising ``SkipRow`` drops the row without an error (``P
 
 from __future__ import annotations
 
-import time
 import traceback as tb
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 
-from datapipe_dagster.compute.batch_transform import BatchTransformStep, WholeInputs, code_version_of
+from datapipe_dagster.compute.batch_transform import (
+    BatchTransformStep,
+    ChunkFailed,
+    WholeInputs,
+    code_version_of,
+)
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import StepResult
@@ -133,25 +138,27 @@ class RowTransformStep(BatchTransformStep):
         return out
 
     def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
-        ds = self.ds
         tk = self.transform_keys
-        with ds.meta_dbconn.connect() as rconn:
-            processed_seq = ds.seq.current(rconn)
+        with self.ds.meta_dbconn.connect() as rconn:
+            read_seq = self.ds.seq.current(rconn)
             df = self.input_dts[0].read(rconn, keys[tk])
         produced: dict[tuple[Any, ...], list[list[dict[str, Any]]]] = {}
         failed: dict[tuple[Any, ...], tuple[str, str]] = {}
-        for row in to_records(df):
-            key = tuple(row[k] for k in tk)
-            try:
-                produced[key] = self._rows_of(row)
-            except SkipRow:
-                continue
-            except Exception as e:  # noqa: BLE001 - user code: record this row, go on with the others
-                failed[key] = (
-                    f"{type(e).__name__}: {e}",
-                    "".join(tb.format_exception(type(e), e, e.__traceback__)),
-                )
-        outs = self._validated(produced, failed)
+        try:
+            for row in to_records(df):
+                key = tuple(row[k] for k in tk)
+                try:
+                    produced[key] = self._rows_of(row)
+                except SkipRow:
+                    continue
+                except Exception as e:  # noqa: BLE001 - user code: record this row, go on with the others
+                    failed[key] = (
+                        f"{type(e).__name__}: {e}",
+                        "".join(tb.format_exception(type(e), e, e.__traceback__)),
+                    )
+            outs = self._validated(produced, failed)
+        except Exception as e:  # noqa: BLE001 - not attributable to one row: split the chunk
+            raise ChunkFailed(e, read_seq) from e
         failed_df = pd.DataFrame(
             [
                 {**dict(zip(tk, key, strict=True)), "error": err, "traceback": trace}
@@ -159,27 +166,14 @@ class RowTransformStep(BatchTransformStep):
             ],
             columns=tk + ["error", "traceback"],
         )
-        ok_keys = keys[tk]
-        if len(failed_df):
-            marker = failed_df[tk].assign(_failed=True)
-            merged = ok_keys.merge(marker, on=tk, how="left")
-            ok_keys = ok_keys.loc[merged["_failed"].isna().to_numpy()].reset_index(drop=True)
-        now = time.time()
-        with ds.meta_dbconn.begin_write() as conn:
-            stats = [
-                dt.write(conn, out, processed_idx=ok_keys, now=now, validated=True)
-                for dt, out in zip(self.output_dts, outs, strict=True)
-            ]
-            self.meta.mark(conn, ok_keys, processed_seq, now)
-            for key, (err, trace) in failed.items():
-                one = pd.DataFrame([dict(zip(tk, key, strict=True))])
-                self.meta.mark(conn, one, processed_seq, now, error=err, traceback=trace)
-        result.keys_processed += len(ok_keys)
+        try:
+            commit = self._commit(keys, outs, read_seq, failed_df)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ChunkFailed(e, read_seq) from e
         result.rows_read += len(df)
-        if len(failed_df):
-            result.add_failed(failed_df)
-        for dt, st in zip(self.output_dts, stats, strict=True):
-            result.add_write(dt.name, dt.primary_keys, st)
+        self._count(result, commit)
 
     def _validated(
         self,

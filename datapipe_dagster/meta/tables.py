@@ -8,6 +8,7 @@ it has not seen yet: a row is new to a transform key when its ``seq`` exceeds th
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pandas as pd
@@ -142,6 +143,29 @@ class TransformMetaTable:
 
     def create(self) -> None:
         self.dbconn.ensure_table(self.table)
+
+    def lock(self, conn: sa.Connection) -> None:
+        """Serialise the commits of this transform until ``conn``'s transaction ends.
+
+        Two processors of one transform may compute the same key at once; each commit reads the key's
+        state and writes outputs, and those two must not interleave. SQLite's write transactions are
+        already exclusive (BEGIN IMMEDIATE); PostgreSQL takes a transaction-scoped advisory lock named
+        after this state table (its schema included), so only commits of one transform wait on each other.
+        """
+        if self.dbconn.backend != "postgresql":
+            return
+        ident = f"{self.table.schema or ''}.{self.table.name}".encode()
+        lock_id = int.from_bytes(hashlib.blake2b(ident, digest_size=8).digest(), "big", signed=True)
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(lock_id, sa.BigInteger))))
+
+    def newer_than(self, conn: sa.Connection, keys: pd.DataFrame, seq: int) -> pd.DataFrame:
+        """The keys among ``keys`` whose recorded state comes from inputs read after ``seq``.
+
+        A commit computed from inputs as of ``seq`` must leave those keys alone: their outputs and state
+        already reflect newer inputs (another processor got there first).
+        """
+        base = sa.select(*[self.table.c[k] for k in self.keys]).where(self.table.c.processed_seq > seq)
+        return fetch_by_keys(conn, base, self.table, self.keys, keys, self.keys)
 
     def mark(
         self,
