@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult, analyze, key_positions
 from datapipe_dagster.compute.result import OutputStats, StepResult
-from datapipe_dagster.compute.stale import all_keys_query, classify_inputs, keys_matching, stale_keys_query
+from datapipe_dagster.compute.stale import (
+    InputRole,
+    all_keys_query,
+    classify_inputs,
+    keys_matching,
+    output_roles,
+    stale_keys_query,
+)
 from datapipe_dagster.errors import ConfigurationError, SchemaError, _plain
 from datapipe_dagster.store.schema import to_records
 from datapipe_dagster.types import ChangeList
@@ -209,6 +216,11 @@ class BatchTransformStep(ComputeStep):
             self._advance(marks, new_marks)
         return stale
 
+    def _scan_roles(self) -> list[InputRole]:
+        """The inputs, and the outputs this step alone writes (swept for keys it never processed)."""
+        mine = [dt for dt in self.output_dts if dt.name not in self.shared_outputs]
+        return self.roles + output_roles(mine, self.transform_keys)
+
     def _stale(self) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
         """Stale keys, the watermarks read, the watermarks they may advance to, and the sequence value
         read before the query."""
@@ -216,7 +228,7 @@ class BatchTransformStep(ComputeStep):
         with self.ds.meta_dbconn.connect() as conn:
             current = self.ds.seq.current(conn)
             marks = self.ds.watermarks.get(conn, self.name)
-            stale, new_marks = stale_keys_query(conn, self.roles, tmeta, self.transform_keys, marks, current)
+            stale, new_marks = stale_keys_query(conn, self._scan_roles(), tmeta, self.transform_keys, marks, current)
         return self._typed(stale), marks, new_marks, current
 
     def _advance(self, marks: dict[str, int], new_marks: dict[str, int]) -> None:
@@ -230,7 +242,11 @@ class BatchTransformStep(ComputeStep):
         with self.ds.meta_dbconn.connect() as conn:
             row = conn.execute(sa.select(t.c.processed_seq, t.c.is_success)).first()
             top = max((dt.meta.max_seq(conn) for dt in self.input_dts), default=0)
-        stale = row is None and top > 0 or row is not None and (not row[1] or top > row[0])
+            # Never run, no input, but outputs left by someone else: one run deletes them.
+            orphans = row is None and top == 0 and any(
+                dt.meta.max_seq(conn) > 0 for dt in self.output_dts if dt.name not in self.shared_outputs
+            )
+        stale = row is None and (top > 0 or orphans) or row is not None and (not row[1] or top > row[0])
         return pd.DataFrame({ALL_KEY: [0] if stale else []}, dtype="int64")
 
     def get_all_keys(self) -> pd.DataFrame:
@@ -239,7 +255,7 @@ class BatchTransformStep(ComputeStep):
         if self.keyless:
             return pd.DataFrame({ALL_KEY: [0]}, dtype="int64")
         with self.ds.meta_dbconn.connect() as conn:
-            return self._typed(all_keys_query(conn, self.roles, tmeta, self.transform_keys))
+            return self._typed(all_keys_query(conn, self._scan_roles(), tmeta, self.transform_keys))
 
     def failed_keys(self, limit: int | None = None) -> pd.DataFrame:
         """Keys whose last attempt failed, with ``error``, ``traceback`` and ``process_ts``."""
@@ -284,7 +300,7 @@ class BatchTransformStep(ComputeStep):
         result = self.process_keys(stale)
         # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
         # query finds by itself), so the next stale query can start above ``current``.
-        self._advance(marks, {r.dt.name: current for r in self.roles})
+        self._advance(marks, {r.mark: current for r in self._scan_roles()})
         return result
 
     def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:

@@ -54,6 +54,9 @@ class ComputeStep(ABC):
     name: str
     input_dts: list[DataTable]
     output_dts: list[DataTable]
+    shared_outputs: frozenset[str] = frozenset()
+    """Outputs another step of the pipeline writes too (set by ``build_compute``): a step cleans up
+    under its own keys only there, and leaves rows under keys it never processed to their writer."""
 
     @abstractmethod
     def run_full(self, ds: DataStore) -> StepResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
@@ -27,6 +28,9 @@ def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> list[C
         if s.name in seen:
             raise ConfigurationError(f"two steps are named {s.name!r}; give one of them name=...")
         seen.add(s.name)
+    writers = Counter(dt.name for s in steps for dt in s.output_dts)
+    for s in steps:
+        s.shared_outputs = frozenset(dt.name for dt in s.output_dts if writers[dt.name] > 1)
     return steps
 
 

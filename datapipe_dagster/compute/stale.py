@@ -28,7 +28,18 @@ from datapipe_dagster.store.sql import fetch_frame
 class InputRole:
     dt: DataTable
     shared: list[str]  # transform-key columns this input carries in its primary key
-    kind: str  # "full" | "partial" | "keyless"
+    kind: str  # "full" | "partial" | "keyless" | "output"
+
+    @property
+    def mark(self) -> str:
+        """The name this role's watermark is kept under."""
+        return f"out:{self.dt.name}" if self.kind == "output" else self.dt.name
+
+
+def output_roles(output_dts: list[DataTable], keys: list[str]) -> list[InputRole]:
+    """Outputs swept for rows under keys the transform never processed (written before its first run,
+    or by a step it replaced): such keys are stale, so processing them deletes what no key produces."""
+    return [InputRole(dt, list(keys), "output") for dt in output_dts]
 
 
 def classify_inputs(input_dts: list[DataTable], keys: list[str]) -> list[InputRole]:
@@ -54,8 +65,22 @@ def stale_keys_query(
     new_marks: dict[str, int] = {}
     for role in roles:
         m = role.dt.meta.table
-        wm = watermarks.get(role.dt.name, 0)
-        if role.kind in ("full", "partial"):
+        wm = watermarks.get(role.mark, 0)
+        if role.kind == "output":
+            fresh = (
+                sa.select(*[m.c[k] for k in keys], m.c.seq)
+                .where(m.c.seq > wm, m.c.delete_ts.is_(None))
+                .cte(f"out_{role.dt.name}")
+                .prefix_with("MATERIALIZED")
+            )
+            on = sa.and_(*[fresh.c[k] == t.c[k] for k in keys])
+            stmt = (
+                sa.select(*[fresh.c[k] for k in keys], sa.func.min(fresh.c.seq))
+                .select_from(fresh.outerjoin(t, on))
+                .where(t.c[keys[0]].is_(None))
+                .group_by(*[fresh.c[k] for k in keys])
+            )
+        elif role.kind in ("full", "partial"):
             # The rows above the watermark come first, from the seq index, materialised: left to itself,
             # SQLite would walk the whole table in key order to serve the GROUP BY.
             changed = (
@@ -87,11 +112,11 @@ def stale_keys_query(
         else:
             top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
             if top is None:
-                new_marks[role.dt.name] = current
+                new_marks[role.mark] = current
                 continue
             stmt = sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(t.c.processed_seq < top)
         df = fetch_frame(conn, stmt, keys + ["min_seq"])
-        new_marks[role.dt.name] = int(df["min_seq"].min()) - 1 if len(df) else current
+        new_marks[role.mark] = int(df["min_seq"].min()) - 1 if len(df) else current
         frames.append(df[keys])
     failed = fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys)
     frames.append(failed)
@@ -103,11 +128,12 @@ def stale_keys_query(
 
 
 def all_keys_query(conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str]) -> pd.DataFrame:
-    """Every key the transform knows: live keys of its full inputs and keys it processed before."""
+    """Every key the transform knows: live keys of its full inputs and swept outputs, and keys it
+    processed before."""
     t = tmeta.table
     selects = [sa.select(*[t.c[k] for k in keys])]
     for role in roles:
-        if role.kind == "full":
+        if role.kind in ("full", "output"):
             m = role.dt.meta.table
             selects.append(sa.select(*[m.c[k] for k in keys]).where(m.c.delete_ts.is_(None)))
     return fetch_frame(conn, sa.union(*selects), keys)
