@@ -179,9 +179,9 @@ def test_transform_state_defined_twice_in_one_process_creates_once(dbconn: DBCon
 
 def _first_use(url: str, schema: str | None, barrier, n: int, out) -> None:  # noqa: ANN001
     try:
-        ds, catalog, steps = seed_setup(DBConn(url, schema=schema), chunk_size=5, name="clicks")
+        ds, catalog, steps = seed_setup(DBConn(url, schema=schema), chunk_size=100, name="clicks")
         barrier.wait(timeout=60)
-        catalog.get_datatable(ds, "events").store_chunk(events_for(range(n * 20, n * 20 + 20)))
+        catalog.get_datatable(ds, "events").store_chunk(events_for(range(n * 5, n * 5 + 5)))
         run_steps(ds, steps, raise_on_error=True)
         out.put((n, "ok"))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the test
@@ -191,7 +191,7 @@ def _first_use(url: str, schema: str | None, barrier, n: int, out) -> None:  # n
 def test_processes_starting_together_all_create_and_write(dbconn: DBConn, tmp_path: Path) -> None:
     """First use of the same (missing) tables by processes released by one barrier: all succeed."""
     ctx = multiprocessing.get_context("fork")
-    procs_n, trials = 3, 4
+    procs_n, trials = 3, 3
     for trial in range(trials):
         if dbconn.backend == "sqlite":
             url, schema = f"sqlite:///{tmp_path / f'race{trial}.sqlite'}", None
@@ -208,7 +208,7 @@ def test_processes_starting_together_all_create_and_write(dbconn: DBConn, tmp_pa
             assert results == {n: "ok" for n in range(procs_n)}, f"trial {trial}: {results}"
             conn = DBConn(url, schema=schema)
             ds, catalog, steps = seed_setup(conn, name="clicks")
-            assert len(catalog.get_datatable(ds, "events").get_data()) == procs_n * 40
+            assert len(catalog.get_datatable(ds, "events").get_data()) == procs_n * 10
             assert_complete(ds, catalog, steps)
             conn.engine.dispose()
         finally:
