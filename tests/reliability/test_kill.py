@@ -10,8 +10,10 @@ run completes with outputs equal to a pandas recomputation and no stale key.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,48 +28,49 @@ from tests.reliability.test_faults import assert_complete, assert_consistent
 ROOT = Path(__file__).parents[2]
 KILLS = int(os.environ.get("DATAPIPE_SOAK_KILLS", "10"))
 
-WORKER = textwrap.dedent(
-    """
-    import json, os, random, sys
-    sys.path.insert(0, {root!r})
-    from datapipe_dagster import DBConn, run_steps
-    from tests.engine_helpers import frame, seed_setup
-
-    seed = {seed!r}
-    ds, catalog, steps = seed_setup(DBConn({url!r}, schema={schema!r}), chunk_size=7, name="clicks")
+def worker(url: str, schema: str | None, seed: str, log: str, phase: str, ready) -> None:  # noqa: ANN001
+    """Loads and runs forever (until killed). Forked from the test process: no import to pay per kill."""
+    ds, catalog, steps = seed_setup(DBConn(url, schema=schema), chunk_size=7, name="clicks")
     events = catalog.get_datatable(ds, "events")
     rng = random.Random(seed)
-    log = open({log!r}, "a")
-    print("ready", flush=True)
-    batch = 0
-    while True:
-        tag = f"{{seed}}-{{batch}}"
-        if rng.random() < 0.6:
-            n = rng.randint(20, 1500)
-            rows = [
-                {{
-                    "user_id": f"u{{rng.randrange(150)}}",
-                    "event_id": f"{{tag}}-{{i}}",
-                    "event": json.dumps({{
-                        "event_type": rng.choice(["click", "view"]),
-                        "ip": f"10.{{batch % 250}}.{{i % 250}}.{{rng.randrange(250)}}",
-                        "batch": tag,
-                        "size": n,
-                        "pad": "x" * rng.randrange(200),
-                    }}),
-                }}
-                for i in range(n)
-            ]
-            print("load", flush=True)
-            events.store_chunk(frame(*rows))
-            log.write(f"{{tag}} {{n}}\\n")
-            log.flush()
-        else:
-            print("run", flush=True)
-            run_steps(ds, steps)
-        batch += 1
-    """
-)
+    with open(log, "a") as logf, open(phase, "w") as phasef:
+
+        def note(what: str) -> None:
+            phasef.seek(0)
+            phasef.write(what.ljust(8))
+            phasef.flush()
+
+        note("start")
+        ready.set()
+        batch = 0
+        while True:
+            tag = f"{seed}-{batch}"
+            if rng.random() < 0.6:
+                n = rng.randint(20, 1500)
+                rows = [
+                    {
+                        "user_id": f"u{rng.randrange(150)}",
+                        "event_id": f"{tag}-{i}",
+                        "event": json.dumps(
+                            {
+                                "event_type": rng.choice(["click", "view"]),
+                                "ip": f"10.{batch % 250}.{i % 250}.{rng.randrange(250)}",
+                                "batch": tag,
+                                "size": n,
+                                "pad": "x" * rng.randrange(200),
+                            }
+                        ),
+                    }
+                    for i in range(n)
+                ]
+                note("load")
+                events.store_chunk(frame(*rows))
+                logf.write(f"{tag} {n}\n")
+                logf.flush()
+            else:
+                note("run")
+                run_steps(ds, steps)
+            batch += 1
 
 
 def check_after_kill(dbconn: DBConn, log: Path) -> int:
@@ -98,25 +101,23 @@ def test_kill_9_at_random_points_loses_nothing(dbconn: DBConn, tmp_path: Path) -
     log.touch()
     phases: Counter[str] = Counter()
     rows = 0
+    ctx = multiprocessing.get_context("fork")
+    phase = tmp_path / "phase"
     for k in range(KILLS):
-        script = tmp_path / "worker.py"
-        script.write_text(
-            WORKER.format(root=str(ROOT), seed=f"{seed}.{k}", url=dbconn.connstr, schema=dbconn.schema, log=str(log))
-        )
-        proc = subprocess.Popen(
-            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        if first.strip() != "ready":
+        if dbconn._engine is not None:
+            dbconn._engine.dispose()  # the child must not inherit pooled connections
+        ready = ctx.Event()
+        proc = ctx.Process(target=worker, args=(dbconn.connstr, dbconn.schema, f"{seed}.{k}", str(log), str(phase), ready))
+        proc.start()
+        if not ready.wait(timeout=60):
             proc.kill()
-            raise AssertionError(f"seed {seed}: worker did not start: {first}{proc.communicate()[1]}")
-        time.sleep(rng.uniform(0.05, 1.2))
-        proc.kill()
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == -9, f"seed {seed}: worker ended by itself ({proc.returncode}):\n{err}"
-        lines = out.split()
-        phases[lines[-1] if lines else "start"] += 1
+            raise AssertionError(f"seed {seed}: worker {k} did not start (exit code {proc.exitcode})")
+        time.sleep(rng.uniform(0.02, 1.0))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=60)
+        assert proc.exitcode == -signal.SIGKILL, f"seed {seed}: worker {k} ended by itself ({proc.exitcode})"
+        phases[phase.read_text().strip() if phase.exists() else "start"] += 1
+        phase.unlink(missing_ok=True)
         rows = check_after_kill(dbconn, log)
     print(f"{dbconn.backend}: survived {KILLS} kills (seed {seed}), at {dict(phases)}; {rows} events")
     assert run_steps(ds, steps).ok
