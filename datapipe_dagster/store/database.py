@@ -147,7 +147,9 @@ class DBConn:
         # SQLite has no "forever": a day stands in for lock_timeout=None.
         wait_ms = int((self.lock_timeout if self.lock_timeout is not None else 86400) * 1000)
         if self.backend == "sqlite":
-            engine = sa.create_engine(self.url, connect_args={"timeout": wait_ms / 1000}, **self.engine_kwargs)
+            kwargs = dict(self.engine_kwargs)
+            connect_args = {"timeout": wait_ms / 1000, **kwargs.pop("connect_args", {})}
+            engine = sa.create_engine(self.url, connect_args=connect_args, **kwargs)
 
             @event.listens_for(engine, "connect")
             def _on_connect(dbapi_conn: Any, _rec: Any) -> None:

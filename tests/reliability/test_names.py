@@ -194,6 +194,28 @@ def test_traceback_with_locals_does_not_show_the_password(pg_schema_conn: DBConn
         conn.engine.dispose()
 
 
+def test_traceback_of_a_database_error_in_a_run_does_not_show_the_password(pg_schema_conn: DBConn) -> None:
+    from datapipe_dagster.errors import StepDatabaseError
+    from tests.engine_helpers import seed_setup
+
+    conn = DBConn(_secret_url(PG_URL), schema=pg_schema_conn.schema)
+    try:
+        ds, catalog, steps = seed_setup(conn, name="clicks")
+        catalog.get_datatable(ds, "events").store_chunk(frame(event("u1", "1")))
+        assert run_steps(ds, steps).ok
+        catalog.get_datatable(ds, "events").store_chunk(frame(event("u1", "2")))
+        with pg_schema_conn.engine.begin() as c:  # the table vanishes behind the library's back
+            c.exec_driver_sql(f'DROP TABLE "{pg_schema_conn.schema}".clicks__transform_meta')
+        with pytest.raises(StepDatabaseError, match=r"step 'clicks' \(inputs 'events' -> outputs 'click_count', 'ip'\)") as info:
+            run_steps(ds, steps)
+        assert isinstance(info.value.__cause__, sa.exc.ProgrammingError)
+        text = _render(info.value)
+        assert "Engine(" in text or "DBConn(" in text
+        assert SECRET not in text
+    finally:
+        conn.engine.dispose()
+
+
 def test_example_simulator_and_api_print_no_password(pg_database: str, capsys: pytest.CaptureFixture[str]) -> None:
     from fastapi.testclient import TestClient
 
