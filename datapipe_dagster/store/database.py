@@ -230,6 +230,10 @@ class DBConn:
         creating tables waits for other writers instead of failing with "database is locked"); table and
         indexes commit together, so a failed CREATE leaves nothing behind and a retry starts clean.
         """
+        with self.connect() as conn:
+            # Most calls find the table: a read, no write lock (the caller may hold a write transaction).
+            if self.engine.dialect.has_table(conn, table.name, schema=table.schema):
+                return
         try:
             with self.begin_write() as conn:
                 table.metadata.create_all(conn, tables=[table], checkfirst=True)
