@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import sqlite3
 import subprocess
 import uuid
@@ -18,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Column, String, event
 
-from datapipe_dagster import DataStore, DBConn, run_steps
+from datapipe_dagster import ConfigurationError, DataStore, DBConn, run_steps
 from datapipe_dagster.errors import DatabaseError, LockTimeoutError, StepDatabaseError, StorageFullError
 from tests.conftest import PG_URL
 from tests.engine_helpers import event as ev
@@ -254,8 +255,10 @@ def test_lock_timeout_default_and_validation(dbconn: DBConn) -> None:
     else:
         with dbconn.connect() as c:
             assert c.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 60000
-    with pytest.raises(Exception, match="lock_timeout must be a positive number"):
+    with pytest.raises(ConfigurationError, match="lock_timeout must be a positive number"):
         DBConn(dbconn.connstr, lock_timeout=0)
+    # a run worker gets the same setting
+    assert pickle.loads(pickle.dumps(DBConn(dbconn.connstr, lock_timeout=2.5))).lock_timeout == 2.5
 
 
 # ------------------------------------------------------------------------------------ PG terminated
