@@ -70,5 +70,70 @@ class StepFailedError(DatapipeError):
         super().__init__(str(summary))
 
 
+class DatabaseError(DatapipeError):
+    """The database failed (a lock wait timed out, the disk is full, the connection was lost).
+
+    Nothing half-written stays: the transaction that failed was rolled back. The driver's error is the
+    ``__cause__``.
+    """
+
+
+def _names(tables: list[str]) -> str:
+    return ", ".join(repr(t) for t in tables) or "none"
+
+
+def _tables_text(tables: list[str]) -> str:
+    return ", ".join(repr(t) for t in tables) if tables else "(any: the whole database is locked)"
+
+
+class LockTimeoutError(DatabaseError):
+    """A statement waited longer than ``DBConn(lock_timeout=...)`` for a lock another session holds."""
+
+    def __init__(self, tables: list[str], backend: str, timeout: float | None, detail: str):
+        self.tables = tables
+        waited = f"more than {timeout:g} s" if timeout is not None else "too long"
+        if backend == "postgresql":
+            how = (
+                "another session holds it (often one left 'idle in transaction'). Find it with "
+                "SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' "
+                "OR wait_event_type = 'Lock'; end it with SELECT pg_terminate_backend(pid), or raise "
+                "DBConn(lock_timeout=...)"
+            )
+        else:
+            how = (
+                "another process holds the SQLite write lock (a long write or a stuck process): stop it, "
+                "or raise DBConn(lock_timeout=...)"
+            )
+        super().__init__(f"table {_tables_text(tables)}: a write waited {waited} for a lock; {how}. ({detail.strip()})")
+
+
+class StorageFullError(DatabaseError):
+    """The database could not write: its disk (or quota) is full."""
+
+    def __init__(self, tables: list[str], backend: str, detail: str, statement: str = ""):
+        self.tables = tables
+        where = f"table {_names(tables)}: the" if tables else "The"
+        at = f" (at {statement.split()[0].upper()})" if not tables and statement.strip() else ""
+        super().__init__(
+            f"{where} {backend} database is out of disk space{at}; nothing of this write was kept. "
+            f"Free space and rerun. ({detail.strip()})"
+        )
+
+
+class StepDatabaseError(DatabaseError):
+    """A database error while a step ran; names the step and its tables."""
+
+    def __init__(self, step: str, inputs: list[str], outputs: list[str], cause: BaseException):
+        self.step = step
+        self.inputs = inputs
+        self.outputs = outputs
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(
+            f"step {step!r} (inputs {_names(inputs)} -> outputs {_names(outputs)}) stopped on a "
+            f"database error: {type(cause).__name__}: {first}. Chunks committed before it are kept, the one "
+            f"in progress was rolled back; fix the database and run again (its keys are still stale)."
+        )
+
+
 class SkipRow(Exception):  # noqa: N818 - a control-flow signal, named as users read it
     """Raised inside a RowTransform function to drop the row without recording an error."""

@@ -99,7 +99,7 @@ def create_app(store: ExampleStore | None = None) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, str]:
         """Liveness, and which database the API writes to."""
-        return {"status": "ok", "db": store.url}
+        return {"status": "ok", "db": store.dbconn.safe_url}
 
     return app
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     store = open_store(args.db)
     print(
-        f"events API on http://{args.host}:{args.port} (data: {store.url}); POST /update-data, GET /users/<id>"
+        f"events API on http://{args.host}:{args.port} (data: {store.dbconn.safe_url}); POST /update-data, GET /users/<id>"
     )
     uvicorn.run(create_app(store), host=args.host, port=args.port, log_level="warning")
 

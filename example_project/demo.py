@@ -192,7 +192,7 @@ def run_demo(
     summary: dict[str, Any] = {}
     with dg.DagsterInstance.local_temp(tempdir=str(workdir / "dagster_home")) as instance:
         drv = Driver(defs, instance, parts)
-        say(f"datapipe_dagster demo: data in {st.url}, Dagster instance in {workdir / 'dagster_home'}")
+        say(f"datapipe_dagster demo: data in {st.dbconn.safe_url}, Dagster instance in {workdir / 'dagster_home'}")
         say(
             f"  assets: {', '.join(sorted(k.to_user_string() for k in defs.get_repository_def().asset_graph.get_all_asset_keys()))}"
         )

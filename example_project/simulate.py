@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> SimulationResult:
         )
     finally:
         store.dispose()
-    print(f"{res} into {store.url}")
+    print(f"{res} into {store.dbconn.safe_url}")
     return res
 
 

@@ -25,7 +25,7 @@ from datapipe_dagster.compute.stale import (
     output_roles,
     stale_keys_query,
 )
-from datapipe_dagster.errors import ConfigurationError, SchemaError, _plain
+from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, _plain
 from datapipe_dagster.store.schema import to_records
 from datapipe_dagster.types import ChangeList
 
@@ -418,7 +418,7 @@ class BatchTransformStep(ComputeStep):
             raise ChunkFailed(e, read_seq) from e
         try:
             commit = self._commit(keys, outs, read_seq)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseError):
             raise  # the database, not the keys: the run stops and a rerun redoes the chunk
         except Exception as e:  # noqa: BLE001 - e.g. an output value the database refuses
             raise ChunkFailed(e, read_seq) from e

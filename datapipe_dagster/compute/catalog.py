@@ -6,8 +6,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from datapipe_dagster.errors import UnknownTableError
+from datapipe_dagster.errors import ConfigurationError, UnknownTableError
+from datapipe_dagster.meta.tables import (
+    EXTERNAL_STATE_TABLE,
+    SEQ_TABLE,
+    TRANSFORM_META_SUFFIX,
+    WATERMARK_TABLE,
+    internal_table_names,
+)
 from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.database import MAX_IDENTIFIER_BYTES, fit_identifier
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,13 +33,58 @@ class Table:
     description: str | None = None
 
 
+_SHARED_INTERNAL = {
+    SEQ_TABLE: "the write-sequence table",
+    WATERMARK_TABLE: "the watermark table",
+    EXTERNAL_STATE_TABLE: "the external-table scan state",
+}
+
+
+def _spellings(name: str) -> set[str]:
+    """``name`` as every backend would create it (PostgreSQL shortens long internal names)."""
+    return {name} | {fit_identifier(name, limit) for limit in MAX_IDENTIFIER_BYTES.values()}
+
+
+def check_internal_names(names: list[str]) -> None:
+    """Refuse catalog names that are (or would be) tables the metadata layer creates.
+
+    Raises:
+        ConfigurationError: naming the catalog table and the internal table it collides with.
+    """
+    internal: dict[str, str] = {}
+    for spelled, what in _SHARED_INTERNAL.items():
+        internal[spelled] = what
+    for other in names:
+        for meta in internal_table_names(other):
+            for spelled in _spellings(meta):
+                internal.setdefault(spelled, f"the row metadata of table {other!r}")
+    for name in names:
+        if name.endswith(TRANSFORM_META_SUFFIX):
+            step = name[: -len(TRANSFORM_META_SUFFIX)]
+            raise ConfigurationError(
+                f"catalog table {name!r} collides with the internal table {name!r}, the state of a transform "
+                f"named {step!r} (names ending in {TRANSFORM_META_SUFFIX!r} are reserved): rename the table"
+            )
+        if name in internal:
+            raise ConfigurationError(
+                f"catalog table {name!r} collides with the internal table {name!r}, {internal[name]}: rename the table"
+            )
+
+
 class Catalog:
-    """The tables of a pipeline by name."""
+    """The tables of a pipeline by name.
+
+    Raises:
+        ConfigurationError: a name collides with a table the metadata layer creates (``datapipe_seq``,
+            ``<table>_meta`` of another catalog table, ``<step>__transform_meta``, ...).
+    """
 
     def __init__(self, catalog: dict[str, Table]):
+        check_internal_names(list(catalog))
         self.catalog = dict(catalog)
 
     def add_datatable(self, name: str, table: Table) -> None:
+        check_internal_names([*self.catalog, name])
         self.catalog[name] = table
 
     def names(self) -> list[str]:

@@ -124,7 +124,7 @@ class UpdateExternalTableStep(ComputeStep):
             extend_existing=True,
         )
         self._files = sa.Table(
-            f"{dt.name}_meta_files",
+            ds.meta_dbconn.identifier(f"{dt.name}_meta_files"),
             meta,
             *key_columns_copy(dt.primary_schema),
             sa.Column("size", sa.BigInteger, nullable=False),

@@ -27,7 +27,7 @@ from datapipe_dagster.compute.batch_transform import (
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import StepResult
-from datapipe_dagster.errors import ConfigurationError, SchemaError, SkipRow
+from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, SkipRow
 from datapipe_dagster.store.schema import to_records
 
 
@@ -168,7 +168,7 @@ class RowTransformStep(BatchTransformStep):
         )
         try:
             commit = self._commit(keys, outs, read_seq, failed_df)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseError):
             raise
         except Exception as e:  # noqa: BLE001
             raise ChunkFailed(e, read_seq) from e

@@ -20,6 +20,36 @@ from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 META_COLUMNS = ["hash", "create_ts", "update_ts", "delete_ts", "seq"]
 
+SEQ_TABLE = "datapipe_seq"
+WATERMARK_TABLE = "datapipe_watermarks"
+EXTERNAL_STATE_TABLE = "datapipe_external_state"
+TRANSFORM_META_SUFFIX = "__transform_meta"
+
+
+def row_meta_name(table: str) -> str:
+    """The row-metadata table of data table ``table`` (before fitting to the backend's name limit)."""
+    return f"{table}_meta"
+
+
+def transform_meta_name(step: str) -> str:
+    """The per-key state table of transform ``step`` (before fitting to the backend's name limit)."""
+    return f"{step}{TRANSFORM_META_SUFFIX}"
+
+
+def internal_table_names(table: str) -> list[str]:
+    """Tables the metadata layer creates for a data table ``table`` (fitting is applied by the caller)."""
+    return [row_meta_name(table), f"{row_meta_name(table)}_files"]
+
+
+def own_table(dbconn: DBConn, name: str, *items: Any) -> sa.Table:
+    """A metadata table in a MetaData of its own.
+
+    Not in ``dbconn.metadata``: a Table redefined there (``extend_existing``) gains a second copy of its
+    indexes, so after one failed CREATE every retry failed with "index … already exists"; and a catalog
+    table of the same name would be silently merged into it.
+    """
+    return sa.Table(name, sa.MetaData(schema=dbconn.schema), *items)
+
 
 def key_columns_copy(primary_schema: list[sa.Column]) -> list[sa.Column]:
     return [sa.Column(c.name, c.type, primary_key=True) for c in primary_schema]
@@ -31,12 +61,11 @@ class SequenceTable:
 
     def __init__(self, dbconn: DBConn):
         self.dbconn = dbconn
-        self.table = sa.Table(
-            "datapipe_seq",
-            dbconn.metadata,
+        self.table = own_table(
+            dbconn,
+            SEQ_TABLE,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("value", sa.BigInteger, nullable=False),
-            extend_existing=True,
         )
 
     def create(self) -> None:
@@ -66,17 +95,17 @@ class MetaTable:
         self.dbconn = dbconn
         self.name = name
         self.primary_keys = [c.name for c in primary_schema]
-        self.table = sa.Table(
-            f"{name}_meta",
-            dbconn.metadata,
+        # Names that fit the backend are the historical ones; longer ones get a stable hashed suffix.
+        self.table = own_table(
+            dbconn,
+            dbconn.identifier(row_meta_name(name)),
             *key_columns_copy(primary_schema),
             sa.Column("hash", sa.BigInteger, nullable=False),
             sa.Column("create_ts", sa.Float, nullable=False),
             sa.Column("update_ts", sa.Float, nullable=False),
             sa.Column("delete_ts", sa.Float, nullable=True),
             sa.Column("seq", sa.BigInteger, nullable=False),
-            sa.Index(f"ix_{name}_meta_seq", "seq"),
-            extend_existing=True,
+            sa.Index(dbconn.identifier(f"ix_{row_meta_name(name)}_seq"), "seq"),
         )
 
     def create(self) -> None:
@@ -128,17 +157,16 @@ class TransformMetaTable:
         self.name = name
         self.keys = [c.name for c in key_schema]
         # "__transform_meta" keeps a transform's state apart from a table's "<name>_meta" of the same name.
-        self.table = sa.Table(
-            f"{name}__transform_meta",
-            dbconn.metadata,
+        self.table = own_table(
+            dbconn,
+            dbconn.identifier(transform_meta_name(name)),
             *key_columns_copy(key_schema),
             sa.Column("processed_seq", sa.BigInteger, nullable=False),
             sa.Column("process_ts", sa.Float, nullable=False),
             sa.Column("is_success", sa.Boolean, nullable=False),
             sa.Column("error", sa.Text, nullable=True),
             sa.Column("traceback", sa.Text, nullable=True),
-            sa.Index(f"ix_{name}__transform_meta_success", "is_success"),
-            extend_existing=True,
+            sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_success"), "is_success"),
         )
 
     def create(self) -> None:
@@ -237,13 +265,12 @@ class WatermarkTable:
 
     def __init__(self, dbconn: DBConn):
         self.dbconn = dbconn
-        self.table = sa.Table(
-            "datapipe_watermarks",
-            dbconn.metadata,
+        self.table = own_table(
+            dbconn,
+            WATERMARK_TABLE,
             sa.Column("transform", sa.String(255), primary_key=True),
             sa.Column("input_table", sa.String(255), primary_key=True),
             sa.Column("seq", sa.BigInteger, nullable=False),
-            extend_existing=True,
         )
 
     def create(self) -> None:
