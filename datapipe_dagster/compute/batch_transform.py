@@ -385,7 +385,15 @@ class BatchTransformStep(ComputeStep):
 
     def _process_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
         try:
-            self._try_chunk(keys, result, whole)
+            try:
+                self._try_chunk(keys, result, whole)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+                if not getattr(e, "connection_invalidated", False):
+                    raise
+                # The connection dropped (server restart, killed backend): nothing of the chunk was
+                # committed; redo it once on a fresh connection, and let a second failure stop the run.
+                log.warning("transform %s: connection lost (%s); retrying the chunk once", self.name, e.orig)
+                self._try_chunk(keys, result, whole)
         except ChunkFailed as f:
             if len(keys) > 1:
                 half = len(keys) // 2
