@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from datapipe_dagster.errors import SchemaError, _plain
 
 _JSON_TYPES = (dict, list, str, int, float, bool, np.integer, np.floating, np.bool_)
+_JSON_EXACT = {dict, list, str, int, float, bool, type(None)}
 
 _INF_FIX = "replace it with None (NULL) or declare the column Float"
 _FRAC_FIX = "round it (e.g. Series.round()) or declare the column Float"
@@ -73,7 +74,10 @@ def _check_int_range(c: _Column, s: pd.Series, lo: int, hi: int, name: str) -> N
     if not len(s) or not c.notna.any():
         return
     unsigned = pd.api.types.is_unsigned_integer_dtype(s.dtype)
-    if int(s.max()) <= hi and (unsigned or int(s.min()) >= lo):
+    if not unsigned and 8 * s.dtype.itemsize <= (hi + 1).bit_length():
+        return  # the dtype cannot hold a value out of range (int64 in BigInteger, int32 in Integer)
+    arr = s.to_numpy() if c.notna.all() and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype) else s
+    if int(arr.max()) <= hi and (unsigned or int(arr.min()) >= lo):
         return
     bad = (s > hi) if unsigned else ((s < lo) | (s > hi))
     pos = _first_bad(bad.fillna(False).to_numpy(dtype=bool))
@@ -186,11 +190,16 @@ def _coerce_bool(c: _Column) -> pd.Series:
 def _coerce_json(c: _Column) -> pd.Series:
     # A shallow type check here; hash_rows serialises every value (once) and reports deeper problems.
     s = c.s
-    ok = s.map(lambda v: v is None or isinstance(v, _JSON_TYPES) or (isinstance(v, float) and v != v))
-    if not ok.all():
-        c.fail(~ok.to_numpy(), "expected a JSON-serialisable value")
-    # numpy scalars as Python values: the database's JSON encoder does not know numpy.
-    return s.map(lambda v: v.item() if isinstance(v, np.generic) else v).astype(object)
+    vals = s.tolist()
+    if set(map(type, vals)) <= _JSON_EXACT:  # the common case, checked at C speed
+        return s.astype(object)
+    for pos in [pos for pos, v in enumerate(vals) if type(v) not in _JSON_EXACT]:
+        v = vals[pos]
+        if isinstance(v, np.generic):
+            vals[pos] = v.item()  # the database's JSON encoder does not know numpy scalars
+        elif not isinstance(v, _JSON_TYPES):
+            c.fail_at(pos, "expected a JSON-serialisable value")
+    return pd.Series(vals, index=s.index, dtype=object)
 
 
 def _parse_datetimes_one_by_one(c: _Column) -> pd.Series:
@@ -253,11 +262,20 @@ def _coerce_bytes(c: _Column) -> pd.Series:
     return s.astype(object)
 
 
+def _may_hold_nul(out: pd.Series, notna: np.ndarray) -> bool:
+    # One search over the joined strings (memchr speed) instead of a search per value.
+    vals = out.to_numpy(dtype=object)
+    try:
+        return "\x00" in "".join(vals if notna.all() else vals[notna])
+    except TypeError:  # not all strings: let the per-value search below decide
+        return True
+
+
 def _check_strings(c: _Column, out: pd.Series) -> pd.Series:
     if not c.notna.any():
         return out
-    nul = out.str.contains("\x00", regex=False, na=False).to_numpy(dtype=bool)
-    if nul.any():
+    nul = out.str.contains("\x00", regex=False, na=False).to_numpy(dtype=bool) if _may_hold_nul(out, c.notna) else None
+    if nul is not None and nul.any():
         c.fail(
             nul,
             "a string holds a NUL character (\\x00), which PostgreSQL cannot store",
@@ -275,7 +293,8 @@ def _check_strings(c: _Column, out: pd.Series) -> pd.Series:
 def _coerce_string(c: _Column) -> pd.Series:
     s = c.s
     if pd.api.types.is_integer_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        return _check_strings(c, s.astype(str))
+        out = s.astype(str)
+        return _check_strings(c, out) if getattr(c.col.type, "length", None) else out  # digits hold no NUL
     if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
         return _check_strings(c, s)
     if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
