@@ -377,8 +377,11 @@ def empty_frame(columns: list[sa.Column]) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series([], dtype=object) for c in columns})
 
 
-def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?") -> np.ndarray:
+def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?", strict_json: bool = False) -> np.ndarray:
     """A 63-bit content hash per row, from every column (JSON values canonicalised), as int64.
+
+    With ``strict_json`` (values bound for a SQL JSON column), JSON values must be what the database's
+    JSON encoder writes: no NaN/infinity, no bytes, date/times or numpy scalars inside.
 
     Raises:
         SchemaError: a JSON value that cannot be serialised (names the column and key).
@@ -390,6 +393,7 @@ def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?") -> n
     for col in columns:
         s = df[col.name]
         is_json = isinstance(col.type, sa.JSON)
+        strict = strict_json and is_json
         if is_json or s.dtype == object:
             vals = s.tolist()
             out = []
@@ -398,9 +402,7 @@ def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?") -> n
                     out.append("\x00null")
                     continue
                 try:
-                    # JSON values must survive the database's own encoder: no numpy, dates or bytes
-                    # inside, no NaN/inf (not JSON). Other object columns hash their Python values.
-                    out.append(json.dumps(v, sort_keys=True, allow_nan=not is_json, default=None if is_json else _json_default))
+                    out.append(json.dumps(v, sort_keys=True, allow_nan=not strict, default=None if strict else _json_default))
                 except (TypeError, ValueError) as e:
                     raise SchemaError(table, f"value is not JSON-serialisable: {e}", col.name, _key_of(df, pos, pks)) from None
             s = pd.Series(out, index=df.index, dtype=object)

@@ -21,9 +21,32 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Date, DateTime, Float, Integer, LargeBinary, SmallInteger, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+)
 
-from datapipe_dagster import BatchTransform, Catalog, DatapipeError, DataStore, DBConn, Pipeline, Table, TableStoreDB, build_compute, run_steps
+from datapipe_dagster import (
+    BatchTransform,
+    Catalog,
+    DatapipeError,
+    DataStore,
+    DBConn,
+    Pipeline,
+    Table,
+    TableStoreDB,
+    build_compute,
+    run_steps,
+)
 from tests.conftest import PG_URL, require_pg
 
 UTC = dt.timezone.utc
