@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from datapipe_dagster.errors import SchemaError, _plain
 
 _JSON_TYPES = (dict, list, str, int, float, bool, np.integer, np.floating, np.bool_)
+_NULL = "\x00null"  # how a missing value enters the row hash
 _JSON_EXACT = {dict, list, str, int, float, bool, type(None)}
 
 _INF_FIX = "replace it with None (NULL) or declare the column Float"
@@ -114,6 +115,20 @@ def _exact_int(v: Any) -> int | None | str:
     return "expected an integer"
 
 
+def _fast_exact_ints(c: _Column, kind: str) -> pd.Series | None:
+    """Python ints, or digit strings, converted at C speed (pandas parses digit strings as int64 or
+    uint64 when every value fits, else as float64, which is refused here); None when this cannot work."""
+    try:
+        if kind == "integer":
+            return c.s.astype("int64" if c.notna.all() else "Int64")
+        if kind == "string":
+            num = pd.to_numeric(c.s, errors="raise")
+            return num if pd.api.types.is_integer_dtype(num.dtype) else None
+    except (ValueError, TypeError, OverflowError):
+        pass
+    return None
+
+
 def _coerce_int(c: _Column) -> pd.Series:
     s = c.s
     lo, hi, name = int_range(c.col.type)
@@ -141,15 +156,10 @@ def _coerce_int(c: _Column) -> pd.Series:
     kind = pd.api.types.infer_dtype(s, skipna=True)
     if kind == "empty":
         return pd.Series(pd.array([None] * len(s), dtype="Int64"), index=s.index)
-    if kind in ("integer", "string"):
-        # Fast exact paths: Python ints, or digit strings (pandas parses them as int64 when all fit).
-        try:
-            num = s.astype("int64") if kind == "integer" and c.notna.all() else (s.astype("Int64") if kind == "integer" else pd.to_numeric(s, errors="raise"))
-        except (ValueError, TypeError, OverflowError):
-            num = None
-        if num is not None and pd.api.types.is_integer_dtype(num.dtype):
-            _check_int_range(c, num, lo, hi, name)
-            return num
+    num = _fast_exact_ints(c, kind)
+    if num is not None:
+        _check_int_range(c, num, lo, hi, name)
+        return num.astype("int64" if c.notna.all() else "Int64") if pd.api.types.is_unsigned_integer_dtype(num.dtype) else num
     # Anything else, value by value and exactly (Python ints are unbounded, so nothing is rounded).
     vals = [_exact_int(v) for v in s.tolist()]
     for pos, v in enumerate(vals):
@@ -395,16 +405,19 @@ def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?", stri
         is_json = isinstance(col.type, sa.JSON)
         strict = strict_json and is_json
         if is_json or s.dtype == object:
+            # One encoder for the column (``json.dumps`` with options builds one per call); the text is
+            # exactly ``json.dumps(v, sort_keys=True, ...)``, so stored hashes do not change.
+            encode = json.JSONEncoder(sort_keys=True, allow_nan=not strict, default=None if strict else _json_default).encode
             vals = s.tolist()
-            out = []
-            for pos, v in enumerate(vals):
-                if v is None or (isinstance(v, float) and v != v):
-                    out.append("\x00null")
-                    continue
-                try:
-                    out.append(json.dumps(v, sort_keys=True, allow_nan=not strict, default=None if strict else _json_default))
-                except (TypeError, ValueError) as e:
-                    raise SchemaError(table, f"value is not JSON-serialisable: {e}", col.name, _key_of(df, pos, pks)) from None
+            try:
+                out = [_NULL if v is None or (isinstance(v, float) and v != v) else encode(v) for v in vals]
+            except (TypeError, ValueError):
+                for pos, v in enumerate(vals):
+                    try:
+                        _NULL if v is None or (isinstance(v, float) and v != v) else encode(v)
+                    except (TypeError, ValueError) as e:
+                        raise SchemaError(table, f"value is not JSON-serialisable: {e}", col.name, _key_of(df, pos, pks)) from None
+                raise
             s = pd.Series(out, index=df.index, dtype=object)
         parts[col.name] = s
     h = pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy()

@@ -177,6 +177,11 @@ def test_tz_aware_values_are_stored_as_utc_whatever_the_path(dbconn, n: int, for
     assert (back["naive"] == pd.Timestamp(NINE_UTC)).all()
     assert str(back["aware"].dt.tz) == "UTC"
     assert (back["aware"] == pd.Timestamp(NOON_PLUS3)).all()
+    # The upsert path (the keys exist now) follows the same rule.
+    later = dt.datetime(2020, 1, 1, 13, 0, tzinfo=PLUS3)
+    t.store_chunk(pd.DataFrame({"id": range(n), "naive": [later] * n, "aware": [later] * n}))
+    assert {r[1] for r in raw_rows(t, ["id", "naive"])} == {dt.datetime(2020, 1, 1, 10, 0)}
+    assert (t.get_data()["aware"] == pd.Timestamp(later)).all()
 
 
 def test_naive_values_in_a_timezone_column_are_taken_as_utc(dbconn) -> None:  # noqa: ANN001
