@@ -69,13 +69,13 @@ class SchemaError(DatapipeError, ValueError):
     def __init__(self, table: str, message: str, column: str | None = None, key: dict[str, Any] | None = None):
         self.table = table
         self.column = column
-        self.key = key
+        self.key = None if key is None else {k: _plain(v) for k, v in key.items()}  # plain Python values
         self.reason = message
         parts = [f"table {table!r}"]
         if column is not None:
             parts.append(f"column {column!r}")
-        if key is not None:
-            parts.append("key " + ", ".join(f"{k}={_plain(v)!r}" for k, v in key.items()))
+        if self.key is not None:
+            parts.append("key " + ", ".join(f"{k}={v!r}" for k, v in self.key.items()))
         super().__init__(f"{'; '.join(parts)}: {message}")
 
 

@@ -312,3 +312,4 @@ def test_an_error_raised_by_store_chunk_pickles(dbconn) -> None:  # noqa: ANN001
     back = _roundtrip(err.value)
     assert str(back) == str(err.value)
     assert (back.table, back.column, back.key) == ("nums", "v", {"id": 7})
+    assert type(back.key["id"]) is int  # structured fields hold plain Python values, not numpy scalars
