@@ -6,7 +6,35 @@ from typing import Any
 
 
 class DatapipeError(Exception):
-    """Base class of every error raised by datapipe_dagster."""
+    """Base class of every error raised by datapipe_dagster.
+
+    Every error carries structured fields besides its message, so code that catches it (or receives it
+    from another process: errors cross process boundaries in Dagster and Celery, and pickle round trips
+    keep the fields) need not parse text. A field that does not apply is None.
+
+    Attributes:
+        table: the table the error is about.
+        column: the column the error is about.
+        key: the primary key of the offending row (a dict column -> value).
+        reason: what is wrong, without the table/column/key prefix.
+    """
+
+    table: str | None = None
+    column: str | None = None
+    key: dict[str, Any] | None = None
+    reason: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's default pickling calls ``cls(*self.args)``, which breaks every subclass whose
+        # constructor takes other arguments than its message; rebuild without calling __init__.
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_error(cls: type[DatapipeError], args: tuple[Any, ...], state: dict[str, Any]) -> DatapipeError:
+    err = cls.__new__(cls, *args)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class ConfigurationError(DatapipeError):
@@ -19,6 +47,8 @@ class UnknownTableError(ConfigurationError, KeyError):
     def __init__(self, name: str, known: list[str]):
         self.name = name
         self.known = sorted(known)
+        self.table = name
+        self.reason = "unknown table"
         super().__init__(name)
 
     def __str__(self) -> str:
@@ -33,17 +63,19 @@ class SchemaError(DatapipeError, ValueError):
         table: the table the data was meant for.
         column: the offending column, if one.
         key: the primary key of the offending row, if one (a dict column -> value).
+        reason: ``message``, what is wrong and what to do.
     """
 
     def __init__(self, table: str, message: str, column: str | None = None, key: dict[str, Any] | None = None):
         self.table = table
         self.column = column
-        self.key = key
+        self.key = None if key is None else {k: _plain(v) for k, v in key.items()}  # plain Python values
+        self.reason = message
         parts = [f"table {table!r}"]
         if column is not None:
             parts.append(f"column {column!r}")
-        if key is not None:
-            parts.append("key " + ", ".join(f"{k}={_plain(v)!r}" for k, v in key.items()))
+        if self.key is not None:
+            parts.append("key " + ", ".join(f"{k}={v!r}" for k, v in self.key.items()))
         super().__init__(f"{'; '.join(parts)}: {message}")
 
 

@@ -180,7 +180,8 @@ class DataTable:
             missing = [c for c in processed_idx.columns if c not in pks]
             if missing:
                 raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
-        hashes = hash_rows(df, self.table_store.get_schema(), self.name)
+        # A SQL JSON column takes only what the database's JSON encoder writes: refuse the rest here, by name.
+        hashes = hash_rows(df, self.table_store.get_schema(), self.name, strict_json=isinstance(self.table_store, TableStoreDB))
         existing = self.meta.get_existing(conn, df[pks]) if len(df) else None
 
         if existing is not None and len(existing):

@@ -59,6 +59,14 @@ def _column_text(col: sa.Column, s: pd.Series) -> np.ndarray:
     return out
 
 
+def _pg_quote(name: str) -> str:
+    """A PostgreSQL identifier, always quoted. Not SQLAlchemy's preparer: for the psycopg2 dialect it
+    doubles ``%`` (its paramstyle is ``pyformat``), but ``copy_expert`` substitutes no parameters, so a
+    table ``a%b`` would become ``a%%b``. Quoting the exact name matches what SQLAlchemy created (it
+    quotes any name that is not all lower case, and an all-lower-case name reads the same quoted)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def copy_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame) -> bool:
     """Insert the rows of ``df`` with COPY on the connection's transaction; False when the driver cannot."""
     dbapi = conn.connection.driver_connection
@@ -72,10 +80,10 @@ def copy_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame) -> bool:
         part = _column_text(c, df[c.name])
         lines = part if lines is None else lines + "\t" + part
     buf = io.StringIO("\n".join(lines.tolist()) + "\n" if lines is not None else "")
-    prep = conn.dialect.identifier_preparer
-    names = ", ".join(prep.quote(c.name) for c in cols)
+    names = ", ".join(_pg_quote(c.name) for c in cols)
+    target = _pg_quote(table.name) if table.schema is None else f"{_pg_quote(table.schema)}.{_pg_quote(table.name)}"
     try:
-        cursor.copy_expert(f"COPY {prep.format_table(table)} ({names}) FROM STDIN", buf)
+        cursor.copy_expert(f"COPY {target} ({names}) FROM STDIN", buf)
     finally:
         cursor.close()
     return True
