@@ -14,8 +14,8 @@ from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.compute.external import UpdateExternalTable
 from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import RunSummary, StepResult
-from datapipe_dagster.compute.row_transform import RowTransform
-from datapipe_dagster.compute.run import build_compute, run_steps, run_steps_changelist
+from datapipe_dagster.compute.row_transform import PipeBreak, PipeError, RowTransform
+from datapipe_dagster.compute.run import NoFixedPointError, build_compute, run_steps, run_steps_changelist
 from datapipe_dagster.errors import (
     ConfigurationError,
     DatapipeError,
@@ -45,6 +45,9 @@ __all__ = [
     "DatapipeError",
     "FileAdapter",
     "JSONFile",
+    "NoFixedPointError",
+    "PipeBreak",
+    "PipeError",
     "Pipeline",
     "PipelineStep",
     "RowTransform",

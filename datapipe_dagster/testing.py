@@ -61,7 +61,18 @@ def _value(col: sa.Column, i: int, variant: int) -> Any:
 
 
 def sample_frame(store: TableStore, ids: range | list[int], variant: int = 0) -> pd.DataFrame:
-    """Rows for ``store``'s schema: row ``i`` has key values derived from ``i``, data from ``variant``."""
+    """Rows for ``store``'s schema: row ``i`` has key values derived from ``i``, data from ``variant``.
+
+    A schemaless store gets its key columns plus a fixed set of free fields (text, number, nested JSON,
+    and a field only some rows hold)."""
+    if store.schemaless:
+        keys = store.get_primary_schema()
+        df = pd.DataFrame({c.name: [_value(c, i, variant) for i in ids] for c in keys})
+        df["title"] = [f"value {i} / {variant}" for i in ids]
+        df["n"] = [i * 10 + variant for i in ids]
+        df["doc"] = pd.Series([{"n": i, "tags": ["a", str(i)], "v": variant} for i in ids], dtype=object)
+        df["odd"] = pd.Series([i if i % 2 else None for i in ids], dtype=object)
+        return df
     cols = store.get_schema()
     return pd.DataFrame({c.name: [_value(c, i, variant) for i in ids] for c in cols})
 
@@ -172,7 +183,10 @@ class StoreConformance:
         datatable.store_chunk(good)
         pk = store.primary_keys[0]
         bad_frames: list[tuple[pd.DataFrame, str | None]] = [
-            (sample_frame(store, [5]).assign(not_a_column=1), "not_a_column"),
+            # a schemaless store keeps unknown columns, but a value must be JSON
+            (sample_frame(store, [5]).assign(free=[object()]), "free")
+            if store.schemaless
+            else (sample_frame(store, [5]).assign(not_a_column=1), "not_a_column"),
             (sample_frame(store, [5]).drop(columns=[pk]), pk),
             (sample_frame(store, [5, 6]).astype({pk: object}).assign(**{pk: [None, good[pk].iloc[0]]}), pk),
             (
@@ -229,6 +243,10 @@ def builtin_store_factories() -> dict[str, StoreFactory]:
             [sa.Column("id", sa.Integer, primary_key=True)],
             name="bytes_dir",
         ),
+        "filedir-json-schemaless": lambda tmp, conn: TableStoreFiledir(
+            tmp / "free" / "{id}.json", JSONFile(), name="free_dir"
+        ),
+        "jsonline-schemaless": lambda tmp, conn: TableStoreJsonLine(tmp / "free.jsonl", name="free_jsonl"),
         "jsonline": lambda tmp, conn: TableStoreJsonLine(
             tmp / "t.jsonl", data_sql_schema=typed + [sa.Column("blob", sa.LargeBinary)], name="jsonl"
         ),

@@ -44,7 +44,7 @@ from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.meta.tables import key_columns_copy
 from datapipe_dagster.store.database import TableStoreDB
 from datapipe_dagster.store.filedir import TableStoreFiledir
-from datapipe_dagster.store.schema import conform_types, hash_rows, to_records
+from datapipe_dagster.store.schema import conform_types, to_records
 from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
 from datapipe_dagster.types import ChangeList
 
@@ -264,7 +264,7 @@ class UpdateExternalTableStep(ComputeStep):
         dt_ = self.dt
         pks = dt_.primary_keys
         data = dt_.store.validate(dt_.store.read_rows())
-        hashes = hash_rows(data, dt_.store.get_schema(), dt_.name)
+        hashes = dt_.store.hash_rows(data, dt_.name)
         t = dt_.meta.table
         with self.ds.meta_dbconn.connect() as conn:
             meta = fetch_frame(

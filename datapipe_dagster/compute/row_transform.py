@@ -6,14 +6,29 @@ input's primary key, so a row is recomputed when it changes, its old outputs are
 
 Errors are per row (the seed's error collector): an exception marks that row's key failed, with its
 error and traceback, keeps its previous outputs, and the other rows of the chunk go on; the key is
-retried on the next run. Raising ``SkipRow`` drops the row without an error (``PipeContinue``).
+retried on the next run. The seed's flow controls, raised from the function:
+
+- ``SkipRow`` (``PipeContinue``): drop the row without an error (its old outputs are deleted).
+- ``PipeBreak``: roll back the current row, keep the rows of the chunk done so far (written and marked
+  processed), and stop the step's run; the current row and the rest stay stale for the next run.
+- ``PipeError``: roll back the whole chunk (nothing of it is written), mark its keys failed with the
+  error, and stop the step's run.
+
+Batch-level hooks (the seed's ``prepare``/``finish``): ``prepare(rows)`` runs once per chunk before the
+rows (open a model, filter rows) and ``finish(results)`` once after them (close it). The function and
+the hooks receive the run's context by parameter name when they declare it: ``ds`` (the DataStore),
+``idx`` (the chunk's keys), ``run_config`` (a dict given to ``process_keys``/``eval``) and ``context``
+(a per-chunk namespace shared by ``prepare``, the function and ``finish``).
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
 import traceback as tb
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -21,13 +36,46 @@ import pandas as pd
 from datapipe_dagster.compute.batch_transform import BatchTransformStep, WholeInputs, code_version_of
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore
-from datapipe_dagster.compute.result import StepResult
+from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.errors import ConfigurationError, SchemaError, SkipRow
 from datapipe_dagster.store.schema import to_records
+
+log = logging.getLogger("datapipe_dagster")
+
+CONTEXT_PARAMS = ("ds", "idx", "run_config", "context")
+"""Parameter names through which a RowTransform function or hook receives the run's context."""
 
 
 class RowError(Exception):
     """A row's function returned something that cannot be an output row."""
+
+
+class PipeBreak(Exception):  # noqa: N818 - the seed's name for this control-flow signal
+    """Raised inside a RowTransform function: roll back the current row, keep the rows done so far in
+    the chunk, and leave this row and the rest for the next run (the step's run stops here)."""
+
+
+class PipeError(Exception):  # noqa: N818 - the seed's name for this control-flow signal
+    """Raised inside a RowTransform function (or hook): roll back the whole chunk, mark its keys failed
+    with this error, and stop the step's run."""
+
+
+def context_params(func: Callable[..., Any] | None) -> set[str]:
+    """The context parameters (``CONTEXT_PARAMS``) that ``func`` declares by name."""
+    if func is None:
+        return set()
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {p for p in CONTEXT_PARAMS if p in params}
+
+
+class _Stop(BaseException):  # noqa: N818 - internal signal: stop the step's run after this chunk
+    # A BaseException, so the chunk-splitting ``except Exception`` of BatchTransformStep lets it through.
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 
 class RowTransform(PipelineStep):
@@ -43,6 +91,14 @@ class RowTransform(PipelineStep):
         chunk_size: rows per write transaction.
         name: step name (default: the function's name).
         kwargs: extra keyword arguments for ``func``.
+        prepare: ``prepare(rows: list[dict], ...)`` called once per chunk before its rows; it may return
+            the list of rows to process (rows it leaves out are skipped like ``SkipRow``) or None to keep
+            them all. It raising fails the chunk (``PipeError`` also stops the run).
+        finish: ``finish(results: dict[str, list[dict]], ...)`` called once per chunk after its rows,
+            with the output rows per output table, before they are written (teardown).
+
+    The function and both hooks also receive ``ds``, ``idx`` (the chunk's keys), ``run_config`` and
+    ``context`` (a namespace shared within a chunk) when they declare parameters of those names.
     """
 
     def __init__(
@@ -53,6 +109,8 @@ class RowTransform(PipelineStep):
         chunk_size: int = 1000,
         name: str | None = None,
         kwargs: dict[str, Any] | None = None,
+        prepare: Callable[..., Any] | None = None,
+        finish: Callable[..., Any] | None = None,
     ):
         self.name = name or getattr(func, "__name__", "row_transform")
         if len(inputs) != 1:
@@ -68,10 +126,19 @@ class RowTransform(PipelineStep):
         self.outputs = list(outputs)
         self.chunk_size = chunk_size
         self.kwargs = kwargs or {}
+        self.prepare = prepare
+        self.finish = finish
+        clash = sorted(context_params(func) & set(self.kwargs))
+        if clash:
+            raise ConfigurationError(
+                f"RowTransform {self.name!r}: kwargs {clash} clash with the context parameters the function "
+                f"receives by name ({', '.join(CONTEXT_PARAMS)}); rename the function's parameter"
+            )
 
     @property
     def code_version(self) -> str:
-        return code_version_of(self.func, sorted(self.kwargs.items()), self.inputs, self.outputs)
+        hooks = [code_version_of(h) for h in (self.prepare, self.finish) if h is not None]
+        return code_version_of(self.func, sorted(self.kwargs.items()), self.inputs, self.outputs, *hooks)
 
     def build_compute(self, ds: DataStore, catalog: Catalog) -> list[ComputeStep]:
         inp = catalog.get_datatable(ds, self.inputs[0])
@@ -86,6 +153,8 @@ class RowTransform(PipelineStep):
                 chunk_size=self.chunk_size,
                 kwargs=self.kwargs,
                 code_version=self.code_version,
+                prepare=self.prepare,
+                finish=self.finish,
             )
         ]
 
@@ -93,9 +162,30 @@ class RowTransform(PipelineStep):
 class RowTransformStep(BatchTransformStep):
     """A RowTransform bound to a DataStore: BatchTransform's stale keys, chunks and cleanup, per-row errors."""
 
-    def _rows_of(self, row: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    def __init__(
+        self,
+        *args: Any,
+        prepare: Callable[..., Any] | None = None,
+        finish: Callable[..., Any] | None = None,
+        **kw: Any,
+    ):
+        super().__init__(*args, **kw)
+        self.prepare = prepare
+        self.finish = finish
+        self.run_config: dict[str, Any] = {}
+        self._stopped = False
+        self._ctx_names = {
+            "func": context_params(self.func),
+            "prepare": context_params(prepare),
+            "finish": context_params(finish),
+        }
+
+    def _ctx_args(self, which: str, ctx: dict[str, Any]) -> dict[str, Any]:
+        return {p: ctx[p] for p in self._ctx_names[which]}
+
+    def _rows_of(self, row: dict[str, Any], ctx: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
         """Call the function on one row; its output rows per output table."""
-        res = self.func(dict(row), **self.kwargs)
+        res = self.func(dict(row), **self.kwargs, **self._ctx_args("func", ctx or {}))
         names = [dt.name for dt in self.output_dts]
         if len(names) == 1:
             per_output: list[Any] = [res]
@@ -132,26 +222,120 @@ class RowTransformStep(BatchTransformStep):
             out.append(filled)
         return out
 
-    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
+    def run_full(self, ds: DataStore | None = None) -> StepResult:
+        stale, marks, _, current = self._stale()
+        result = self.process_keys(stale)
+        if not self._stopped:
+            # As BatchTransformStep.run_full; after a stop, keys not reached are neither processed nor
+            # failed, so the watermarks must stay where they are for the next run to find them.
+            self._advance(marks, {r.dt.name: current for r in self.roles})
+        return result
+
+    def process_keys(
+        self, keys: pd.DataFrame, chunk_size: int | None = None, run_config: dict[str, Any] | None = None
+    ) -> StepResult:
+        """Recompute ``keys`` in chunks (as ``BatchTransformStep.process_keys``); ``run_config`` reaches
+        the function and hooks that declare a ``run_config`` parameter. A ``PipeBreak`` or ``PipeError``
+        stops the run after its chunk: the keys not reached stay stale."""
+        self.run_config = dict(run_config or {})
+        self._stopped = False
+        started = time.perf_counter()
+        _ = self.meta
+        result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
+        if len(keys) == 0:
+            return result
+        size = chunk_size or self.chunk_size
+        keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
+        whole = WholeInputs()
+        try:
+            for start in range(0, len(keys), size):
+                self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
+        except _Stop as stop:
+            self._stopped = True
+            log.warning("step %s stopped: %s; the keys not reached stay stale for the next run", self.name, stop.reason)
+        result.elapsed = time.perf_counter() - started
+        if result.keys_failed:
+            log.warning("%s", result)
+        return result
+
+    def _process_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
+        try:
+            self._try_chunk(keys, result, whole)
+        except PipeError as e:
+            # Abort: nothing of the chunk is written; its keys are failed (retried next run).
+            self._mark_failed(keys, e, result)
+            raise _Stop(f"PipeError: {e}") from None
+        except PipeBreak as e:
+            # Raised by a hook, outside any row: nothing of the chunk is done.
+            raise _Stop(f"PipeBreak: {e}") from None
+        except Exception as e:  # noqa: BLE001 - anything else: isolate the failing keys by splitting
+            if len(keys) > 1:
+                half = len(keys) // 2
+                self._process_chunk(keys.iloc[:half].reset_index(drop=True), result, whole)
+                self._process_chunk(keys.iloc[half:].reset_index(drop=True), result, whole)
+                return
+            self._mark_failed(keys, e, result)
+
+    def _compute(self, keys: pd.DataFrame) -> tuple[pd.DataFrame, int, list[pd.DataFrame], pd.DataFrame, dict[tuple[Any, ...], tuple[str, str]], str | None]:
+        """Run the function over the chunk ``keys`` without writing.
+
+        Returns the input rows read, the sequence value read before them, the validated output frames,
+        the keys processed (to mark done and to clean outputs under), the failed keys with their errors,
+        and the ``PipeBreak`` message if one stopped the chunk.
+        """
         ds = self.ds
         tk = self.transform_keys
         with ds.meta_dbconn.connect() as rconn:
             processed_seq = ds.seq.current(rconn)
             df = self.input_dts[0].read(rconn, keys[tk])
+        ctx = {"ds": ds, "idx": keys[tk], "run_config": self.run_config, "context": SimpleNamespace()}
+        rows = to_records(df)
+        if self.prepare is not None:
+            kept = self.prepare(rows, **self._ctx_args("prepare", ctx))
+            if kept is not None:
+                rows = list(kept)
         produced: dict[tuple[Any, ...], list[list[dict[str, Any]]]] = {}
         failed: dict[tuple[Any, ...], tuple[str, str]] = {}
-        for row in to_records(df):
-            key = tuple(row[k] for k in tk)
-            try:
-                produced[key] = self._rows_of(row)
-            except SkipRow:
-                continue
-            except Exception as e:  # noqa: BLE001 - user code: record this row, go on with the others
-                failed[key] = (
-                    f"{type(e).__name__}: {e}",
-                    "".join(tb.format_exception(type(e), e, e.__traceback__)),
-                )
+        broke: str | None = None
+        reached: list[tuple[Any, ...]] = []
+        try:
+            for row in rows:
+                key = tuple(row[k] for k in tk)
+                try:
+                    produced[key] = self._rows_of(row, ctx)
+                except SkipRow:
+                    pass
+                except (PipeBreak, PipeError):
+                    raise
+                except Exception as e:  # noqa: BLE001 - user code: record this row, go on with the others
+                    failed[key] = (
+                        f"{type(e).__name__}: {e}",
+                        "".join(tb.format_exception(type(e), e, e.__traceback__)),
+                    )
+                reached.append(key)
+        except PipeBreak as e:
+            broke = str(e) or "PipeBreak"
+        finally:
+            if self.finish is not None:
+                names = [dt.name for dt in self.output_dts]
+                results = {n: [r for out in produced.values() for r in out[i]] for i, n in enumerate(names)}
+                self.finish(results, **self._ctx_args("finish", ctx))
         outs = self._validated(produced, failed)
+        ok_keys = keys[tk]
+        if broke is not None:
+            # Only the rows reached before the break are done; the rest stay stale.
+            done = pd.DataFrame([dict(zip(tk, k, strict=True)) for k in reached], columns=tk)
+            ok_keys = ok_keys.merge(done.drop_duplicates(), on=tk, how="inner") if len(done) else ok_keys.iloc[0:0]
+        if failed:
+            marker = pd.DataFrame([dict(zip(tk, k, strict=True)) for k in failed], columns=tk).assign(_failed=True)
+            merged = ok_keys.merge(marker, on=tk, how="left")
+            ok_keys = ok_keys.loc[merged["_failed"].isna().to_numpy()]
+        return df, processed_seq, outs, ok_keys.reset_index(drop=True), failed, broke
+
+    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
+        ds = self.ds
+        tk = self.transform_keys
+        df, processed_seq, outs, ok_keys, failed, broke = self._compute(keys)
         failed_df = pd.DataFrame(
             [
                 {**dict(zip(tk, key, strict=True)), "error": err, "traceback": trace}
@@ -159,11 +343,6 @@ class RowTransformStep(BatchTransformStep):
             ],
             columns=tk + ["error", "traceback"],
         )
-        ok_keys = keys[tk]
-        if len(failed_df):
-            marker = failed_df[tk].assign(_failed=True)
-            merged = ok_keys.merge(marker, on=tk, how="left")
-            ok_keys = ok_keys.loc[merged["_failed"].isna().to_numpy()].reset_index(drop=True)
         now = time.time()
         with ds.meta_dbconn.begin_write() as conn:
             stats = [
@@ -180,6 +359,8 @@ class RowTransformStep(BatchTransformStep):
             result.add_failed(failed_df)
         for dt, st in zip(self.output_dts, stats, strict=True):
             result.add_write(dt.name, dt.primary_keys, st)
+        if broke is not None:
+            raise _Stop(f"PipeBreak: {broke}")
 
     def _validated(
         self,

@@ -16,12 +16,14 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.schema import coerce_frame, conform_types, empty_frame, to_records
+from datapipe_dagster.store.schemaless import SchemalessColumns
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TMP_PREFIX = ".datapipe-tmp-"
@@ -36,6 +38,8 @@ class FileAdapter(ABC):
     """
 
     reads: int = 0
+    schemaless_ok: bool = False
+    """Whether the adapter can hold any fields, so a store without data_sql_schema is schemaless."""
 
     def default_columns(self) -> list[sa.Column] | None:
         """Data columns when the store is given none (None: the store must be given a schema)."""
@@ -45,14 +49,14 @@ class FileAdapter(ABC):
         """Raise ConfigurationError when this adapter cannot hold ``columns`` (any columns by default)."""
         return None
 
-    def read(self, path: str, columns: list[str]) -> dict[str, Any]:
-        """The row's non-key values from the file at ``path``."""
+    def read(self, path: str, columns: list[str] | None) -> dict[str, Any]:
+        """The row's non-key values from the file at ``path`` (every field when ``columns`` is None)."""
         values = self._read(path, columns)
         self.reads += 1
         return values
 
     @abstractmethod
-    def _read(self, path: str, columns: list[str]) -> dict[str, Any]: ...
+    def _read(self, path: str, columns: list[str] | None) -> dict[str, Any]: ...
 
     @abstractmethod
     def dumps(self, row: dict[str, Any]) -> bytes:
@@ -60,7 +64,13 @@ class FileAdapter(ABC):
 
 
 class JSONFile(FileAdapter):
-    """A JSON object per file; its top-level fields are the columns (fields not in the schema are ignored)."""
+    """A JSON object per file; its top-level fields are the columns.
+
+    With a ``data_sql_schema`` the store reads the declared fields (others are ignored); without one the
+    store is schemaless and every field is a column, its value kept as the file holds it.
+    """
+
+    schemaless_ok = True
 
     def __init__(self, indent: int | None = None, encoding: str = "utf-8"):
         self.indent = indent
@@ -79,6 +89,8 @@ class JSONFile(FileAdapter):
             obj = json.load(f)
         if not isinstance(obj, dict):
             raise SchemaError(path, f"expected a JSON object in the file, got {type(obj).__name__}")
+        if columns is None:
+            return obj
         return {c: obj.get(c) for c in columns}
 
     def dumps(self, row: dict[str, Any]) -> bytes:
@@ -208,16 +220,22 @@ class TableStoreFiledir(TableStore):
                 )
         key_cols = [sa.Column(k, given[k].type if k in given else sa.String, primary_key=True) for k in keys]
         data_cols = [c._copy() for c in (data_sql_schema or []) if c.name not in keys]
+        self._free: SchemalessColumns | None = None
         if not data_cols:
             default = adapter.default_columns()
-            if default is None:
+            if default is None and adapter.schemaless_ok:
+                # No schema: the columns are whatever the files hold (learned as files are read).
+                self._free = SchemalessColumns(self.name, key_cols)
+                self.schemaless = True
+                default = []
+            elif default is None:
                 raise ConfigurationError(
                     f"table {self.name!r}: {type(adapter).__name__} needs data_sql_schema listing the file's columns"
                 )
             data_cols = default
         adapter.check_columns(self.name, data_cols)
         self.key_columns = keys
-        self.data_columns = [c.name for c in data_cols]
+        self._data_columns = [c.name for c in data_cols]
         self._schema = key_cols + data_cols
         self._regex = self._compile(self.path_pattern, {c.name: c for c in key_cols})
         self._root = self._static_root(self.path_pattern)
@@ -244,7 +262,22 @@ class TableStoreFiledir(TableStore):
         return head.rsplit("/", 1)[0] if "/" in head else "."
 
     def get_schema(self) -> list[sa.Column]:
-        return self._schema
+        return self._free.schema() if self._free is not None else self._schema
+
+    @property
+    def data_columns(self) -> list[str]:
+        """The non-key columns (for a schemaless store: those seen so far)."""
+        return list(self._free.data_names) if self._free is not None else self._data_columns
+
+    def validate(self, df: pd.DataFrame) -> pd.DataFrame:
+        if self._free is not None:
+            return self._free.validate(df)
+        return super().validate(df)
+
+    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
+        if self._free is not None:
+            return self._free.hash_rows(df)
+        return super().hash_rows(df, table)
 
     @property
     def root(self) -> str:
@@ -337,18 +370,23 @@ class TableStoreFiledir(TableStore):
                 )
             paths = [(r, r["_path"]) for r in to_records(listing)]
         rows = []
+        wanted = None if self._free is not None else self.data_columns
         for key, path in paths:
             try:
-                values = self.adapter.read(path, self.data_columns)
+                values = self.adapter.read(path, wanted)
             except FileNotFoundError:
                 continue
             except (ValueError, UnicodeDecodeError) as e:
                 raise SchemaError(
                     self.name, f"cannot read file {path!r}: {e}", None, {k: key[k] for k in self.key_columns}
                 ) from e
+            if self._free is not None:
+                values = {k: v for k, v in values.items() if k not in self.key_columns}
             rows.append({**{k: key[k] for k in self.key_columns}, **values})
         if not rows:
             return self.empty()
+        if self._free is not None:
+            return self._free.from_records(rows)
         return coerce_frame(
             self.name, self._schema, pd.DataFrame.from_records(rows, columns=[c.name for c in self._schema])
         )
@@ -360,7 +398,8 @@ class TableStoreFiledir(TableStore):
         # Every path is checked before the first file is written, so a bad key writes nothing.
         paths = [self.path_of(r) for r in recs]
         for r, path in zip(recs, paths, strict=True):
-            atomic_write(path, self.adapter.dumps({c: r.get(c) for c in self.data_columns}))
+            values = self._free.data_of(r) if self._free is not None else {c: r.get(c) for c in self.data_columns}
+            atomic_write(path, self.adapter.dumps(values))
 
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
         if len(idx) == 0:
@@ -372,7 +411,8 @@ class TableStoreFiledir(TableStore):
                 pass
 
     def empty(self) -> pd.DataFrame:
-        return conform_types(empty_frame(self._schema), self._schema)
+        schema = self.get_schema()
+        return conform_types(empty_frame(schema), schema)
 
 
 def _key_text(v: Any) -> str:
