@@ -43,6 +43,10 @@ StoreFactory = Callable[[Path, DBConn], TableStore]
 
 def _value(col: sa.Column, i: int, variant: int) -> Any:
     t = col.type
+    if col.info.get("datapipe/kind") == "image":
+        from PIL import Image
+
+        return Image.new("RGB", (2 + i % 3, 2), (i % 256, (variant * 50) % 256, 9))
     if isinstance(t, sa.Boolean):
         return (i + variant) % 2 == 0
     if isinstance(t, sa.Integer):
@@ -80,6 +84,10 @@ def sample_frame(store: TableStore, ids: range | list[int], variant: int = 0) ->
 def canonical(store: TableStore, df: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as plain dicts sorted by key: compare store contents independent of order and dtypes."""
     recs = to_records(store.validate(df)) if len(df) else []
+    for r in recs:
+        for k, v in r.items():
+            if hasattr(v, "tobytes") and hasattr(v, "mode") and hasattr(v, "size"):
+                r[k] = ("image", v.mode, tuple(v.size), v.tobytes())  # images compare by their pixels
     pks = store.primary_keys
     return sorted(recs, key=lambda r: tuple(str(r[k]) for k in pks))
 
@@ -229,8 +237,28 @@ def builtin_store_factories() -> dict[str, StoreFactory]:
     def db(tmp: Path, conn: DBConn) -> TableStore:
         return TableStoreDB(f"data_{uuid.uuid4().hex[:8]}", conn, typed + [sa.Column("blob", sa.LargeBinary)])
 
+    def memory_dir(tmp: Path, conn: DBConn) -> TableStore:
+        return TableStoreFiledir(f"memory://dp-{uuid.uuid4().hex[:8]}/json/{{id}}.json", JSONFile(), typed, name="mem_dir")
+
     return {
         "db": db,
+        "filedir-memory-url": memory_dir,
+        "filedir-file-url": lambda tmp, conn: TableStoreFiledir(
+            f"file://{tmp}/url/{{id}}.json", JSONFile(), typed, name="url_dir"
+        ),
+        "filedir-star": lambda tmp, conn: TableStoreFiledir(
+            tmp / "star" / "*" / "{id}.json", JSONFile(), typed, name="star_dir", write_pattern=tmp / "star" / "new" / "{id}.json"
+        ),
+        "filedir-deep": lambda tmp, conn: TableStoreFiledir(
+            tmp / "deep" / "**/{id}.json", JSONFile(), typed, name="deep_dir", write_pattern=tmp / "deep" / "a" / "b" / "{id}.json"
+        ),
+        "filedir-alternatives": lambda tmp, conn: TableStoreFiledir(
+            tmp / "alt" / "{id}.(json|js)", JSONFile(), typed, name="alt_dir"
+        ),
+        "filedir-image": lambda tmp, conn: TableStoreFiledir(
+            tmp / "img" / "{id}.(png|jpg)", _image_adapter(), [sa.Column("id", sa.Integer, primary_key=True)], name="img_dir"
+        ),
+        "parquet": lambda tmp, conn: _parquet(tmp / "t.parquet", typed + [sa.Column("blob", sa.LargeBinary)]),
         "filedir-json": lambda tmp, conn: TableStoreFiledir(
             tmp / "json" / "{id}.json", JSONFile(), typed, name="json_dir"
         ),
@@ -257,3 +285,15 @@ def builtin_store_factories() -> dict[str, StoreFactory]:
             tmp / "t.xlsx", [sa.Column("id", sa.Integer)], typed, name="xlsx"
         ),
     }
+
+
+def _image_adapter() -> Any:
+    from datapipe_dagster.store.image import ImageFile
+
+    return ImageFile()
+
+
+def _parquet(path: Path, schema: list[sa.Column]) -> TableStore:
+    from datapipe_dagster.store.parquet import TableStoreParquet
+
+    return TableStoreParquet(path, data_sql_schema=schema, name="parquet")

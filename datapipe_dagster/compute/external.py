@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 import traceback as tb
 from typing import Any
@@ -190,7 +189,7 @@ class UpdateExternalTableStep(ComputeStep):
     def _scan_folder(self, result: StepResult, reread_all: bool = False) -> None:
         store = self.dt.store
         assert isinstance(store, TableStoreFiledir)
-        if not os.path.isdir(store.root):
+        if not store.root_exists():
             raise ConfigurationError(
                 f"step {self.name!r}: folder {store.root!r} of table {self.dt.name!r} does not exist "
                 "(create it: an empty folder is an empty table; a missing one is more likely a missing mount)"

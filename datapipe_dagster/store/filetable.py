@@ -25,7 +25,8 @@ import sqlalchemy as sa
 
 from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.filedir import atomic_write, reason_of
+from datapipe_dagster.store.filedir import reason_of
+from datapipe_dagster.store.fs import atomic_write
 from datapipe_dagster.store.schema import coerce_frame, conform_types, empty_frame, to_records
 from datapipe_dagster.store.schemaless import SchemalessColumns
 
