@@ -11,7 +11,10 @@ ENGINE_NAMES = {
     "DBConn", "TableStoreDB", "Table", "Catalog", "DataStore", "DataTable", "Pipeline", "BatchTransform",
     "build_compute", "run_steps", "ChangeList", "run_steps_changelist", "build_definitions",
 }
-PARITY_NAMES = {"PipeBreak", "PipeError", "NoFixedPointError", "RowTransform", "SkipRow"}
+PARITY_NAMES = {
+    "PipeBreak", "PipeError", "NoFixedPointError", "RowTransform", "SkipRow", "EvalResult", "OutputDiff",
+    "ImageFile", "TableStoreParquet",
+}
 
 
 def test_public_names_are_exported() -> None:

@@ -407,3 +407,29 @@ class BatchTransformStep(ComputeStep):
         result.add_failed(failed)
         if isinstance(e, SchemaError):
             log.debug("transform %s produced bad output: %s", self.name, e)
+
+    # ------------------------------------------------------------------ eval (nothing written)
+
+    def eval(self, keys: pd.DataFrame):  # noqa: A003, ANN201 - the seed's name; returns an EvalResult
+        """Run the function on the current inputs of ``keys`` and return what a run would write to each
+        output (rows inserted, updated and deleted), writing nothing and leaving the step's state alone.
+
+        An exception in the function is raised as it is (eval is for looking at one key closely).
+
+        Raises:
+            ConfigurationError: ``keys`` lacks a transform key column, or the step has no keys.
+        """
+        from datapipe_dagster.compute.evaluate import EvalResult, check_keys_frame, diff_output, typed_keys
+
+        keys = typed_keys(self.name, self.key_schema(), check_keys_frame(self.name, keys))
+        _ = self.meta
+        with self.ds.meta_dbconn.connect() as conn:
+            dfs = self._read_inputs(conn, keys, WholeInputs(), self.ds.seq.current(conn))
+            keyed = [d for d, r in zip(dfs, self.roles, strict=True) if not (self.keyless or r.kind == "keyless")]
+            nothing = all(len(d) == 0 for d in (dfs if self.keyless else keyed)) and bool(keyed or self.keyless)
+            outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs)
+            result = EvalResult(self.name, keys)
+            for dt, df in zip(self.output_dts, outs, strict=True):
+                scope = keys[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
+                result.outputs[dt.name] = diff_output(dt, conn, df, scope)
+        return result

@@ -362,6 +362,26 @@ class RowTransformStep(BatchTransformStep):
         if broke is not None:
             raise _Stop(f"PipeBreak: {broke}")
 
+    def eval(self, keys: pd.DataFrame, run_config: dict[str, Any] | None = None):  # noqa: A003, ANN201
+        """As ``BatchTransformStep.eval``, row by row: a failing row is reported in ``failed`` (its
+        outputs are left as they are); ``prepare``/``finish`` run as in a chunk; ``PipeError`` is raised."""
+        from datapipe_dagster.compute.evaluate import EvalResult, check_keys_frame, diff_output, typed_keys
+
+        keys = typed_keys(self.name, self.key_schema(), check_keys_frame(self.name, keys))
+        _ = self.meta
+        self.run_config = dict(run_config or {})
+        _, _, outs, ok_keys, failed, _ = self._compute(keys)
+        result = EvalResult(self.name, keys)
+        tk = self.transform_keys
+        result.failed = pd.DataFrame(
+            [{**dict(zip(tk, k, strict=True)), "error": err, "traceback": tr} for k, (err, tr) in failed.items()],
+            columns=tk + ["error", "traceback"],
+        )
+        with self.ds.meta_dbconn.connect() as conn:
+            for dt, df in zip(self.output_dts, outs, strict=True):
+                result.outputs[dt.name] = diff_output(dt, conn, df, ok_keys)
+        return result
+
     def _validated(
         self,
         produced: dict[tuple[Any, ...], list[list[dict[str, Any]]]],
