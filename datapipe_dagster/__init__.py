@@ -11,11 +11,12 @@ from typing import Any
 from datapipe_dagster.compute.batch_transform import BatchTransform, BatchTransformStep
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, Pipeline, PipelineStep, Table
 from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.evaluate import EvalResult, OutputDiff
 from datapipe_dagster.compute.external import UpdateExternalTable
 from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import RunSummary, StepResult
-from datapipe_dagster.compute.row_transform import RowTransform
-from datapipe_dagster.compute.run import build_compute, run_steps, run_steps_changelist
+from datapipe_dagster.compute.row_transform import PipeBreak, PipeError, RowTransform
+from datapipe_dagster.compute.run import NoFixedPointError, build_compute, run_steps, run_steps_changelist
 from datapipe_dagster.errors import (
     ConfigurationError,
     DatapipeError,
@@ -28,6 +29,8 @@ from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
 from datapipe_dagster.store.filedir import BytesFile, FileAdapter, JSONFile, TableStoreFiledir, TextFile
 from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine
+from datapipe_dagster.store.image import ImageFile
+from datapipe_dagster.store.parquet import TableStoreParquet
 from datapipe_dagster.types import ChangeList
 
 __all__ = [
@@ -43,8 +46,14 @@ __all__ = [
     "DataStore",
     "DataTable",
     "DatapipeError",
+    "EvalResult",
     "FileAdapter",
+    "ImageFile",
     "JSONFile",
+    "NoFixedPointError",
+    "OutputDiff",
+    "PipeBreak",
+    "PipeError",
     "Pipeline",
     "PipelineStep",
     "RowTransform",
@@ -60,6 +69,7 @@ __all__ = [
     "TableStoreExcel",
     "TableStoreFiledir",
     "TableStoreJsonLine",
+    "TableStoreParquet",
     "TextFile",
     "UnknownTableError",
     "UpdateExternalTable",

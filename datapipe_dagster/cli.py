@@ -8,6 +8,7 @@ module's own attributes of those names are used.
     datapipe-dagster run    example_project.definitions:datapipe_target [--step NAME]
     datapipe-dagster failed example_project.definitions:datapipe_target
     datapipe-dagster reparse example_project.definitions:datapipe_target --step parse_clicks_ip
+    datapipe-dagster eval   example_project.definitions:datapipe_target --step parse_clicks_ip --key user_id=u1
 """
 
 from __future__ import annotations
@@ -88,12 +89,17 @@ def status(target: str) -> None:
 @main.command()
 @click.argument("target")
 @click.option("--step", "step_names", multiple=True, help="Run only these steps (repeatable).")
-def run(target: str, step_names: tuple[str, ...]) -> None:
+@click.option("--key", "key_specs", multiple=True, help="Process just these keys of one --step: col=value[,col=value].")
+def run(target: str, step_names: tuple[str, ...], key_specs: tuple[str, ...]) -> None:
     """Process every stale key (exit code 1 when keys failed)."""
     from datapipe_dagster.compute.run import run_steps
 
     ds, steps = _steps(target, step_names)
-    summary = run_steps(ds, steps)
+    if key_specs:
+        step = _one_keyed_step(steps, step_names)
+        summary = RunSummary([step.process_keys(_parse_keys(step, key_specs))])  # type: ignore[attr-defined]
+    else:
+        summary = run_steps(ds, steps)
     _echo_summary(summary)
     if not summary.ok:
         sys.exit(1)
@@ -141,6 +147,46 @@ def failed(target: str, step_names: tuple[str, ...], limit: int, traceback: bool
                 click.echo("    " + str(row["traceback"]).replace("\n", "\n    "))
     if not any_failed:
         click.echo("no failed keys")
+
+
+def _one_keyed_step(steps: list[ComputeStep], step_names: tuple[str, ...]) -> ComputeStep:
+    if len(step_names) != 1 or not hasattr(steps[0], "eval"):
+        raise click.BadParameter("--key needs exactly one --step, a step with transform keys", param_hint="--step")
+    return steps[0]
+
+
+def _parse_keys(step: ComputeStep, key_specs: tuple[str, ...]) -> Any:
+    """``col=value[,col=value]`` per key -> a DataFrame of the step's transform keys (typed by the step)."""
+    import pandas as pd
+
+    cols = list(getattr(step, "transform_keys", []))
+    rows = []
+    for spec in key_specs:
+        row = {}
+        for part in spec.split(","):
+            col, sep, value = part.partition("=")
+            if not sep or col.strip() not in cols:
+                raise click.BadParameter(
+                    f"{part!r} is not col=value with a transform key column of step {step.name!r} {cols}",
+                    param_hint="--key",
+                )
+            row[col.strip()] = value
+        missing = [c for c in cols if c not in row]
+        if missing:
+            raise click.BadParameter(f"key {spec!r} of step {step.name!r} lacks {missing}", param_hint="--key")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+@main.command("eval")
+@click.argument("target")
+@click.option("--step", "step_names", multiple=True, required=True, help="The step to evaluate.")
+@click.option("--key", "key_specs", multiple=True, required=True, help="A key: col=value[,col=value] (repeatable).")
+def eval_command(target: str, step_names: tuple[str, ...], key_specs: tuple[str, ...]) -> None:
+    """Run a step on the current inputs of some keys and print what it would write; writes nothing."""
+    _, steps = _steps(target, step_names)
+    step = _one_keyed_step(steps, step_names)
+    click.echo(str(step.eval(_parse_keys(step, key_specs))))  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

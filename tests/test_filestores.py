@@ -141,8 +141,7 @@ def test_filedir_bad_file_content(tmp_path: Path) -> None:
 def test_filedir_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="names no key column"):
         TableStoreFiledir(tmp_path / "x.json", JSONFile(), ITEM_SCHEMA)
-    with pytest.raises(ConfigurationError, match="needs data_sql_schema"):
-        TableStoreFiledir(tmp_path / "{id}.json", JSONFile())
+    assert TableStoreFiledir(tmp_path / "{id}.json", JSONFile()).schemaless  # no schema: schemaless
     with pytest.raises(ConfigurationError, match="not in the path pattern"):
         TableStoreFiledir(tmp_path / "{id}.json", JSONFile(), ITEM_SCHEMA)
     with pytest.raises(ConfigurationError, match="exactly one data column"):

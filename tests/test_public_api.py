@@ -11,10 +11,15 @@ ENGINE_NAMES = {
     "DBConn", "TableStoreDB", "Table", "Catalog", "DataStore", "DataTable", "Pipeline", "BatchTransform",
     "build_compute", "run_steps", "ChangeList", "run_steps_changelist", "build_definitions",
 }
+PARITY_NAMES = {
+    "PipeBreak", "PipeError", "NoFixedPointError", "RowTransform", "SkipRow", "EvalResult", "OutputDiff",
+    "ImageFile", "TableStoreParquet",
+}
 
 
 def test_public_names_are_exported() -> None:
     assert ENGINE_NAMES <= set(datapipe_dagster.__all__)
+    assert PARITY_NAMES <= set(datapipe_dagster.__all__)
     for name in datapipe_dagster.__all__:
         assert getattr(datapipe_dagster, name) is not None, name
 

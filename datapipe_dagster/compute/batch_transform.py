@@ -395,12 +395,16 @@ class BatchTransformStep(ComputeStep):
                 log.warning("transform %s: connection lost (%s); retrying the chunk once", self.name, e.orig)
                 self._try_chunk(keys, result, whole)
         except ChunkFailed as f:
-            if len(keys) > 1:
-                half = len(keys) // 2
-                self._process_chunk(keys.iloc[:half].reset_index(drop=True), result, whole)
-                self._process_chunk(keys.iloc[half:].reset_index(drop=True), result, whole)
-                return
-            self._mark_failed(keys, f.error, f.read_seq, result)
+            self._chunk_failed(keys, f, result, whole)
+
+    def _chunk_failed(self, keys: pd.DataFrame, failure: ChunkFailed, result: StepResult, whole: WholeInputs) -> None:
+        """Split a failed chunk in halves until single failing keys remain; record those as failed."""
+        if len(keys) > 1:
+            half = len(keys) // 2
+            self._process_chunk(keys.iloc[:half].reset_index(drop=True), result, whole)
+            self._process_chunk(keys.iloc[half:].reset_index(drop=True), result, whole)
+            return
+        self._mark_failed(keys, failure.error, failure.read_seq, result)
 
     def _read_chunk(self, keys: pd.DataFrame, whole: WholeInputs) -> tuple[int, list[pd.DataFrame]]:
         """The chunk's inputs and the write sequence they are current to (read before them, so every row
@@ -506,6 +510,31 @@ class BatchTransformStep(ComputeStep):
         if isinstance(e, SchemaError):
             log.debug("transform %s produced bad output: %s", self.name, e)
 
+    # ------------------------------------------------------------------ eval (nothing written)
+
+    def eval(self, keys: pd.DataFrame):  # noqa: A003, ANN201 - the seed's name; returns an EvalResult
+        """Run the function on the current inputs of ``keys`` and return what a run would write to each
+        output (rows inserted, updated and deleted), writing nothing and leaving the step's state alone.
+
+        An exception in the function is raised as it is (eval is for looking at one key closely).
+
+        Raises:
+            ConfigurationError: ``keys`` lacks a transform key column, or the step has no keys.
+        """
+        from datapipe_dagster.compute.evaluate import EvalResult, check_keys_frame, diff_output, typed_keys
+
+        keys = typed_keys(self.name, self.key_schema(), check_keys_frame(self.name, keys))
+        _ = self.meta
+        with self.ds.meta_dbconn.connect() as conn:
+            dfs = self._read_inputs(conn, keys, WholeInputs(), self.ds.seq.current(conn))
+            keyed = [d for d, r in zip(dfs, self.roles, strict=True) if not (self.keyless or r.kind == "keyless")]
+            nothing = all(len(d) == 0 for d in (dfs if self.keyless else keyed)) and bool(keyed or self.keyless)
+            outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs, keys)
+            result = EvalResult(self.name, keys)
+            for dt, df in zip(self.output_dts, outs, strict=True):
+                scope = keys[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
+                result.outputs[dt.name] = diff_output(dt, conn, df, scope)
+        return result
 
 @dataclass
 class Commit:

@@ -13,7 +13,6 @@ from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
-from datapipe_dagster.store.schema import hash_rows
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 
@@ -152,7 +151,22 @@ class DataTable:
         return res.changed_idx()[self.primary_keys].reset_index(drop=True)
 
     def delete_by_idx(self, idx: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
-        """Delete the rows with these keys (full keys or a subset of the key columns); returns their keys."""
+        """Delete the rows with these keys; returns their keys.
+
+        ``idx`` holds full keys or a subset of the key columns; other columns (e.g. a frame of rows read
+        with ``get_data``) are ignored, so the rows of a frame can be deleted by passing the frame.
+
+        Raises:
+            SchemaError: ``idx`` holds no primary-key column (names the table and its key columns).
+        """
+        keys = [c for c in idx.columns if c in self.primary_keys]
+        if not keys:
+            raise SchemaError(
+                self.name,
+                f"delete_by_idx needs key columns {self.primary_keys}; the frame has {list(map(str, idx.columns))}",
+                self.primary_keys[0],
+            )
+        idx = idx[keys]
         self.ensure_ready()
         with self.ds.meta_dbconn.begin_write() as conn:
             res = self.write(conn, self.table_store.empty().iloc[0:0], processed_idx=idx, now=now)
@@ -180,8 +194,7 @@ class DataTable:
             missing = [c for c in processed_idx.columns if c not in pks]
             if missing:
                 raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
-        # A SQL JSON column takes only what the database's JSON encoder writes: refuse the rest here, by name.
-        hashes = hash_rows(df, self.table_store.get_schema(), self.name, strict_json=isinstance(self.table_store, TableStoreDB))
+        hashes = self.table_store.hash_rows(df, self.name)
         existing = self.meta.get_existing(conn, df[pks]) if len(df) else None
 
         if existing is not None and len(existing):
@@ -319,10 +332,20 @@ class DataTable:
         return conform_types(df, store.get_schema())
 
     def get_metadata(self, idx: pd.DataFrame | None = None, include_deleted: bool = False) -> pd.DataFrame:
-        """Row metadata: key columns, hash, create_ts, update_ts, delete_ts, seq (ordered by seq)."""
+        """Row metadata, ordered by ``seq`` (last write last).
+
+        Columns: the key columns; ``hash`` (content hash); ``create_ts`` (first written), ``update_ts``
+        (content last changed), ``delete_ts`` (deleted, else null; deleted rows only with
+        ``include_deleted``) and ``process_ts`` (when a write last produced the row's current state: its
+        insert, change or delete; a write of identical content leaves all times alone), as Unix
+        seconds; ``seq`` (the write sequence number).
+        """
         self.ensure_ready()
         with self.ds.meta_dbconn.connect() as conn:
-            return self.meta.get_metadata(conn, idx, include_deleted=include_deleted)
+            df = self.meta.get_metadata(conn, idx, include_deleted=include_deleted)
+        # A delete stamps update_ts too, so update_ts is the time of the last write of any kind.
+        df.insert(df.columns.get_loc("delete_ts") + 1, "process_ts", df["update_ts"].astype("float64"))
+        return df
 
     def get_size(self) -> int:
         """Number of live rows."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 import traceback as tb
 from typing import Any
@@ -44,7 +43,7 @@ from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.meta.tables import key_columns_copy
 from datapipe_dagster.store.database import TableStoreDB
 from datapipe_dagster.store.filedir import TableStoreFiledir
-from datapipe_dagster.store.schema import conform_types, hash_rows, to_records
+from datapipe_dagster.store.schema import conform_types, to_records
 from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
 from datapipe_dagster.types import ChangeList
 
@@ -190,7 +189,7 @@ class UpdateExternalTableStep(ComputeStep):
     def _scan_folder(self, result: StepResult, reread_all: bool = False) -> None:
         store = self.dt.store
         assert isinstance(store, TableStoreFiledir)
-        if not os.path.isdir(store.root):
+        if not store.root_exists():
             raise ConfigurationError(
                 f"step {self.name!r}: folder {store.root!r} of table {self.dt.name!r} does not exist "
                 "(create it: an empty folder is an empty table; a missing one is more likely a missing mount)"
@@ -264,7 +263,7 @@ class UpdateExternalTableStep(ComputeStep):
         dt_ = self.dt
         pks = dt_.primary_keys
         data = dt_.store.validate(dt_.store.read_rows())
-        hashes = hash_rows(data, dt_.store.get_schema(), dt_.name)
+        hashes = dt_.store.hash_rows(data, dt_.name)
         t = dt_.meta.table
         with self.ds.meta_dbconn.connect() as conn:
             meta = fetch_frame(

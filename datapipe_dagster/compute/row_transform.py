@@ -6,13 +6,29 @@ input's primary key, so a row is recomputed when it changes, its old outputs are
 
 Errors are per row (the seed's error collector): an exception marks that row's key failed, with its
 error and traceback, keeps its previous outputs, and the other rows of the chunk go on; the key is
-retried on the next run. Raising ``SkipRow`` drops the row without an error (``PipeContinue``).
+retried on the next run. The seed's flow controls, raised from the function:
+
+- ``SkipRow`` (``PipeContinue``): drop the row without an error (its old outputs are deleted).
+- ``PipeBreak``: roll back the current row, keep the rows of the chunk done so far (written and marked
+  processed), and stop the step's run; the current row and the rest stay stale for the next run.
+- ``PipeError``: roll back the whole chunk (nothing of it is written), mark its keys failed with the
+  error, and stop the step's run.
+
+Batch-level hooks (the seed's ``prepare``/``finish``): ``prepare(rows)`` runs once per chunk before the
+rows (open a model, filter rows) and ``finish(results)`` once after them (close it). The function and
+the hooks receive the run's context by parameter name when they declare it: ``ds`` (the DataStore),
+``idx`` (the chunk's keys), ``run_config`` (a dict given to ``process_keys``/``eval``) and ``context``
+(a per-chunk namespace shared by ``prepare``, the function and ``finish``).
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import time
 import traceback as tb
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -26,13 +42,46 @@ from datapipe_dagster.compute.batch_transform import (
 )
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore
-from datapipe_dagster.compute.result import StepResult
+from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, SkipRow
 from datapipe_dagster.store.schema import to_records
+
+log = logging.getLogger("datapipe_dagster")
+
+CONTEXT_PARAMS = ("ds", "idx", "run_config", "context")
+"""Parameter names through which a RowTransform function or hook receives the run's context."""
 
 
 class RowError(Exception):
     """A row's function returned something that cannot be an output row."""
+
+
+class PipeBreak(Exception):  # noqa: N818 - the seed's name for this control-flow signal
+    """Raised inside a RowTransform function: roll back the current row, keep the rows done so far in
+    the chunk, and leave this row and the rest for the next run (the step's run stops here)."""
+
+
+class PipeError(Exception):  # noqa: N818 - the seed's name for this control-flow signal
+    """Raised inside a RowTransform function (or hook): roll back the whole chunk, mark its keys failed
+    with this error, and stop the step's run."""
+
+
+def context_params(func: Callable[..., Any] | None) -> set[str]:
+    """The context parameters (``CONTEXT_PARAMS``) that ``func`` declares by name."""
+    if func is None:
+        return set()
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {p for p in CONTEXT_PARAMS if p in params}
+
+
+class _Stop(BaseException):  # noqa: N818 - internal signal: stop the step's run after this chunk
+    # A BaseException, so the chunk-splitting ``except Exception`` of BatchTransformStep lets it through.
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 
 class RowTransform(PipelineStep):
@@ -48,6 +97,14 @@ class RowTransform(PipelineStep):
         chunk_size: rows per write transaction.
         name: step name (default: the function's name).
         kwargs: extra keyword arguments for ``func``.
+        prepare: ``prepare(rows: list[dict], ...)`` called once per chunk before its rows; it may return
+            the list of rows to process (rows it leaves out are skipped like ``SkipRow``) or None to keep
+            them all. It raising fails the chunk (``PipeError`` also stops the run).
+        finish: ``finish(results: dict[str, list[dict]], ...)`` called once per chunk after its rows,
+            with the output rows per output table, before they are written (teardown).
+
+    The function and both hooks also receive ``ds``, ``idx`` (the chunk's keys), ``run_config`` and
+    ``context`` (a namespace shared within a chunk) when they declare parameters of those names.
     """
 
     def __init__(
@@ -58,6 +115,8 @@ class RowTransform(PipelineStep):
         chunk_size: int = 1000,
         name: str | None = None,
         kwargs: dict[str, Any] | None = None,
+        prepare: Callable[..., Any] | None = None,
+        finish: Callable[..., Any] | None = None,
     ):
         self.name = name or getattr(func, "__name__", "row_transform")
         if len(inputs) != 1:
@@ -73,10 +132,19 @@ class RowTransform(PipelineStep):
         self.outputs = list(outputs)
         self.chunk_size = chunk_size
         self.kwargs = kwargs or {}
+        self.prepare = prepare
+        self.finish = finish
+        clash = sorted(context_params(func) & set(self.kwargs))
+        if clash:
+            raise ConfigurationError(
+                f"RowTransform {self.name!r}: kwargs {clash} clash with the context parameters the function "
+                f"receives by name ({', '.join(CONTEXT_PARAMS)}); rename the function's parameter"
+            )
 
     @property
     def code_version(self) -> str:
-        return code_version_of(self.func, sorted(self.kwargs.items()), self.inputs, self.outputs)
+        hooks = [code_version_of(h) for h in (self.prepare, self.finish) if h is not None]
+        return code_version_of(self.func, sorted(self.kwargs.items()), self.inputs, self.outputs, *hooks)
 
     def build_compute(self, ds: DataStore, catalog: Catalog) -> list[ComputeStep]:
         inp = catalog.get_datatable(ds, self.inputs[0])
@@ -91,6 +159,8 @@ class RowTransform(PipelineStep):
                 chunk_size=self.chunk_size,
                 kwargs=self.kwargs,
                 code_version=self.code_version,
+                prepare=self.prepare,
+                finish=self.finish,
             )
         ]
 
@@ -98,9 +168,30 @@ class RowTransform(PipelineStep):
 class RowTransformStep(BatchTransformStep):
     """A RowTransform bound to a DataStore: BatchTransform's stale keys, chunks and cleanup, per-row errors."""
 
-    def _rows_of(self, row: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    def __init__(
+        self,
+        *args: Any,
+        prepare: Callable[..., Any] | None = None,
+        finish: Callable[..., Any] | None = None,
+        **kw: Any,
+    ):
+        super().__init__(*args, **kw)
+        self.prepare = prepare
+        self.finish = finish
+        self.run_config: dict[str, Any] = {}
+        self._stopped = False
+        self._ctx_names = {
+            "func": context_params(self.func),
+            "prepare": context_params(prepare),
+            "finish": context_params(finish),
+        }
+
+    def _ctx_args(self, which: str, ctx: dict[str, Any]) -> dict[str, Any]:
+        return {p: ctx[p] for p in self._ctx_names[which]}
+
+    def _rows_of(self, row: dict[str, Any], ctx: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
         """Call the function on one row; its output rows per output table."""
-        res = self.func(dict(row), **self.kwargs)
+        res = self.func(dict(row), **self.kwargs, **self._ctx_args("func", ctx or {}))
         names = [dt.name for dt in self.output_dts]
         if len(names) == 1:
             per_output: list[Any] = [res]
@@ -137,27 +228,118 @@ class RowTransformStep(BatchTransformStep):
             out.append(filled)
         return out
 
-    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
-        tk = self.transform_keys
+    def run_full(self, ds: DataStore | None = None) -> StepResult:
+        stale, marks, _, current = self._stale()
+        result = self.process_keys(stale)
+        if not self._stopped:
+            # As BatchTransformStep.run_full; after a stop, keys not reached are neither processed nor
+            # failed, so the watermarks must stay where they are for the next run to find them.
+            self._advance(marks, {r.mark: current for r in self._scan_roles()})
+        return result
+
+    def process_keys(
+        self, keys: pd.DataFrame, chunk_size: int | None = None, run_config: dict[str, Any] | None = None
+    ) -> StepResult:
+        """Recompute ``keys`` in chunks (as ``BatchTransformStep.process_keys``); ``run_config`` reaches
+        the function and hooks that declare a ``run_config`` parameter. A ``PipeBreak`` or ``PipeError``
+        stops the run after its chunk: the keys not reached stay stale."""
+        self.run_config = dict(run_config or {})
+        self._stopped = False
+        started = time.perf_counter()
+        _ = self.meta
+        result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
+        if len(keys) == 0:
+            return result
+        size = chunk_size or self.chunk_size
+        keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
+        whole = WholeInputs()
+        try:
+            for start in range(0, len(keys), size):
+                self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
+        except _Stop as stop:
+            self._stopped = True
+            log.warning("step %s stopped: %s; the keys not reached stay stale for the next run", self.name, stop.reason)
+        result.elapsed = time.perf_counter() - started
+        if result.keys_failed:
+            log.warning("%s", result)
+        return result
+
+    def _chunk_failed(self, keys: pd.DataFrame, failure: ChunkFailed, result: StepResult, whole: WholeInputs) -> None:
+        if isinstance(failure.error, PipeError):
+            # Abort: nothing of the chunk is written; its keys are failed (retried next run).
+            self._mark_failed(keys, failure.error, failure.read_seq, result)
+            raise _Stop(f"PipeError: {failure.error}") from None
+        if isinstance(failure.error, PipeBreak):
+            # Raised by a hook, outside any row: nothing of the chunk is done.
+            raise _Stop(f"PipeBreak: {failure.error}") from None
+        super()._chunk_failed(keys, failure, result, whole)
+
+    def _read_rows(self, keys: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+        """The chunk's input rows and the write sequence they are current to (read before them)."""
         with self.ds.meta_dbconn.connect() as rconn:
             read_seq = self.ds.seq.current(rconn)
-            df = self.input_dts[0].read(rconn, keys[tk])
+            return read_seq, self.input_dts[0].read(rconn, keys[self.transform_keys])
+
+    def _compute(
+        self, keys: pd.DataFrame, df: pd.DataFrame
+    ) -> tuple[list[pd.DataFrame], pd.DataFrame, dict[tuple[Any, ...], tuple[str, str]], str | None]:
+        """Run the function over the chunk ``keys`` (input rows ``df``) without writing.
+
+        Returns the validated output frames, the keys processed (to mark done and to clean outputs
+        under), the failed keys with their errors, and the ``PipeBreak`` message if one stopped the chunk.
+        """
+        ds = self.ds
+        tk = self.transform_keys
+        ctx = {"ds": ds, "idx": keys[tk], "run_config": self.run_config, "context": SimpleNamespace()}
+        rows = to_records(df)
+        if self.prepare is not None:
+            kept = self.prepare(rows, **self._ctx_args("prepare", ctx))
+            if kept is not None:
+                rows = list(kept)
         produced: dict[tuple[Any, ...], list[list[dict[str, Any]]]] = {}
         failed: dict[tuple[Any, ...], tuple[str, str]] = {}
+        broke: str | None = None
+        reached: list[tuple[Any, ...]] = []
         try:
-            for row in to_records(df):
+            for row in rows:
                 key = tuple(row[k] for k in tk)
                 try:
-                    produced[key] = self._rows_of(row)
+                    produced[key] = self._rows_of(row, ctx)
                 except SkipRow:
-                    continue
+                    pass
+                except (PipeBreak, PipeError):
+                    raise
                 except Exception as e:  # noqa: BLE001 - user code: record this row, go on with the others
                     failed[key] = (
                         f"{type(e).__name__}: {e}",
                         "".join(tb.format_exception(type(e), e, e.__traceback__)),
                     )
-            outs = self._validated(produced, failed)
-        except Exception as e:  # noqa: BLE001 - not attributable to one row: split the chunk
+                reached.append(key)
+        except PipeBreak as e:
+            broke = str(e) or "PipeBreak"
+        finally:
+            if self.finish is not None:
+                names = [dt.name for dt in self.output_dts]
+                results = {n: [r for out in produced.values() for r in out[i]] for i, n in enumerate(names)}
+                self.finish(results, **self._ctx_args("finish", ctx))
+        outs = self._validated(produced, failed)
+        ok_keys = keys[tk]
+        if broke is not None:
+            # Only the rows reached before the break are done; the rest stay stale.
+            done = pd.DataFrame([dict(zip(tk, k, strict=True)) for k in reached], columns=tk)
+            ok_keys = ok_keys.merge(done.drop_duplicates(), on=tk, how="inner") if len(done) else ok_keys.iloc[0:0]
+        if failed:
+            marker = pd.DataFrame([dict(zip(tk, k, strict=True)) for k in failed], columns=tk).assign(_failed=True)
+            merged = ok_keys.merge(marker, on=tk, how="left")
+            ok_keys = ok_keys.loc[merged["_failed"].isna().to_numpy()]
+        return outs, ok_keys.reset_index(drop=True), failed, broke
+
+    def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
+        tk = self.transform_keys
+        read_seq, df = self._read_rows(keys)
+        try:
+            outs, ok_keys, failed, broke = self._compute(keys, df)
+        except Exception as e:  # noqa: BLE001 - not attributable to one row (or a PipeError): see _chunk_failed
             raise ChunkFailed(e, read_seq) from e
         failed_df = pd.DataFrame(
             [
@@ -166,14 +348,39 @@ class RowTransformStep(BatchTransformStep):
             ],
             columns=tk + ["error", "traceback"],
         )
+        # After a PipeBreak only the rows reached are committed: processed ones and failed ones.
+        reached = pd.concat([ok_keys[tk], failed_df[tk]], ignore_index=True)
         try:
-            commit = self._commit(keys, outs, read_seq, failed_df)
+            commit = self._commit(reached, outs, read_seq, failed_df)
         except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseError):
-            raise
+            raise  # the database, not the rows: the run stops and a rerun redoes the chunk
         except Exception as e:  # noqa: BLE001
             raise ChunkFailed(e, read_seq) from e
         result.rows_read += len(df)
         self._count(result, commit)
+        if broke is not None:
+            raise _Stop(f"PipeBreak: {broke}")
+
+    def eval(self, keys: pd.DataFrame, run_config: dict[str, Any] | None = None):  # noqa: A003, ANN201
+        """As ``BatchTransformStep.eval``, row by row: a failing row is reported in ``failed`` (its
+        outputs are left as they are); ``prepare``/``finish`` run as in a chunk; ``PipeError`` is raised."""
+        from datapipe_dagster.compute.evaluate import EvalResult, check_keys_frame, diff_output, typed_keys
+
+        keys = typed_keys(self.name, self.key_schema(), check_keys_frame(self.name, keys))
+        _ = self.meta
+        self.run_config = dict(run_config or {})
+        _, df = self._read_rows(keys)
+        outs, ok_keys, failed, _ = self._compute(keys, df)
+        result = EvalResult(self.name, keys)
+        tk = self.transform_keys
+        result.failed = pd.DataFrame(
+            [{**dict(zip(tk, k, strict=True)), "error": err, "traceback": tr} for k, (err, tr) in failed.items()],
+            columns=tk + ["error", "traceback"],
+        )
+        with self.ds.meta_dbconn.connect() as conn:
+            for dt, df in zip(self.output_dts, outs, strict=True):
+                result.outputs[dt.name] = diff_output(dt, conn, df, ok_keys)
+        return result
 
     def _validated(
         self,

@@ -9,10 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.store.schema import coerce_frame, empty_frame
+from datapipe_dagster.store.schema import coerce_frame, empty_frame, hash_rows
 
 
 class TableStore(ABC):
@@ -23,6 +24,8 @@ class TableStore(ABC):
     """
 
     name: str
+    schemaless: bool = False
+    """True when the data columns are whatever the rows hold (``get_schema`` lists those seen so far)."""
 
     @abstractmethod
     def get_schema(self) -> list[sa.Column]:
@@ -63,3 +66,7 @@ class TableStore(ABC):
 
     def empty(self) -> pd.DataFrame:
         return empty_frame(self.get_schema())
+
+    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
+        """The content hash of every row of a validated frame (int64); rows read back hash as written."""
+        return hash_rows(df, self.get_schema(), table or self.name)

@@ -12,19 +12,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.fs import TMP_PREFIX, filesystem_of
+from datapipe_dagster.store.pattern import PathPattern
 from datapipe_dagster.store.schema import coerce_frame, conform_types, empty_frame, to_records
+from datapipe_dagster.store.schemaless import SchemalessColumns
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-TMP_PREFIX = ".datapipe-tmp-"
 
 
 class FileAdapter(ABC):
@@ -36,6 +38,8 @@ class FileAdapter(ABC):
     """
 
     reads: int = 0
+    schemaless_ok: bool = False
+    """Whether the adapter can hold any fields, so a store without data_sql_schema is schemaless."""
 
     def default_columns(self) -> list[sa.Column] | None:
         """Data columns when the store is given none (None: the store must be given a schema)."""
@@ -45,14 +49,31 @@ class FileAdapter(ABC):
         """Raise ConfigurationError when this adapter cannot hold ``columns`` (any columns by default)."""
         return None
 
-    def read(self, path: str, columns: list[str]) -> dict[str, Any]:
-        """The row's non-key values from the file at ``path``."""
+    def read(self, path: str, columns: list[str] | None) -> dict[str, Any]:
+        """The row's non-key values from the local file at ``path`` (every field when ``columns`` is None)."""
         values = self._read(path, columns)
         self.reads += 1
         return values
 
-    @abstractmethod
-    def _read(self, path: str, columns: list[str]) -> dict[str, Any]: ...
+    def read_bytes(self, data: bytes, columns: list[str] | None) -> dict[str, Any]:
+        """The row's non-key values from a file's content (files on an fsspec filesystem)."""
+        values = self.loads(data, columns)
+        self.reads += 1
+        return values
+
+    def _read(self, path: str, columns: list[str] | None) -> dict[str, Any]:
+        with open(path, "rb") as f:
+            return self.loads(f.read(), columns)
+
+    def loads(self, data: bytes, columns: list[str] | None) -> dict[str, Any]:
+        """The row's non-key values from a file's content (override this, or ``_read`` for local files only)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} reads local files only; implement loads(data, columns) to read from URLs"
+        )
+
+    def hashable(self, df: pd.DataFrame, columns: list[str], table: str) -> pd.DataFrame:
+        """``df`` with values the content hash can serialise (e.g. an image as a digest of its pixels)."""
+        return df
 
     @abstractmethod
     def dumps(self, row: dict[str, Any]) -> bytes:
@@ -60,7 +81,13 @@ class FileAdapter(ABC):
 
 
 class JSONFile(FileAdapter):
-    """A JSON object per file; its top-level fields are the columns (fields not in the schema are ignored)."""
+    """A JSON object per file; its top-level fields are the columns.
+
+    With a ``data_sql_schema`` the store reads the declared fields (others are ignored); without one the
+    store is schemaless and every field is a column, its value kept as the file holds it.
+    """
+
+    schemaless_ok = True
 
     def __init__(self, indent: int | None = None, encoding: str = "utf-8"):
         self.indent = indent
@@ -74,11 +101,12 @@ class JSONFile(FileAdapter):
                     f"table {table!r}: column {c.name!r} is binary; JSONFile cannot hold bytes (use BytesFile)"
                 )
 
-    def _read(self, path: str, columns: list[str]) -> dict[str, Any]:
-        with open(path, encoding=self.encoding) as f:
-            obj = json.load(f)
+    def loads(self, data: bytes, columns: list[str] | None) -> dict[str, Any]:
+        obj = json.loads(data.decode(self.encoding))
         if not isinstance(obj, dict):
-            raise SchemaError(path, f"expected a JSON object in the file, got {type(obj).__name__}")
+            raise ValueError(f"expected a JSON object in the file, got {type(obj).__name__}")
+        if columns is None:
+            return obj
         return {c: obj.get(c) for c in columns}
 
     def dumps(self, row: dict[str, Any]) -> bytes:
@@ -100,9 +128,8 @@ class TextFile(FileAdapter):
     def check_columns(self, table: str, columns: list[sa.Column]) -> None:
         _one_data_column(table, columns, "TextFile")
 
-    def _read(self, path: str, columns: list[str]) -> dict[str, Any]:
-        with open(path, encoding=self.encoding, newline="") as f:
-            return {columns[0]: f.read()}
+    def loads(self, data: bytes, columns: list[str] | None) -> dict[str, Any]:
+        return {(columns or ["data"])[0]: data.decode(self.encoding)}
 
     def dumps(self, row: dict[str, Any]) -> bytes:
         value = next(iter(row.values()))
@@ -121,9 +148,8 @@ class BytesFile(FileAdapter):
     def check_columns(self, table: str, columns: list[sa.Column]) -> None:
         _one_data_column(table, columns, "BytesFile")
 
-    def _read(self, path: str, columns: list[str]) -> dict[str, Any]:
-        with open(path, "rb") as f:
-            return {columns[0]: f.read()}
+    def loads(self, data: bytes, columns: list[str] | None) -> dict[str, Any]:
+        return {(columns or ["data"])[0]: data}
 
     def dumps(self, row: dict[str, Any]) -> bytes:
         value = next(iter(row.values()))
@@ -150,32 +176,24 @@ def reason_of(e: SchemaError) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-def atomic_write(path: str, content: bytes) -> None:
-    """Write ``content`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class TableStoreFiledir(TableStore):
     """A folder of files, one file per row; the path pattern names the key columns.
 
     Args:
         path_pattern: e.g. ``"data/images/{image_id}.json"`` or ``"raw/{date}/{event_id}.txt"``; every
-            ``{name}`` is a key column and matches one path segment (or part of one).
-        adapter: ``JSONFile()``, ``TextFile()``, ``BytesFile()`` or your own ``FileAdapter``.
+            ``{name}`` is a key column and matches part of one path segment. Also: ``*`` (part of one
+            segment), ``**/`` (any number of folders) and ``(jpg|png)`` (one of the alternatives; a
+            new file gets the first). The pattern may be an fsspec URL (``file://``, ``memory://``,
+            ``s3://`` with s3fs installed, ...).
+        adapter: ``JSONFile()``, ``TextFile()``, ``BytesFile()``, ``ImageFile()`` or your own ``FileAdapter``.
         data_sql_schema: the columns (key columns may be listed, marked ``primary_key=True``, to give
-            them a type; unlisted key columns are strings). Required for ``JSONFile``; ``TextFile`` and
-            ``BytesFile`` default to one ``data`` column.
+            them a type; unlisted key columns are strings). Without it a ``JSONFile`` table is
+            schemaless (every field of the files is a column); ``TextFile`` and ``BytesFile`` default to
+            one ``data`` column.
         name: the table's name in errors (default: the pattern).
+        write_pattern: where new rows of a pattern with wildcards are written (a pattern with the same
+            key fields and no wildcards, whose paths the path pattern matches); without it such a table
+            can update and delete the files it finds but not create new ones.
 
     Raises:
         ConfigurationError: a pattern without key fields, or columns the adapter cannot hold.
@@ -187,10 +205,12 @@ class TableStoreFiledir(TableStore):
         adapter: FileAdapter,
         data_sql_schema: list[sa.Column] | None = None,
         name: str | None = None,
+        write_pattern: str | os.PathLike[str] | None = None,
     ):
         self.path_pattern = str(path_pattern)
         self.adapter = adapter
         self.name = name or self.path_pattern
+        self.fs, fs_pattern = filesystem_of(self.path_pattern, self.name)
         keys = _FIELD.findall(self.path_pattern)
         if not keys:
             raise ConfigurationError(
@@ -208,102 +228,145 @@ class TableStoreFiledir(TableStore):
                 )
         key_cols = [sa.Column(k, given[k].type if k in given else sa.String, primary_key=True) for k in keys]
         data_cols = [c._copy() for c in (data_sql_schema or []) if c.name not in keys]
+        self._free: SchemalessColumns | None = None
         if not data_cols:
             default = adapter.default_columns()
-            if default is None:
+            if default is None and adapter.schemaless_ok:
+                # No schema: the columns are whatever the files hold (learned as files are read).
+                self._free = SchemalessColumns(self.name, key_cols)
+                self.schemaless = True
+                default = []
+            elif default is None:
                 raise ConfigurationError(
                     f"table {self.name!r}: {type(adapter).__name__} needs data_sql_schema listing the file's columns"
                 )
             data_cols = default
         adapter.check_columns(self.name, data_cols)
         self.key_columns = keys
-        self.data_columns = [c.name for c in data_cols]
+        self._data_columns = [c.name for c in data_cols]
         self._schema = key_cols + data_cols
-        self._regex = self._compile(self.path_pattern, {c.name: c for c in key_cols})
-        self._root = self._static_root(self.path_pattern)
+        integer = {c.name for c in key_cols if isinstance(c.type, sa.Integer)}
+        self._pattern = PathPattern(fs_pattern, integer)
+        self._root = self._pattern.root
+        self._write: PathPattern | None = None
+        if write_pattern is not None:
+            fs2, wp = filesystem_of(str(write_pattern), self.name)
+            self._write = PathPattern(wp, integer)
+            if self._write.has_wildcards or sorted(self._write.keys) != sorted(keys) or type(fs2) is not type(self.fs):
+                raise ConfigurationError(
+                    f"table {self.name!r}: write_pattern {str(write_pattern)!r} must name the key fields {keys} "
+                    f"on the same filesystem, without wildcards"
+                )
 
     def __repr__(self) -> str:
         return f"TableStoreFiledir({self.path_pattern!r}, {type(self.adapter).__name__}())"
 
-    @staticmethod
-    def _compile(pattern: str, key_cols: dict[str, sa.Column]) -> re.Pattern[str]:
-        # An integer key matches canonical digits only: "readme.json" or "007.json" next to "7.json" are
-        # foreign files, not bad rows (and every listed file is found again by its key's path).
-        out, pos = [], 0
-        for m in _FIELD.finditer(pattern):
-            out.append(re.escape(pattern[pos : m.start()]))
-            integer = isinstance(key_cols[m.group(1)].type, sa.Integer)
-            out.append(f"(?P<{m.group(1)}>{'-?(?:0|[1-9][0-9]*)' if integer else '[^/]+?'})")
-            pos = m.end()
-        out.append(re.escape(pattern[pos:]))
-        return re.compile("".join(out) + r"\Z")
-
-    @staticmethod
-    def _static_root(pattern: str) -> str:
-        head = pattern[: _FIELD.search(pattern).start()]  # type: ignore[union-attr]
-        return head.rsplit("/", 1)[0] if "/" in head else "."
-
     def get_schema(self) -> list[sa.Column]:
-        return self._schema
+        return self._free.schema() if self._free is not None else self._schema
+
+    @property
+    def data_columns(self) -> list[str]:
+        """The non-key columns (for a schemaless store: those seen so far)."""
+        return list(self._free.data_names) if self._free is not None else self._data_columns
+
+    def validate(self, df: pd.DataFrame) -> pd.DataFrame:
+        if self._free is not None:
+            return self._free.validate(df)
+        return super().validate(df)
+
+    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
+        if self._free is not None:
+            return self._free.hash_rows(df)
+        view = self.adapter.hashable(df, self.data_columns, table or self.name)
+        return super().hash_rows(view, table)
 
     @property
     def root(self) -> str:
-        """The folder under which every file of the table lives (the pattern's part before its first key)."""
+        """The folder under which every file of the table lives (the pattern's part before its first
+        key or wildcard; a path on the table's filesystem)."""
         return self._root
+
+    def root_exists(self) -> bool:
+        return self.fs.isdir(self._root)
 
     # ------------------------------------------------------------ paths
 
-    def path_of(self, key: dict[str, Any]) -> str:
-        """The file path of the row with key ``key``.
-
-        Raises:
-            SchemaError: a key value that cannot be a file name (empty, ``/``, ``..``) or that would not
-                parse back to the same key.
-        """
+    def _parts(self, key: dict[str, Any]) -> dict[str, str]:
         key = {k: key[k] for k in self.key_columns}
         parts = {k: _key_text(key[k]) for k in self.key_columns}
         for k, v in parts.items():
             if v in ("", ".", "..") or "/" in v or os.sep in v or "\x00" in v or v.startswith(TMP_PREFIX):
                 raise SchemaError(self.name, f"key value {v!r} cannot be a file name", k, key)
-        path = self.path_pattern.format(**parts)
-        m = self._regex.match(path)
-        if m is None or m.groupdict() != parts:
+        return parts
+
+    def candidates_of(self, key: dict[str, Any]) -> list[str] | None:
+        """The paths the row with key ``key`` may have (first: where a new file goes); None when the
+        pattern has wildcards (the file is found by listing).
+
+        Raises:
+            SchemaError: a key value that cannot be a file name (empty, ``/``, ``..``) or that would not
+                parse back to the same key.
+        """
+        parts = self._parts(key)
+        paths = self._pattern.candidates(parts)
+        if paths is not None and self._pattern.match(paths[0]) != parts:
             raise SchemaError(
                 self.name,
                 f"key values do not round-trip through the pattern {self.path_pattern!r}",
                 None,
-                key,
+                {k: key[k] for k in self.key_columns},
             )
-        return path
+        return paths
+
+    def path_of(self, key: dict[str, Any]) -> str:
+        """The path a new file of the row with key ``key`` gets.
+
+        Raises:
+            SchemaError: as ``candidates_of``, or a pattern with wildcards and no ``write_pattern``.
+        """
+        paths = self.candidates_of(key)
+        if paths is not None:
+            return paths[0]
+        key = {k: key[k] for k in self.key_columns}
+        if self._write is not None:
+            (path,) = self._write.candidates(self._parts(key)) or [""]
+            if self._pattern.match(path) == self._parts(key):
+                return path
+            raise SchemaError(self.name, f"write_pattern path {path!r} is not matched by the path pattern", None, key)
+        raise SchemaError(
+            self.name,
+            f"path pattern {self.path_pattern!r} has wildcards, so a new row has no file path; "
+            f"give write_pattern= (e.g. the pattern with the wildcards filled in)",
+            None,
+            key,
+        )
 
     def list_files(self) -> pd.DataFrame:
-        """Every row's file without opening it: key columns plus ``_path``, ``_size``, ``_mtime_ns``."""
+        """Every row's file without opening it: key columns plus ``_path``, ``_size``, ``_mtime_ns``.
+
+        Raises:
+            SchemaError: two files with the same key (e.g. ``a/1.json`` and ``b/1.json`` under
+                ``*/{id}.json``), naming the key and both paths.
+        """
         recs: list[dict[str, Any]] = []
-        root = self._root
-        if os.path.isdir(root):
-            self._walk(root, recs)
+        if self.fs.isdir(self._root):
+            seen: dict[tuple[str, ...], str] = {}
+            for path, size, mtime in self.fs.walk(self._root):
+                parts = self._pattern.match(path)
+                if parts is None:
+                    continue
+                k = tuple(parts[c] for c in self.key_columns)
+                if k in seen:
+                    raise SchemaError(
+                        self.name, f"two files hold the same key: {seen[k]!r} and {path!r}", None, dict(parts)
+                    )
+                seen[k] = path
+                recs.append({**parts, "_path": path, "_size": size, "_mtime_ns": mtime})
         cols = self.key_columns + ["_path", "_size", "_mtime_ns"]
         if not recs:
             return pd.DataFrame({c: pd.Series([], dtype=object) for c in cols})
         df = pd.DataFrame.from_records(recs, columns=cols)
         return self._typed_keys(df)
-
-    def _walk(self, folder: str, out: list[dict[str, Any]]) -> None:
-        with os.scandir(folder) as it:
-            for e in it:
-                if e.name.startswith(TMP_PREFIX):
-                    continue
-                path = e.path if folder != "." else e.name
-                if e.is_dir(follow_symlinks=False):
-                    self._walk(path, out)
-                    continue
-                m = self._regex.match(path)
-                if m is None:
-                    continue
-                st = e.stat()
-                rec: dict[str, Any] = m.groupdict()
-                rec["_path"], rec["_size"], rec["_mtime_ns"] = path, st.st_size, st.st_mtime_ns
-                out.append(rec)
 
     def _typed_keys(self, df: pd.DataFrame) -> pd.DataFrame:
         keys = self.get_primary_schema()
@@ -320,12 +383,29 @@ class TableStoreFiledir(TableStore):
             df[k] = typed[k].to_numpy()
         return conform_types(df, keys)
 
+    def _existing_paths(self, keys: list[dict[str, Any]]) -> list[str | None]:
+        """The file each key has now (None: no file), by its candidate paths or, with wildcards, a listing."""
+        if not keys:
+            return []
+        if self._pattern.has_wildcards:
+            listing = self.list_files()
+            where = {tuple(str(r[k]) for k in self.key_columns): r["_path"] for r in to_records(listing)}
+            return [where.get(tuple(str(k[c]) for c in self.key_columns)) for k in keys]
+        out: list[str | None] = []
+        for k in keys:
+            paths = self.candidates_of(k) or []
+            if len(paths) == 1:
+                out.append(paths[0])  # one possible path: opened directly, a missing file is skipped
+            else:
+                out.append(next((p for p in paths if self.fs.exists(p)), None))
+        return out
+
     # ------------------------------------------------------------ TableStore
 
     def read_rows(self, idx: pd.DataFrame | None = None, conn: Any = None) -> pd.DataFrame:
-        if idx is not None and all(k in idx.columns for k in self.key_columns):
+        if idx is not None and all(k in idx.columns for k in self.key_columns) and not self._pattern.has_wildcards:
             keys = to_records(idx[self.key_columns].drop_duplicates())
-            paths = [(k, self.path_of(k)) for k in keys]
+            paths = [(k, p) for k, p in zip(keys, self._existing_paths(keys), strict=True) if p is not None]
         else:
             listing = self.list_files()
             if idx is not None:
@@ -337,42 +417,61 @@ class TableStoreFiledir(TableStore):
                 )
             paths = [(r, r["_path"]) for r in to_records(listing)]
         rows = []
+        wanted = None if self._free is not None else self.data_columns
         for key, path in paths:
             try:
-                values = self.adapter.read(path, self.data_columns)
+                values = self._read_file(path, wanted)
             except FileNotFoundError:
                 continue
-            except (ValueError, UnicodeDecodeError) as e:
+            except (ValueError, UnicodeDecodeError, OSError) as e:
                 raise SchemaError(
                     self.name, f"cannot read file {path!r}: {e}", None, {k: key[k] for k in self.key_columns}
                 ) from e
+            if self._free is not None:
+                values = {k: v for k, v in values.items() if k not in self.key_columns}
             rows.append({**{k: key[k] for k in self.key_columns}, **values})
         if not rows:
             return self.empty()
+        if self._free is not None:
+            return self._free.from_records(rows)
         return coerce_frame(
             self.name, self._schema, pd.DataFrame.from_records(rows, columns=[c.name for c in self._schema])
         )
+
+    def _read_file(self, path: str, columns: list[str] | None) -> dict[str, Any]:
+        if self.fs.local:
+            return self.adapter.read(path, columns)
+        return self.adapter.read_bytes(self.fs.read_bytes(path), columns)
 
     def write_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
         if len(df) == 0:
             return
         recs = to_records(df)
-        # Every path is checked before the first file is written, so a bad key writes nothing.
-        paths = [self.path_of(r) for r in recs]
+        # Every path is found before the first file is written, so a bad key writes nothing.
+        existing = self._existing_paths(recs)
+        paths = [p if p is not None else self.path_of(r) for r, p in zip(recs, existing, strict=True)]
         for r, path in zip(recs, paths, strict=True):
-            atomic_write(path, self.adapter.dumps({c: r.get(c) for c in self.data_columns}))
+            values = self._free.data_of(r) if self._free is not None else {c: r.get(c) for c in self.data_columns}
+            self.fs.write_bytes(path, self.adapter.dumps(values))
 
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
         if len(idx) == 0:
             return
-        for key in to_records(idx[self.key_columns].drop_duplicates()):
-            try:
-                os.unlink(self.path_of(key))
-            except FileNotFoundError:
-                pass
+        keys = to_records(idx[self.key_columns].drop_duplicates())
+        if self._pattern.has_wildcards:
+            paths = [[p] for p in self._existing_paths(keys) if p is not None]
+        else:
+            paths = [self.candidates_of(k) or [] for k in keys]
+        for group in paths:
+            for path in group:
+                try:
+                    self.fs.remove(path)
+                except FileNotFoundError:
+                    pass
 
     def empty(self) -> pd.DataFrame:
-        return conform_types(empty_frame(self._schema), self._schema)
+        schema = self.get_schema()
+        return conform_types(empty_frame(schema), schema)
 
 
 def _key_text(v: Any) -> str:

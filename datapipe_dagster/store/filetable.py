@@ -19,13 +19,16 @@ import os
 from abc import abstractmethod
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.filedir import atomic_write, reason_of
+from datapipe_dagster.store.filedir import reason_of
+from datapipe_dagster.store.fs import atomic_write
 from datapipe_dagster.store.schema import coerce_frame, conform_types, empty_frame, to_records
+from datapipe_dagster.store.schemaless import SchemalessColumns
 
 
 def merge_schema(
@@ -73,6 +76,10 @@ class FileTableStore(TableStore):
     """Whether the format can hold LargeBinary columns."""
     json_as_text = True
     """Whether JSON columns are stored as JSON text in a cell (CSV, Excel) rather than nested (JSON lines)."""
+    schemaless_ok = False
+    """Whether the format is schemaless without ``data_sql_schema`` (JSON lines: any fields, kept as-is)."""
+    default_keys: list[sa.Column] | None = None
+    """The key columns of a schemaless table given no ``primary_schema``."""
 
     def __init__(
         self,
@@ -83,7 +90,14 @@ class FileTableStore(TableStore):
     ):
         self.path = os.fspath(path)
         self.name = name or os.path.basename(self.path)
+        self._free: SchemalessColumns | None = None
+        if data_sql_schema is None and self.schemaless_ok:
+            primary_schema = primary_schema or [c._copy() for c in self.default_keys or []]
         self._schema = merge_schema(self.name, primary_schema, data_sql_schema)
+        if data_sql_schema is None and self.schemaless_ok:
+            # No schema: the fields are whatever the file's rows hold (learned as the file is read).
+            self._free = SchemalessColumns(self.name, self._schema)
+            self.schemaless = True
         for c in self._schema:
             if isinstance(c.type, sa.LargeBinary) and not self.binary_ok:
                 raise ConfigurationError(
@@ -94,10 +108,21 @@ class FileTableStore(TableStore):
         return f"{type(self).__name__}({self.path!r})"
 
     def get_schema(self) -> list[sa.Column]:
-        return self._schema
+        return self._free.schema() if self._free is not None else self._schema
 
     def empty(self) -> pd.DataFrame:
-        return conform_types(empty_frame(self._schema), self._schema)
+        schema = self.get_schema()
+        return conform_types(empty_frame(schema), schema)
+
+    def validate(self, df: pd.DataFrame) -> pd.DataFrame:
+        if self._free is not None:
+            return self._free.validate(df)
+        return super().validate(df)
+
+    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
+        if self._free is not None:
+            return self._free.hash_rows(df)
+        return super().hash_rows(df, table)
 
     # ------------------------------------------------------------ format hooks
 
@@ -120,6 +145,11 @@ class FileTableStore(TableStore):
     # ------------------------------------------------------------ encoding
 
     def _encode(self, df: pd.DataFrame) -> list[dict[str, Any]]:
+        if self._free is not None:
+            # Keys as in a schema'd file; other fields as they are, nulls left out.
+            return [
+                {**{k: _iso(r[k]) for k in self.primary_keys}, **self._free.data_of(r)} for r in to_records(df)
+            ]
         recs = to_records(df[[c.name for c in self._schema]])
         for col in self._schema:
             if isinstance(col.type, sa.JSON) and self.json_as_text:
@@ -136,6 +166,13 @@ class FileTableStore(TableStore):
         names = [c.name for c in self._schema]
         if not recs:
             return self.empty()
+        if self._free is not None:
+            try:
+                return self._free.from_records(recs)
+            except SchemaError as e:
+                raise SchemaError(
+                    self.name, f"file {self.path!r} does not fit the keys: {reason_of(e)}", e.column, e.key
+                ) from e
         df = pd.DataFrame.from_records(recs, columns=names)
         for col in self._schema:
             s = df[col.name].astype(object).where(df[col.name].notna(), None)
@@ -184,7 +221,10 @@ class FileTableStore(TableStore):
             marker = df[pks].assign(_new=True)
             keep = current.merge(marker, on=pks, how="left")["_new"].isna().to_numpy()
             current = current.loc[keep]
-        frames = [f for f in (current, df[[c.name for c in self._schema]]) if len(f)]
+        if self._free is not None:
+            df = self._free.validate(df)  # every column seen so far, in the same order as ``current``
+            current = current.reindex(columns=list(df.columns))
+        frames = [f for f in (current, df[[c.name for c in self.get_schema()]]) if len(f)]
         self._save(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
 
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
@@ -201,6 +241,10 @@ class FileTableStore(TableStore):
         atomic_write(self.path, self._dump(self._encode(df)))
 
 
+def _iso(v: Any) -> Any:
+    return v.isoformat() if hasattr(v, "isoformat") else v
+
+
 def _plain_text(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
@@ -210,15 +254,21 @@ def _plain_text(v: Any) -> str:
 class TableStoreJsonLine(FileTableStore):
     """A JSON-lines file (one JSON object per line) holding a whole table.
 
+    Without ``data_sql_schema`` the table is schemaless: every field of the lines is a column, its value
+    kept as the file holds it (as in epoch8 datapipe). With one, a field it does not declare is a
+    SchemaError naming it (as in CSV and Excel).
+
     Args:
         path: the ``.jsonl`` file.
-        primary_schema: the key columns.
-        data_sql_schema: all the columns (optional; see ``FileTableStore``).
+        primary_schema: the key columns (default for a schemaless table: one string column ``id``).
+        data_sql_schema: all the columns (optional; see above).
         name: the table's name in errors.
     """
 
     binary_ok = True
     json_as_text = False
+    schemaless_ok = True
+    default_keys = [sa.Column("id", sa.String, primary_key=True)]
 
     def _encode(self, df: pd.DataFrame) -> list[dict[str, Any]]:
         recs = super()._encode(df)
@@ -230,6 +280,20 @@ class TableStoreJsonLine(FileTableStore):
         return recs
 
     def _decode(self, recs: list[dict[str, Any]]) -> pd.DataFrame:
+        if self._free is None:
+            # As CSV and Excel do: a field the declared schema lacks is an error, not silently dropped.
+            names = {c.name for c in self._schema}
+            for r in recs:
+                unknown = [f for f in r if f not in names]
+                if unknown:
+                    key = {k: r.get(k) for k in self.primary_keys}
+                    raise SchemaError(
+                        self.name,
+                        f"file {self.path!r} has a field not in the schema; declare it in data_sql_schema, "
+                        "or give no data_sql_schema to keep every field",
+                        unknown[0],
+                        key,
+                    )
         for col in self._schema:
             if isinstance(col.type, sa.LargeBinary):
                 for r in recs:
