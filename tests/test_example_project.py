@@ -261,8 +261,8 @@ def test_definitions_module_opens_no_connection(tmp_path: Path) -> None:
     )
     assert "parse_clicks_ip_no_failed_keys" in lines[2] and "summarise_ips_no_failed_keys" in lines[2]
     # Two partitionings: per user (click_count) and per ip (ip_stats), 8 buckets each.
-    assert lines[3] == "click_count ['0', '1'] ['user_id']"
-    assert lines[4] == "ip_stats ['0', '1'] ['ip']"
+    assert lines[3] == "click_count ['00', '01'] ['user_id']"
+    assert lines[4] == "ip_stats ['00', '01'] ['ip']"
     assert not db.exists()
 
 
