@@ -297,6 +297,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "mode=reparse: all",
         "click_count: 60 rows",
         "Summary: 800 events -> 60 users",
+        "Next: `make dev` opens the Dagster UI",
     ):
         assert needle in out, f"{needle!r} not in demo output:\n{out}"
     assert elapsed < 60
