@@ -22,10 +22,13 @@ browser:
 test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The quick loop: engine and Dagster unit tests, without the tests marked slow (a live `dagster dev`,
-# a browser, the end-to-end demo). Takes PYTEST_ARGS too.
+# The quick loop: engine and Dagster unit tests on SQLite, on FAST_WORKERS processes (pytest-xdist).
+# Left out (`make test` runs them): tests marked slow (a live `dagster dev`, a browser, the whole demo),
+# the PostgreSQL variants, and the example/README/docs checks that start Python processes.
+FAST_WORKERS ?= 2
+FAST_SKIP := tests/test_readme.py tests/test_docs_links.py tests/test_example_project.py tests/test_dev_seed.py tests/test_seed_notebook.py
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -k "not postgres" -n $(FAST_WORKERS) $(addprefix --ignore=,$(FAST_SKIP)) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m example_project.demo

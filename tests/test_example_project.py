@@ -266,6 +266,7 @@ def test_definitions_module_opens_no_connection(tmp_path: Path) -> None:
     assert not db.exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """``make demo`` (``python -m example_project.demo``): headless, self-checking, well under a minute."""
     started = time.monotonic()
