@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser test demo dev api simulate lint bench clean
+.PHONY: install browser test test-fast demo dev api simulate lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,15 +18,34 @@ install: $(STAMP)
 browser:
 	bash .ci/install-browser.sh
 
+# PYTEST_ARGS passes more pytest arguments, e.g. make test PYTEST_ARGS="-k partition -x".
 test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The quick loop: engine and Dagster unit tests on SQLite, on FAST_WORKERS processes (pytest-xdist).
+# Left out (`make test` runs them): tests marked slow (a live `dagster dev`, a browser, the whole demo),
+# the PostgreSQL variants, and the example/README/docs checks that start Python processes.
+FAST_WORKERS ?= 2
+FAST_SKIP := tests/test_readme.py tests/test_docs_links.py tests/test_example_project.py tests/test_dev_seed.py tests/test_seed_notebook.py
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -k "not postgres" -n $(FAST_WORKERS) $(addprefix --ignore=,$(FAST_SKIP)) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m example_project.demo
 
+# `make dev` first seeds .dagster_home (its dagster.yaml copied from example_project/ when missing) and the
+# example's data (once: an instance with runs is left alone), then serves them with the sensors on, ticking every 5 s. Override either, e.g.
+# make dev DATAPIPE_EXAMPLE_SENSORS_RUNNING=0 DATAPIPE_EXAMPLE_SENSOR_INTERVAL=30
+DATAPIPE_EXAMPLE_SENSORS_RUNNING ?= 1
+DATAPIPE_EXAMPLE_SENSOR_INTERVAL ?= 5
 dev: $(STAMP)
 	mkdir -p .dagster_home
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	test -f .dagster_home/dagster.yaml || cp example_project/dagster.yaml .dagster_home/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(PY) -m example_project.demo --seed
+	DAGSTER_HOME=$(CURDIR)/.dagster_home \
+	DATAPIPE_EXAMPLE_SENSORS_RUNNING=$(DATAPIPE_EXAMPLE_SENSORS_RUNNING) \
+	DATAPIPE_EXAMPLE_SENSOR_INTERVAL=$(DATAPIPE_EXAMPLE_SENSOR_INTERVAL) \
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 api: $(STAMP)
 	$(PY) -m example_project.api --port 8000

@@ -1,6 +1,7 @@
 """``make demo``: the example end to end, headless, on SQLite, in under a minute.
 
     python -m example_project.demo [--dir .demo/demo] [--events 3000] [--users 200]
+    python -m example_project.demo --seed     # what `make dev` runs first (see ``seed_dev``)
 
 What it shows, with a temporary Dagster instance and everything executed in process (as the daemon
 would launch it): ingest user profiles through the IO manager, write events, let the sensors request
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -28,7 +30,7 @@ import pandas as pd
 
 from datapipe_dagster.dagster import BucketPartitions
 from datapipe_dagster.dagster.constants import BACKFILL_TAG, RANGE_END_TAG, RANGE_START_TAG
-from example_project.catalog import REPO_ROOT, ExampleStore, open_store
+from example_project.catalog import DB_ENV_VAR, REPO_ROOT, ExampleStore, open_store
 from example_project.definitions import make_definitions
 from example_project.generate import make_events
 
@@ -314,6 +316,60 @@ def run_demo(
     return summary
 
 
+NEXT_AFTER_DEMO = """Next: `make dev` opens the Dagster UI on this example at http://127.0.0.1:3000 (data in
+.demo/example.sqlite, seeded with events, profiles and the sensors' first runs; sensors on, ticking every
+5 s). Then `make simulate` in a second terminal writes events: watch the sensors request runs under Runs."""
+
+
+def seed_dev(
+    dagster_home: Path,
+    db: str | os.PathLike[str] | None = None,
+    *,
+    n_events: int = 1000,
+    n_users: int = 100,
+    partitions: int | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Populate the place ``make dev`` serves, once: ingest profiles, write events, run what the sensors ask.
+
+    ``dagster_home`` is the Dagster instance ``dagster dev`` will use (its ``dagster.yaml``, if any, is
+    read); ``db`` the example's data (default ``$DATAPIPE_EXAMPLE_DB`` or ``.demo/example.sqlite``). The
+    runs are executed in process and recorded in that instance, so the UI opens on materialized assets, a
+    few runs and a ``user_report`` with real countries and plans. An instance that already holds runs is
+    left alone (returns ``{"seeded": False}``): seeding never overwrites a user's work.
+    """
+    partitions = partitions or int(os.environ.get("DATAPIPE_EXAMPLE_PARTITIONS", "").strip() or 16)
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    st = open_store(db)
+    try:
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            if instance.get_run_records(limit=1):
+                say(f"make dev: the Dagster instance in {dagster_home} already has runs: not seeding again")
+                return {"seeded": False}
+            defs = make_definitions(st, partitions=partitions)
+            drv = Driver(defs, instance, BucketPartitions(partitions))
+            events_dt = st.catalog.get_datatable(st.ds, "events")
+            if st.catalog.get_datatable(st.ds, "user_profiles").get_size() == 0:
+                drv.execute([dg.AssetKey("user_profiles")], run_config=profiles_config(n_users, 0))
+            if events_dt.get_size() == 0:
+                events_dt.store_chunk(make_events(n_events, n_users, seed=7))
+            runs = drv.settle(lambda _msg: None)
+            summary = {
+                "seeded": True,
+                "events": events_dt.get_size(),
+                "users": st.catalog.get_datatable(st.ds, "user_report").get_size(),
+                "runs": len(instance.get_run_records()),
+                "sensor_runs": len(runs),
+            }
+    finally:
+        st.dispose()
+    say(
+        f"make dev: seeded {summary['events']} events of {summary['users']} users into {st.url} and "
+        f"{summary['runs']} runs into the Dagster instance in {dagster_home}"
+    )
+    return summary
+
+
 def profiles_config(n_users: int, version: int) -> dict[str, Any]:
     return {"ops": {"user_profiles": {"config": {"n_users": n_users, "version": version}}}}
 
@@ -347,17 +403,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=REPO_ROOT / ".demo" / "demo", help="work folder, wiped first"
     )
-    parser.add_argument("--events", type=int, default=3000)
-    parser.add_argument("--users", type=int, default=200)
-    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument("--events", type=int, default=None, help="default: 3000 (--seed: 1000)")
+    parser.add_argument("--users", type=int, default=None, help="default: 200 (--seed: 100)")
+    parser.add_argument("--partitions", type=int, default=None, help="default: $DATAPIPE_EXAMPLE_PARTITIONS or 16")
+    parser.add_argument(
+        "--seed",
+        action="store_true",
+        help=f"seed the Dagster instance in $DAGSTER_HOME and the data in ${DB_ENV_VAR} (what `make dev` "
+        "runs first; does nothing when the instance already has runs) instead of the demo",
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # Dagster's beta/preview warnings are noise in a demo
     logging.getLogger("dagster").setLevel(logging.ERROR)
     try:
-        run_demo(args.dir, args.events, args.users, args.partitions)
+        if args.seed:
+            home = os.environ.get("DAGSTER_HOME")
+            if not home:
+                parser.error("--seed needs DAGSTER_HOME (the instance `dagster dev` will serve)")
+            seed_dev(Path(home), n_events=args.events or 1000, n_users=args.users or 100, partitions=args.partitions)
+            return 0
+        run_demo(args.dir, args.events or 3000, args.users or 200, args.partitions or 16)
     except DemoError as e:
         print(f"\nDEMO FAILED: {e}", file=sys.stderr)
         return 1
+    print("\n" + NEXT_AFTER_DEMO)
     return 0
 
 

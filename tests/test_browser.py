@@ -16,15 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import dagster as dg
 import pytest
 from example_helpers import EXAMPLE_TABLES, REPO, running_dagster_dev
 
 from datapipe_dagster.dagster import BucketPartitions
 from example_project.catalog import open_store
-from example_project.definitions import make_definitions
-from example_project.demo import Driver
-from example_project.generate import make_events
+from example_project.demo import seed_dev
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -62,19 +59,17 @@ def chromium_or_skip() -> Path:
 
 @pytest.fixture
 def prepared(tmp_path: Path) -> Iterator[tuple[Path, Path, list[str]]]:
-    """A DAGSTER_HOME and data DB where the sensors' runs have materialized some click_count partitions."""
+    """A DAGSTER_HOME and data DB seeded the way ``make dev`` seeds them (``seed_dev``): profiles ingested,
+    events stored, the sensors' runs executed; 10 users leave some click_count partitions unmaterialized."""
     home, db = tmp_path / "dagster_home", tmp_path / "data.sqlite"
-    home.mkdir()
-    st = open_store(db)
-    defs = make_definitions(st, partitions=PARTITIONS)
-    parts = BucketPartitions(PARTITIONS)
-    events = make_events(200, 10, seed=11)
-    st.catalog.get_datatable(st.ds, "events").store_chunk(events)
-    with warnings.catch_warnings(), dg.DagsterInstance.local_temp(tempdir=str(home)) as instance:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Driver(defs, instance, parts).settle(lambda _msg: None)
+        seeded = seed_dev(home, db, n_events=200, n_users=10, partitions=PARTITIONS, say=lambda _msg: None)
+    assert seeded["seeded"] and seeded["users"] == 10
+    st = open_store(db)
+    users = st.catalog.get_datatable(st.ds, "click_count").get_data()[["user_id"]]
     st.dispose()
-    yield home, db, parts.stale_partitions(events[["user_id"]].drop_duplicates(), ["user_id"])
+    yield home, db, BucketPartitions(PARTITIONS).stale_partitions(users, ["user_id"])
 
 
 @pytest.mark.slow

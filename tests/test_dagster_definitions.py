@@ -176,7 +176,7 @@ def test_whole_chain_runs(tmp_path) -> None:
         }
     )
     catalog.get_datatable(ds, "events").store_chunk(ev)
-    rng = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "3"}
+    rng = {"dagster/asset_partition_range_start": "00", "dagster/asset_partition_range_end": "03"}
     with dg.instance_for_test() as instance:
         materialize(defs, instance, [K("click_count"), K("user_ip")], tags=rng)
         materialize(defs, instance, [K("ip_users")], tags=rng)
@@ -216,9 +216,19 @@ def test_bucket_partitions() -> None:
     ]
     with pytest.raises(ConfigurationError, match="unknown partition"):
         parts.bucket_of("16")
+    with pytest.raises(ConfigurationError, match="unknown partition '3'; partitions are 00…03"):
+        BucketPartitions(4).bucket_of("3")  # the unpadded name is not an alias
     keys = pd.DataFrame({"u": range(1000)})
     picked = pd.concat([parts.select(keys, ["u"], [p]) for p in parts.keys])
     assert sorted(picked["u"]) == list(range(1000))  # every key in exactly one partition
+
+
+def test_partition_names_have_at_least_two_digits_and_one_width() -> None:
+    """The documented naming rule: bucket numbers zero-padded to max(2, digits of N-1)."""
+    for n, first, last in [(1, "00", "00"), (4, "00", "03"), (16, "00", "15"), (100, "00", "99"), (128, "000", "127")]:
+        keys = BucketPartitions(n).keys
+        assert (keys[0], keys[-1], len(keys)) == (first, last, n)
+        assert len({len(k) for k in keys}) == 1 and keys == sorted(keys), n
 
 
 def test_buckets_stable_across_processes_and_dtypes() -> None:

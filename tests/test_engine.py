@@ -1,4 +1,4 @@
-"""Engine semantics (issue 2, ENGINEERING §3), each on SQLite and PostgreSQL."""
+"""Engine semantics (issue 2; README "Concepts"), each on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

@@ -260,11 +260,12 @@ def test_definitions_module_opens_no_connection(tmp_path: Path) -> None:
     )
     assert "parse_clicks_ip_no_failed_keys" in lines[2] and "summarise_ips_no_failed_keys" in lines[2]
     # Two partitionings: per user (click_count) and per ip (ip_stats), 8 buckets each.
-    assert lines[3] == "click_count ['0', '1'] ['user_id']"
-    assert lines[4] == "ip_stats ['0', '1'] ['ip']"
+    assert lines[3] == "click_count ['00', '01'] ['user_id']"
+    assert lines[4] == "ip_stats ['00', '01'] ['ip']"
     assert not db.exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """``make demo`` (``python -m example_project.demo``): headless and self-checking (its speed is a
     benchmark matter, not a test's: the subprocess bound only stops a hang)."""
@@ -295,6 +296,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "mode=reparse: all",
         "click_count: 60 rows",
         "Summary: 800 events -> 60 users",
+        "Next: `make dev` opens the Dagster UI",
     ):
         assert needle in out, f"{needle!r} not in demo output:\n{out}"
     st = open_store(tmp_path / "demo" / "example.sqlite")

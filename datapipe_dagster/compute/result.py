@@ -24,7 +24,10 @@ class StepResult:
 
     Attributes:
         failed: one row per failed key: the key columns, ``error`` and ``traceback``.
-        changed: keys of rows changed per output table (what a changelist run passes downstream).
+        changed: keys of rows changed per output table (what a changelist run passes downstream);
+            read one table's keys with ``changed_keys(table)``.
+
+    ``str(result)`` is ``summary_line()``.
     """
 
     name: str
@@ -65,20 +68,43 @@ class StepResult:
         self.changed.extend(other.changed)
         self.elapsed += other.elapsed
 
-    def __str__(self) -> str:
+    def changed_keys(self, table: str) -> pd.DataFrame:
+        """The keys of ``table``'s rows this step inserted, updated or deleted (one row per key).
+
+        Only the table's primary-key columns; an empty frame when the step changed nothing in it.
+        """
+        idx = self.changed.get(table)
+        return pd.DataFrame() if idx is None else idx.reset_index(drop=True)
+
+    def summary_line(self) -> str:
+        """One line: ``count_clicks: 1 keys, 2 rows read, [clicks: +0 ~1 -0]``.
+
+        Keys processed, input rows read, and per output table the rows inserted (+), updated (~) and
+        deleted (-). When keys failed: ``; 1 of 3 keys FAILED, first: user_id='x': ValueError: ...``.
+        Elapsed time is left out so the line is the same on every run of the same change.
+        """
         outs = ", ".join(f"{k}: +{v.inserted} ~{v.updated} -{v.deleted}" for k, v in self.outputs.items())
-        s = f"{self.name}: {self.keys_processed} keys, {self.rows_read} rows read, [{outs}], {self.elapsed:.3f}s"
+        s = f"{self.name}: {self.keys_processed} keys, {self.rows_read} rows read, [{outs}]"
         if self.keys_superseded:
             s += f"; {self.keys_superseded} keys left to a newer concurrent result"
         if self.keys_failed:
-            keys = [c for c in self.failed.columns if c not in ("error", "traceback")]
+            keys = [c for c in self.failed.columns if c not in ("error", "traceback", "process_ts")]
             first = self.failed.iloc[0]
+            attempted = self.keys_processed + self.keys_failed
             s += (
-                f"; {self.keys_failed} keys FAILED, first: "
+                f"; {self.keys_failed} of {attempted} keys FAILED, first: "
                 + ", ".join(f"{k}={_plain(first[k])!r}" for k in keys)
-                + f": {first['error']}"
+                + f": {_first_line(first['error'])}"
             )
         return s
+
+    def __str__(self) -> str:
+        return self.summary_line()
+
+
+def _first_line(error: Any) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 @dataclass
@@ -102,5 +128,18 @@ class RunSummary:
                 return s
         raise KeyError(name)
 
+    def changed_keys(self, table: str) -> pd.DataFrame:
+        """The keys of ``table``'s rows changed by any step of the run (primary-key columns, no duplicates).
+
+        Example:
+            summary = run_steps(ds, steps)
+            summary.changed_keys("clicks")  # the user_ids whose click count was inserted, updated or deleted
+        """
+        frames = [f for f in (s.changed_keys(table) for s in self.steps) if len(f.columns)]
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
     def __str__(self) -> str:
-        return "\n".join(str(s) for s in self.steps) or "(no steps)"
+        """One ``StepResult.summary_line()`` per step."""
+        return "\n".join(s.summary_line() for s in self.steps) or "(no steps)"

@@ -1,8 +1,10 @@
 """Hash-bucket partitions: a bounded number of Dagster partitions over a transform's key space.
 
-Partition ``"07"`` holds every transform key whose stable hash (``compute.partitioning.key_buckets``)
-is 7 modulo N. Keys are zero-padded so Dagster's order (the order given) is also the text order, which
-keeps partition ranges (``"00"…"15"``) meaningful.
+Naming rule: partition keys are the bucket numbers ``0 … N-1``, zero-padded to at least two digits (more
+only when N-1 has more): ``00``…``03`` for N=4, ``00``…``15`` for N=16, ``000``…``127`` for N=128.
+Partition ``"07"`` holds every transform key whose stable hash (``compute.partitioning.key_buckets``) is
+7 modulo N. Every key of one definition has the same width, so Dagster's order (the order given) is also
+the text order, which keeps partition ranges (``"00"…"15"``) meaningful.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ class BucketPartitions:
 
     Args:
         n: number of buckets (1 … 10,000; Dagster slows down past tens of thousands of partitions, and
-            every partition in a run costs tens of milliseconds of event-log writes).
+            every partition in a run costs tens of milliseconds of event-log writes). Keys are named
+            ``00``…, as the module docstring says.
     """
 
     MAX = 10_000
+    MIN_WIDTH = 2
+    """Partition keys have at least this many digits, whatever N (``00``, not ``0``)."""
 
     def __init__(self, n: int):
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.MAX:
             raise ConfigurationError(f"partitions must be an int between 1 and {self.MAX}, got {n!r}")
         self.n = n
-        self.width = len(str(n - 1))
+        self.width = max(self.MIN_WIDTH, len(str(n - 1)))
         self.keys = [self.key_of(b) for b in range(n)]
         self.definition = dg.StaticPartitionsDefinition(self.keys)
 
