@@ -121,6 +121,28 @@ def _resolve_pipeline(context: dg.ResolutionContext, value: Any) -> Any:
     )
 
 
+def _check_assets(obj: Any, ref: str) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    for item in items:
+        if not isinstance(item, (dg.AssetsDefinition, dg.AssetSpec)):
+            raise ConfigurationError(
+                f"{COMPONENT} attribute `assets` ({ref}): expected a Dagster asset (an @asset function, an "
+                f"AssetsDefinition or an AssetSpec, or a list of them); found {_kind(item)}"
+            )
+    return items
+
+
+def _resolve_assets(context: dg.ResolutionContext, value: Any) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    refs = context.resolve_value(value) or []
+    out: list[dg.AssetsDefinition | dg.AssetSpec] = []
+    for i, ref in enumerate(refs):
+        if isinstance(ref, str):
+            out += _check_assets(import_reference(ref, f"assets[{i}]", _component_context(context)), ref)
+        else:
+            out += _check_assets(ref, repr(ref))
+    return out
+
+
 def _resolve_automation(context: dg.ResolutionContext, value: Any) -> str:
     return _check_automation(context.resolve_value(value))
 
@@ -256,6 +278,17 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
             "(declarative automation conditions, when this version offers them).",
         ),
     ] = "sensors"
+    assets: Annotated[
+        list[Any],
+        dg.Resolver(
+            _resolve_assets,
+            model_field_type=list[str],
+            description="Your own assets that write catalog tables through the datapipe IO manager (e.g. an "
+            "ingestion @asset returning a DataFrame): references, relative or absolute like `catalog`. "
+            "Their tables are not declared as source assets, and the component includes them.",
+            examples=[[".ingest.user_profiles"]],
+        ),
+    ] = Field(default_factory=list)
     key_prefix: str | list[str] | None = Field(
         default=None, description="Prepended to every table's asset key (a string or path components)."
     )
@@ -276,6 +309,11 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
             catalog = _call(catalog, "catalog", Catalog, dbconn)
         if not isinstance(pipeline, Pipeline):
             pipeline = _call(pipeline, "pipeline", Pipeline)
+        assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
+        for i, item in enumerate(self.assets):
+            if isinstance(item, str):  # given from Python as a reference
+                item = import_reference(item, f"assets[{i}]", _load_context(context))
+            assets += _check_assets(item, repr(item))
         extra: dict[str, Any] = {}
         if self.automation != "sensors":
             _check_automation(self.automation)
@@ -289,6 +327,7 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
             reparse_on_code_change=self.reparse_on_code_change,
             sensors_running=self.sensors_running,
             translator=ComponentTranslator(self.key_prefix, self.group_name, self.translation),
+            assets=assets,
             **extra,
         )
         if dbconn.backend == "sqlite":
