@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import dagster as dg
 import sqlalchemy as sa
 from dagster.components.utils.translation import TranslationFn, TranslationFnResolver
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from datapipe_dagster.compute.catalog import Catalog, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
@@ -156,6 +156,26 @@ def _check_automation(value: Any) -> str:
     return value
 
 
+def _typed(attribute: str, tp: Any, description: str) -> dg.Resolver:
+    """A field resolved from its template, then checked, so a wrong type points at its line in defs.yaml."""
+    adapter = TypeAdapter(tp)
+
+    def resolve(context: dg.ResolutionContext, value: Any) -> Any:
+        value = context.resolve_value(value)
+        try:
+            return adapter.validate_python(value)
+        except ValidationError:
+            raise ConfigurationError(
+                f"{COMPONENT} attribute `{attribute}`: expected {_type_name(tp)}, found {value!r}"
+            ) from None
+
+    return dg.Resolver(resolve, model_field_type=tp, description=description)
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", bool: "true or false"}.get(tp, "an integer or null")
+
+
 def _translation_resolver() -> TranslationFnResolver:
     # The dbt/dlt components' block: one set of asset attributes, templated per table with `table`.
     resolver = TranslationFnResolver[TableProps](template_vars_for_translation_fn=lambda table: {"table": table})
@@ -255,20 +275,29 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
         "Opened on the first run, never at load.",
         examples=["sqlite:///data/pipeline.sqlite", "{{ env('DATAPIPE_DB') }}"],
     )
-    partitions: int | None = Field(
-        default=16,
-        description="Hash buckets of each keyed transform's key (the Dagster partitions); null: unpartitioned.",
-    )
-    sensor_interval_seconds: int = Field(
-        default=30, description="Minimum seconds between sensor ticks (Dagster's floor is 5)."
-    )
-    reparse_on_code_change: bool = Field(
-        default=False,
-        description="When a transform's code changes, its sensor requests a reparse of every partition.",
-    )
-    sensors_running: bool = Field(
-        default=False, description="Start the sensors as running (default: stopped until turned on)."
-    )
+    partitions: Annotated[
+        int | None,
+        _typed(
+            "partitions",
+            int | None,
+            "Hash buckets of each keyed transform's key (the Dagster partitions); null: unpartitioned.",
+        ),
+    ] = 16
+    sensor_interval_seconds: Annotated[
+        int, _typed("sensor_interval_seconds", int, "Minimum seconds between sensor ticks (Dagster's floor is 5).")
+    ] = 30
+    reparse_on_code_change: Annotated[
+        bool,
+        _typed(
+            "reparse_on_code_change",
+            bool,
+            "When a transform's code changes, its sensor requests a reparse of every partition.",
+        ),
+    ] = False
+    sensors_running: Annotated[
+        bool,
+        _typed("sensors_running", bool, "Start the sensors as running (default: stopped until turned on)."),
+    ] = False
     automation: Annotated[
         Automation,
         dg.Resolver(
