@@ -318,10 +318,13 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
             examples=[[".ingest.user_profiles"]],
         ),
     ] = Field(default_factory=list)
-    key_prefix: str | list[str] | None = Field(
-        default=None, description="Prepended to every table's asset key (a string or path components)."
-    )
-    group_name: str | None = Field(default="datapipe", description="The asset group of every table.")
+    key_prefix: Annotated[
+        str | list[str] | None,
+        dg.Resolver.default(description="Prepended to every table's asset key (a string or path components)."),
+    ] = None
+    group_name: Annotated[
+        str | None, dg.Resolver.default(description="The asset group of every table (before `translation`).")
+    ] = "datapipe"
     translation: Annotated[TranslationFn[TableProps] | None, _translation_resolver()] = None
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
