@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import dagster as dg
@@ -75,7 +76,9 @@ def import_reference(ref: str, attribute: str, context: dg.ComponentLoadContext 
             f"(attribute {name!r}): {type(e).__name__}: {e}"
         ) from e
     if not hasattr(module, name):
-        defined = ", ".join(n for n in sorted(vars(module)) if not n.startswith("_"))
+        defined = ", ".join(
+            n for n, v in sorted(vars(module).items()) if not n.startswith("_") and not isinstance(v, ModuleType)
+        )
         raise ConfigurationError(
             f"{COMPONENT} attribute `{attribute}`: module {module.__name__!r} has no attribute {name!r} "
             f"(reference {ref!r}); it defines: {defined or '(nothing public)'}"
@@ -327,6 +330,12 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
     ] = "datapipe"
     translation: Annotated[TranslationFn[TableProps] | None, _translation_resolver()] = None
 
+    @classmethod
+    def get_spec(cls) -> dg.ComponentTypeSpec:
+        return dg.ComponentTypeSpec(
+            tags=["datapipe", "incremental", "pandas"], produces=["asset", "asset_check", "sensor", "resource"]
+        )
+
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         catalog = self.catalog
         pipeline = self.pipeline
@@ -393,13 +402,14 @@ def _load_context(context: dg.ComponentLoadContext) -> dg.ComponentLoadContext |
 def _call(factory: Callable[..., Any], attribute: str, expected: type, *args: Any) -> Any:
     name = getattr(factory, "__qualname__", repr(factory))
     try:
-        made = factory(*args)
-    except TypeError as e:
+        inspect.signature(factory).bind(*args)  # the signature only: errors inside the factory are its own
+    except (TypeError, ValueError) as e:
         need = "a DBConn" if args else "no arguments"
         raise ConfigurationError(
             f"{COMPONENT} attribute `{attribute}`: the function {name} must take {need} and return a "
             f"{expected.__name__}: {e}"
         ) from e
+    made = factory(*args)
     if not isinstance(made, expected):
         raise ConfigurationError(
             f"{COMPONENT} attribute `{attribute}`: the function {name} must return a datapipe_dagster "
