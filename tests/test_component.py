@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pytest
 from dagster.components.testing import create_defs_folder_sandbox
+from test_dagster_support import execute, tick
 
 from datapipe_dagster import DatapipeComponent, DataStore, DBConn, build_definitions
 from datapipe_dagster.dagster.component import ComponentTranslator
 from datapipe_dagster.dagster.constants import RANGE_END_TAG, RANGE_START_TAG
+from datapipe_dagster.dagster.partitions import BucketPartitions
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -116,7 +119,20 @@ def test_scaffolded_starter_loads_and_materializes() -> None:
         assert [s.name for s in defs.sensors] == ["count_events_stale_sensor"]
         with dg.instance_for_test() as instance:
             materialize_starter(defs, instance)
-        assert rows(db, "user_counts") == COUNTS
+            assert rows(db, "user_counts") == COUNTS
+            # Incremental from here: one changed user -> the sensor requests only that user's partition.
+            sensor = "count_events_stale_sensor"
+            first = tick(defs, instance, sensor, None)
+            starter = sys.modules[next(m for m in sys.modules if m.endswith(".defs.events.pipeline"))]
+            dbconn = DBConn(sqlite_url(db))
+            new = pd.DataFrame({"user_id": ["u2"], "event_id": ["e9"], "event_type": ["click"]})
+            starter.catalog(dbconn).get_datatable(DataStore(dbconn), "events").store_chunk(new)
+            res = tick(defs, instance, sensor, first.cursor)
+            (req,) = res.run_requests
+            assert req.partition_key == BucketPartitions(4).stale_partitions(new[["user_id"]], ["user_id"])[0]
+            execute(defs, instance, req)
+            dbconn.engine.dispose()
+        assert rows(db, "user_counts") == [("u1", 3, 2), ("u2", 3, 1), ("u3", 1, 1)]
 
 
 @pytest.mark.parametrize("url", ["sqlite", NOWHERE_PG])
