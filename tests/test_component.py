@@ -183,6 +183,18 @@ def test_minimal_yaml_equals_build_definitions(tmp_path: Path) -> None:
         expected = build_definitions(starter.catalog(dbconn), starter.pipeline, DataStore(dbconn), partitions=5)
         assert shape(defs) == shape(expected)
         assert len(shape(defs)["specs"]) == 2 and shape(defs)["sensors"] and shape(defs)["checks"]
+    # Every build_definitions option the component passes on.
+    options = {"key_prefix": ["acme", "clicks"], "group_name": "clicks", "sensor_interval_seconds": 11,
+               "reparse_on_code_change": True, "sensors_running": True}
+    with loaded(attrs(url, partitions=3, **options)) as (_, defs, _root):
+        starter = sys.modules[next(m for m in sys.modules if m.endswith(".defs.events.pipeline"))]
+        dbconn = DBConn(url)
+        expected = build_definitions(
+            starter.catalog(dbconn), starter.pipeline, DataStore(dbconn), partitions=3, **options
+        )
+        assert shape(defs) == shape(expected)
+        assert K(["acme", "clicks", "user_counts"]) in shape(defs)["specs"]
+        assert shape(defs)["sensors"][0][1:3] == (11, dg.DefaultSensorStatus.RUNNING)
     # The unpartitioned form too (partitions: null).
     with loaded(attrs(url, partitions=None)) as (_, defs, _root):
         assert defs.resolve_assets_def(K("user_counts")).partitions_def is None
