@@ -135,6 +135,19 @@ def test_scaffolded_starter_loads_and_materializes() -> None:
         assert rows(db, "user_counts") == [("u1", 3, 2), ("u2", 3, 1), ("u3", 1, 1)]
 
 
+def test_scaffolded_as_python_loads_and_materializes() -> None:
+    """``dg scaffold defs ... --format python``: a component.py building the component, relative references."""
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(component_cls=DatapipeComponent, defs_path="events", scaffold_format="python")
+        assert sorted(p.name for p in path.iterdir() if p.is_file()) == ["component.py", "pipeline.py"]
+        assert 'group_name="events"' in (path / "component.py").read_text()
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            assert {s.group_name for s in defs.resolve_all_asset_specs()} == {"events"}
+            with dg.instance_for_test() as instance:
+                materialize_starter(defs, instance)
+        assert rows(sandbox.project_root / ".datapipe" / "events.sqlite", "user_counts") == COUNTS
+
+
 @pytest.mark.parametrize("url", ["sqlite", NOWHERE_PG])
 def test_loading_opens_no_connection(tmp_path: Path, url: str) -> None:
     """The webserver, the daemon and every run worker load the component: no connection, no file."""

@@ -66,7 +66,8 @@ def import_reference(ref: str, attribute: str, context: dg.ComponentLoadContext 
                 f"{COMPONENT} attribute `{attribute}`: the relative reference {ref!r} needs the component's "
                 "folder (load it from a defs.yaml), or give an absolute reference such as `my_pkg.module.attr`"
             )
-        package = context.defs_relative_module_name(context.path)
+        folder = context.path if context.path.is_dir() else context.path.parent  # defs.yaml's or component.py's
+        package = context.defs_relative_module_name(folder)
     try:
         module = importlib.import_module(module_name, package=package)
     except Exception as e:
@@ -211,18 +212,15 @@ class ComponentTranslator(DatapipeTranslator):
 
 
 class DatapipeScaffolder(dg.Scaffolder):
-    """``dg scaffold defs datapipe_dagster.DatapipeComponent NAME``: a defs.yaml and a starter pipeline.py."""
+    """``dg scaffold defs datapipe_dagster.DatapipeComponent NAME``: a defs.yaml (or, with ``--format python``,
+    a component.py) and a starter pipeline.py."""
 
     def scaffold(self, request: dg.ScaffoldRequest) -> None:
         folder = request.target_path
         folder.mkdir(parents=True, exist_ok=True)
-        if request.scaffold_format == "python":
-            raise ConfigurationError(
-                f"{COMPONENT} is scaffolded as YAML (defs.yaml); drop --format python"
-            )
-        defs = (TEMPLATES / "defs.yaml").read_text(encoding="utf-8")
-        defs = defs.replace("{type}", request.type_name).replace("{name}", folder.name)
-        (folder / "defs.yaml").write_text(defs, encoding="utf-8")
+        fmt = "component.py" if request.scaffold_format == "python" else "defs.yaml"
+        text = (TEMPLATES / fmt).read_text(encoding="utf-8")
+        (folder / fmt).write_text(text.replace("{type}", request.type_name).replace("{name}", folder.name))
         starter = folder / "pipeline.py"
         if not starter.exists():  # never overwrite the user's code
             starter.write_text((TEMPLATES / "pipeline.py").read_text(encoding="utf-8"), encoding="utf-8")
