@@ -1,7 +1,7 @@
 """datapipe_dagster: incremental, row-level data processing that runs as a Dagster code location.
 
 The engine (stores, row metadata, transforms, changelists) never imports Dagster; ``build_definitions``
-(in ``datapipe_dagster.dagster``) is imported lazily on first access.
+and ``DatapipeComponent`` (in ``datapipe_dagster.dagster``) are imported lazily on first access.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ __all__ = [
     "DBConn",
     "DataStore",
     "DataTable",
+    "DatapipeComponent",
     "DatapipeError",
     "EvalResult",
     "FileAdapter",
@@ -86,4 +87,13 @@ def __getattr__(name: str) -> Any:
         from datapipe_dagster.dagster.definitions import build_definitions
 
         return build_definitions
+    if name == "DatapipeComponent":
+        from datapipe_dagster.dagster.component import DatapipeComponent
+
+        return DatapipeComponent
     raise AttributeError(f"module 'datapipe_dagster' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # `dg list components` finds components with dir() on this module (the dg plugin entry point).
+    return sorted({*globals(), *__all__})

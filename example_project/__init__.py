@@ -5,6 +5,7 @@ simulator (``example_project.simulate``) or a Dagster ingestion asset; transform
 ``click_count`` and ``ip`` (the seed), per-(ip, user) ``user_ips`` and a per-ip ``ip_stats`` summary
 (a second partitioning), and a per-user ``user_report`` that joins the ingested ``user_profiles``.
 
-Modules: ``catalog`` (tables and where the data lives), ``pipeline`` (the transforms), ``definitions``
-(the Dagster code location ``workspace.yaml`` loads), ``api``, ``simulate``, ``demo``.
+Modules: ``catalog`` (tables and where the data lives), ``pipeline`` (the transforms), ``defs/`` (the
+defs folder: the pipeline as a ``DatapipeComponent`` in ``clicks/defs.yaml``), ``definitions`` (the Dagster
+code location ``workspace.yaml`` loads, built from ``defs/``), ``api``, ``simulate``, ``demo``.
 """

@@ -24,6 +24,19 @@ def test_public_names_are_exported() -> None:
         assert getattr(datapipe_dagster, name) is not None, name
 
 
+def test_dagster_names_are_lazy_and_listed() -> None:
+    """``build_definitions`` and ``DatapipeComponent`` load Dagster on first access; ``dir()`` lists them,
+    which is how ``dg list components`` finds the component through the package's entry point."""
+    from importlib.metadata import entry_points
+
+    from datapipe_dagster.dagster.component import DatapipeComponent
+
+    assert {"build_definitions", "DatapipeComponent"} <= set(datapipe_dagster.__all__) <= set(dir(datapipe_dagster))
+    assert datapipe_dagster.DatapipeComponent is DatapipeComponent
+    (ep,) = [e for e in entry_points(group="dagster_dg_cli.registry_modules") if e.name == "datapipe_dagster"]
+    assert ep.value == "datapipe_dagster"
+
+
 def params(obj: object) -> list[str]:
     return list(inspect.signature(obj).parameters)  # type: ignore[arg-type]
 
