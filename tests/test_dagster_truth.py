@@ -241,3 +241,41 @@ def test_sensor_runs_use_a_per_step_job_on_the_in_process_executor(tmp_path) -> 
     assert defs.resolve_sensor_def(SENSOR).job_name == "clicks_ip_job"
     _, _, defs = build(_sqlite(tmp_path), partitions=N, executor=dg.multiprocess_executor)
     assert defs.resolve_job_def("clicks_ip_job").executor_def is dg.multiprocess_executor
+
+
+def test_automation_conditions_request_exactly_the_stale_partitions(tmp_path) -> None:
+    ds, catalog, defs = build(_sqlite(tmp_path), func=_boom_on_5, partitions=N, automation="conditions")
+    assert {s.name for s in defs.sensors} == {"datapipe_automation_sensor"}  # no stale sensor
+    events_dt = catalog.get_datatable(ds, "events")
+    parts = BucketPartitions(N)
+    events = make_events(3)  # users 0, 1, 2: not every partition
+    events_dt.store_chunk(events)
+    want = set(parts.stale_partitions(events[["user_id"]].drop_duplicates(), ["user_id"]))
+    assert 0 < len(want) < N
+    with dg.instance_for_test() as instance:
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        for key in KEYS:
+            assert res.get_requested_partitions(key) == want
+        # A run the automation sensor launches (its tags, no datapipe mode tag) processes stale keys only.
+        for p in sorted(want):
+            run = materialize(defs, instance, KEYS, partition_key=p, tags={"dagster/from_automation_condition": "true"})
+            assert mat_metadata(run, "ip")[0]["datapipe/mode"] == "stale"
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=res.cursor)
+        assert res.total_requested == 0
+        # One user's new event: exactly its partition.
+        events_dt.store_chunk(pd.DataFrame([{"user_id": 2, "event_id": 299, "event_type": "click", "ip": "x"}]))
+        (p2,) = parts.stale_partitions(pd.DataFrame({"user_id": [2]}), ["user_id"])
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=res.cursor)
+        assert res.get_requested_partitions(KEYS[0]) == {p2}
+        # While a run of that partition is in progress, it is not requested again.
+        _in_flight(instance, defs, KEYS, **{"dagster/partition": p2})
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=res.cursor)
+        assert res.total_requested == 0
+        # A failing key is not requested again by unrelated writes.
+        events_dt.store_chunk(pd.DataFrame([{"user_id": 5, "event_id": 599, "event_type": "click", "ip": "y"}]))
+        (p5,) = parts.stale_partitions(pd.DataFrame({"user_id": [5]}), ["user_id"])
+        materialize(defs, instance, KEYS, partition_key=p5, tags={"dagster/from_automation_condition": "true"}, success=False)
+        events_dt.store_chunk(pd.DataFrame([{"user_id": 1, "event_id": 199, "event_type": "click", "ip": "z"}]))
+        (p1,) = parts.stale_partitions(pd.DataFrame({"user_id": [1]}), ["user_id"])
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=res.cursor)
+        assert res.get_requested_partitions(KEYS[0]) == ({p1} - {p2})

@@ -7,6 +7,7 @@ and every run worker.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,12 +18,16 @@ from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.run import build_compute
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.assets import build_step_asset
+from datapipe_dagster.dagster.automation import stale_condition
 from datapipe_dagster.dagster.io_manager import Binding, DatapipeIOManager
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.sensors import Upstream, build_step_sensor
 from datapipe_dagster.dagster.translator import DatapipeSpecs, DatapipeTranslator, StepProps, build_specs
+from datapipe_dagster.errors import ConfigurationError
 
 DEFAULT_IO_MANAGER_KEY = "datapipe_io_manager"
+AUTOMATION_SENSOR = "datapipe_automation_sensor"
+"""With ``automation="conditions"``: the sensor evaluating the steps' automation conditions."""
 
 
 def _keys_of(assets: Iterable[Any]) -> set[dg.AssetKey]:
@@ -55,6 +60,7 @@ def build_definitions(
     fail_run_on_failed_keys: bool = True,
     executor: dg.ExecutorDefinition | None = dg.in_process_executor,
     max_upstream_wait_seconds: float = 120.0,
+    automation: str = "sensors",
 ) -> dg.Definitions:
     """Dagster definitions for a pipeline: table assets, step multi-assets, sensors, checks, IO manager.
 
@@ -87,10 +93,16 @@ def build_definitions(
             downstream run would read inputs about to change, then run again). It waits at most this
             long, counted from the first tick that waited, so a steady stream of upstream work never
             starves it.
+        automation: ``"sensors"`` (one stale sensor per step) or ``"conditions"``: each keyed step's
+            assets carry an ``AutomationCondition`` true for exactly the partitions holding stale keys
+            (not while a run of them or of an upstream asset is in progress), evaluated by the sensor
+            ``datapipe_automation_sensor`` in the code location; its runs process stale keys only.
 
     Returns:
         Definitions that can be merged with the user's own (``dg.Definitions.merge``).
     """
+    if automation not in ("sensors", "conditions"):
+        raise ConfigurationError(f"automation must be 'sensors' or 'conditions', got {automation!r}")
     steps = build_compute(datastore, catalog, pipeline)  # binds declarations; opens no connection
     parts = BucketPartitions(partitions) if partitions else None
     translator = translator or DatapipeTranslator(key_prefix=key_prefix, group_name=group_name)
@@ -103,6 +115,7 @@ def build_definitions(
     ]
     sensors: list[dg.SensorDefinition] = []
     jobs: list[dg.UnresolvedAssetJobDefinition] = []
+    automated: list[dg.AssetKey] = []
     # Each declared source table is observed by the sensor of the first step reading it.
     unobserved = {t for t in specs.source_tables if specs.key(t) not in user_keys}
     writer = {out: i for i, p in enumerate(specs.steps) for out in p.outputs}
@@ -114,11 +127,20 @@ def build_definitions(
             for dt in getattr(step, "input_dts", [])
             if dt.name in unobserved
         }
+        conditioned = automation == "conditions" and _keyed(step, props)
+        if conditioned:
+            cond = stale_condition(step, props, parts)
+            specs.step_specs[props.name] = [
+                spec.replace_attributes(automation_condition=cond) for spec in specs.step_specs[props.name]
+            ]
+            automated.extend(spec.key for spec in specs.step_specs[props.name])
         all_assets.append(
             build_step_asset(
                 step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys
             )
         )
+        if conditioned:
+            continue
         job = _step_job(props, specs, parts, executor) if executor is not None else None
         sensor = build_step_sensor(
             step,
@@ -139,11 +161,29 @@ def build_definitions(
             if job is not None and sensor.name == c.sensor_name(props.name):  # a scan sensor runs nothing
                 jobs.append(job)
             unobserved -= set(sources)
+    if automated:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)  # use_user_code_server is beta in 1.13
+            sensors.append(
+                dg.AutomationConditionSensorDefinition(
+                    name=AUTOMATION_SENSOR,
+                    target=dg.AssetSelection.assets(*automated),
+                    use_user_code_server=True,  # our condition asks the engine: evaluated in the code location
+                    minimum_interval_seconds=sensor_interval_seconds,
+                    default_status=status,
+                    description="Requests the partitions holding stale keys of every datapipe transform.",
+                )
+            )
     all_assets.extend(assets)
     io_manager = DatapipeIOManager.bound(Binding(datastore, catalog, specs, parts), replace=replace_outputs)
     return dg.Definitions(
         assets=all_assets, sensors=sensors, jobs=jobs, resources={io_manager_key: io_manager}
     )
+
+
+def _keyed(step: Any, props: StepProps) -> bool:
+    """A step whose stale keys the engine computes (not an external table's scan step)."""
+    return props.transform_keys is not None and not callable(getattr(step, "scan", None))
 
 
 def _upstream(i: int, steps: Sequence[Any], specs: DatapipeSpecs, writer: dict[str, int]) -> Upstream:
