@@ -14,6 +14,7 @@ Not a test: the figures depend on the machine (the issue's goal is p50 <= sensor
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -107,11 +108,28 @@ def main() -> None:
                 print(f"sample {i}: user {user}: {lat[-1]:.2f} s", flush=True)
                 # Start the next sample at a random point of the sensor's cycle.
                 time.sleep(rng.uniform(0, args.interval))
+            queued, worker = run_breakdown(home)
     print(
         f"event -> derived row through dagster dev (interval {args.interval} s, {args.samples} samples): "
         f"p50 {statistics.median(lat):.2f} s, p95 {percentile(lat, 0.95):.2f} s, "
         f"min {min(lat):.2f} s, max {max(lat):.2f} s"
     )
+    print(
+        f"per sensor run: created -> started (dequeue + run worker start) p50 {statistics.median(queued):.2f} s; "
+        f"started -> finished p50 {statistics.median(worker):.2f} s ({len(queued)} runs); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+
+
+def run_breakdown(home: Path) -> tuple[list[float], list[float]]:
+    """Per finished run: created -> started, and started -> finished (seconds)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
+    queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time and r.end_time]
+    worker = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    return queued or [0.0], worker or [0.0]
 
 
 if __name__ == "__main__":

@@ -279,3 +279,57 @@ def test_automation_conditions_request_exactly_the_stale_partitions(tmp_path) ->
         (p1,) = parts.stale_partitions(pd.DataFrame({"user_id": [1]}), ["user_id"])
         res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=res.cursor)
         assert res.get_requested_partitions(KEYS[0]) == ({p1} - {p2})
+
+
+def double(ext: pd.DataFrame) -> pd.DataFrame:
+    return ext.assign(v=ext["v"] * 2)
+
+
+def test_full_scans_of_an_external_table_run_in_runs_not_in_ticks(tmp_path) -> None:
+    import sqlalchemy as sa
+
+    from datapipe_dagster import (
+        BatchTransform,
+        Catalog,
+        DataStore,
+        Pipeline,
+        Table,
+        TableStoreDB,
+        UpdateExternalTable,
+    )
+    from datapipe_dagster.dagster import build_definitions
+
+    dbconn = _sqlite(tmp_path)
+    cols = lambda: [sa.Column("k", sa.Integer, primary_key=True), sa.Column("v", sa.Integer)]  # noqa: E731
+    ext = TableStoreDB("ext", dbconn, cols())
+    catalog = Catalog({"ext": Table(ext), "doubled": Table(TableStoreDB("doubled", dbconn, cols()))})
+    ds = DataStore(dbconn)
+    pipeline = Pipeline([UpdateExternalTable("ext"), BatchTransform(double, ["ext"], ["doubled"], name="double")])
+    defs = build_definitions(catalog, pipeline, ds, partitions=N)
+    scan_sensor = next(s.name for s in defs.sensors if s.name.endswith("_scan_sensor"))
+    catalog.get_datatable(ds, "ext").ensure_ready()
+    with dbconn.begin_write() as conn:  # another service writes the table
+        conn.execute(sa.insert(ext.data_table), [{"k": i, "v": i} for i in range(5)])
+    with dg.instance_for_test() as instance:
+        res = tick(defs, instance, scan_sensor, None)
+        (req,) = res.run_requests
+        assert req.asset_selection == [dg.AssetKey("ext")] and res.asset_events == []
+        # The tick scanned nothing: the transform reading the table sees no change yet.
+        assert tick(defs, instance, "double_stale_sensor", None).run_requests == []
+        # While the scan run is queued, no second one is requested.
+        run_id = _in_flight(instance, defs, [dg.AssetKey("ext")])
+        assert tick(defs, instance, scan_sensor, None).run_requests == []
+        instance.delete_run(run_id)
+        run = execute(defs, instance, req)
+        assert mat_metadata(run, "ext")[0]["datapipe/rows_inserted"] == 5
+        reqs = tick(defs, instance, "double_stale_sensor", None).run_requests
+        assert reqs
+        for r in reqs:
+            execute(defs, instance, r)
+        got = catalog.get_datatable(ds, "doubled").get_data()
+        assert dict(zip(got["k"], got["v"], strict=True)) == {i: 2 * i for i in range(5)}
+    # Scans in the tick on request.
+    defs = build_definitions(catalog, pipeline, ds, partitions=N, external_scans="tick")
+    with dg.instance_for_test() as instance:
+        res = tick(defs, instance, scan_sensor, None)
+        assert res.run_requests == [] and res.skip_reason is not None  # scanned in the tick: nothing new

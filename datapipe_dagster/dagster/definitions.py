@@ -61,6 +61,7 @@ def build_definitions(
     executor: dg.ExecutorDefinition | None = dg.in_process_executor,
     max_upstream_wait_seconds: float = 120.0,
     automation: str = "sensors",
+    external_scans: str = "auto",
 ) -> dg.Definitions:
     """Dagster definitions for a pipeline: table assets, step multi-assets, sensors, checks, IO manager.
 
@@ -97,10 +98,17 @@ def build_definitions(
             assets carry an ``AutomationCondition`` true for exactly the partitions holding stale keys
             (not while a run of them or of an upstream asset is in progress), evaluated by the sensor
             ``datapipe_automation_sensor`` in the code location; its runs process stale keys only.
+        external_scans: where an external table (``UpdateExternalTable``) is scanned: ``"tick"`` (in its
+            sensor's tick: 60 s limit, no run logs), ``"run"`` (the sensor requests a run of the table's
+            asset, one at a time, which scans it), or ``"auto"`` (default): full scans, whose cost grows
+            with the table, in runs; folder listings and updated-at scans, which read only what changed,
+            in the tick.
 
     Returns:
         Definitions that can be merged with the user's own (``dg.Definitions.merge``).
     """
+    if external_scans not in ("auto", "tick", "run"):
+        raise ConfigurationError(f"external_scans must be 'auto', 'tick' or 'run', got {external_scans!r}")
     if automation not in ("sensors", "conditions"):
         raise ConfigurationError(f"automation must be 'sensors' or 'conditions', got {automation!r}")
     steps = build_compute(datastore, catalog, pipeline)  # binds declarations; opens no connection
@@ -155,6 +163,7 @@ def build_definitions(
             upstream=_upstream(i, steps, specs, writer),
             max_upstream_wait=max_upstream_wait_seconds,
             job=job,
+            external_scans=external_scans,
         )
         if sensor is not None:
             sensors.append(sensor)

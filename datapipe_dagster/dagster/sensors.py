@@ -339,12 +339,23 @@ class ScanTick:
     changed as an asset observation. The scan records the changes in the row metadata, so the sensors of
     the transforms reading the table then request exactly the partitions those rows fall in."""
 
-    def __init__(self, step: Any, props: StepProps, specs: DatapipeSpecs):
+    def __init__(self, step: Any, props: StepProps, specs: DatapipeSpecs, in_run: bool = False):
         self.step = step
         self.props = props
+        self.in_run = in_run
         self.asset_keys = [s.key for s in specs.step_specs[props.name]]
 
-    def __call__(self, cursor_text: str | None) -> dg.SensorResult:
+    def request_scan(self, busy: bool) -> dg.SensorResult:
+        """A scan too large for a tick: request a run of the table's asset (the run scans it, with logs
+        and no tick time limit), unless such a run is queued or in progress."""
+        if busy:
+            return dg.SensorResult(skip_reason=f"a scan of {self.props.name} is queued or running")
+        tags = {c.TAG_MODE: c.MODE_STALE, c.TAG_REASON: "scan", c.TAG_STEP: self.props.name}
+        return dg.SensorResult(run_requests=[dg.RunRequest(asset_selection=self.asset_keys, tags=tags)])
+
+    def __call__(self, cursor_text: str | None, busy: Callable[[], bool] | None = None) -> dg.SensorResult:
+        if self.in_run:
+            return self.request_scan(busy() if busy is not None else False)
         result = self.step.scan()
         events = []
         for key, dt in zip(self.asset_keys, self.step.output_dts, strict=True):
@@ -376,6 +387,17 @@ class ScanTick:
         return dg.SensorResult(asset_events=events, cursor=cursor_text)
 
 
+def scan_in_run(step: Any) -> bool:
+    """Whether an external table's scan belongs in a run rather than a sensor tick: a full scan reads
+    and hashes every row (cost grows with the table); a folder listing (size + mtime) and an updated-at
+    scan read only what changed, cheap enough for a tick."""
+    from datapipe_dagster.store.filedir import TableStoreFiledir
+
+    if getattr(step, "updated_at_column", None) is not None:
+        return False
+    return not isinstance(getattr(getattr(step, "dt", None), "store", None), TableStoreFiledir)
+
+
 def build_step_sensor(
     step: Any,
     props: StepProps,
@@ -390,6 +412,7 @@ def build_step_sensor(
     upstream: Upstream | None = None,
     max_upstream_wait: float = 120.0,
     job: dg.UnresolvedAssetJobDefinition | None = None,
+    external_scans: str = "auto",
 ) -> dg.SensorDefinition | None:
     """The sensor of one step; None for a step with neither keys nor inputs (nothing can make it stale).
     An external table's step (one with ``scan``) gets a sensor that scans it every tick.
@@ -398,8 +421,13 @@ def build_step_sensor(
     asset observations (each source table is observed by one sensor only).
     """
     if callable(getattr(step, "scan", None)):
-        tick: Any = ScanTick(step, props, specs)
-        what = "scans the external table and records what changed (transforms reading it then go stale)"
+        in_run = scan_in_run(step) if external_scans == "auto" else external_scans == "run"
+        tick: Any = ScanTick(step, props, specs, in_run=in_run)
+        what = (
+            "requests a run scanning the external table (one at a time)"
+            if in_run
+            else "scans the external table and records what changed (transforms reading it then go stale)"
+        )
     elif props.transform_keys is not None:
         tick = StaleTick(
             step, props, specs, parts, ds, reparse_on_code_change, sources, max_upstream_wait=max_upstream_wait
@@ -431,6 +459,8 @@ def build_step_sensor(
                     if upstream and (upstream.steps or upstream.asset_keys)
                     else None,
                 )
+            if isinstance(tick, ScanTick):
+                return tick(context.cursor, lambda: bool(pending_runs(context.instance, props.name, tick.asset_keys)))
             return tick(context.cursor)
         except sa.exc.OperationalError as e:  # a database that is down now may be up at the next tick
             return dg.SensorResult(
