@@ -6,10 +6,13 @@ runs the engine's indexed stale-key query, maps the keys to hash buckets and req
 contiguous range of stale buckets (Dagster runs several partitions in one run only as a range). Run keys
 carry the sequence (``"03@1234"``): Dagster de-duplicates run keys forever, so the marker lets the same
 partition be requested again after new writes, but never twice for the same state. A partition that a
-queued or running sensor run of the step will process is deferred (the cursor then keeps its old sequence,
-so a later tick looks again). The first sensor reading a source table also reports its changes as asset
-observations (data version = the table's last write sequence). An external table (``UpdateExternalTable``)
-has a sensor of its own that scans it every tick.
+queued or running run of the step's assets will process (whoever launched it) is deferred, and the whole
+step waits, for a bounded time, while a step upstream of it has a run in flight or stale keys (the cursor
+then keeps its old sequence, so a later tick looks again). Failed keys count only when one of their
+input rows changed or the code changed. The first sensor reading a source table also reports its changes
+as asset observations (data version = the table's last write sequence). An external table
+(``UpdateExternalTable``) has a sensor of its own that scans it in the tick, or requests a run that
+scans it when a scan reads the whole table.
 """
 
 from __future__ import annotations
