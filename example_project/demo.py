@@ -124,9 +124,11 @@ class Driver:
     def run_request(self, sensor: str, req: dg.RunRequest) -> RunRecord:
         res = self.execute(req.asset_selection or [], partition_key=req.partition_key, tags=dict(req.tags))
         step = sensor.removesuffix("_stale_sensor")
-        processed = max(
-            (int(md.get("datapipe/keys_processed", 0)) for md in materializations(res)), default=0
-        )
+        # A range run's materializations carry each partition's own count: add them up per asset.
+        per_asset: dict[str, int] = {}
+        for md in materializations(res):
+            per_asset[md["asset"]] = per_asset.get(md["asset"], 0) + int(md.get("datapipe/keys_processed", 0))
+        processed = max(per_asset.values(), default=0)
         rec = RunRecord(sensor, step, self.partitions_of(req), processed, req.tags.get("datapipe/mode", "?"))
         self.runs.append(rec)
         return rec

@@ -136,9 +136,10 @@ def test_shape_without_any_connection(tmp_path) -> None:
     assert clicks_def.backfill_policy == dg.BackfillPolicy.single_run()
     cv = clicks_def.code_versions_by_key[K(["dp", "click_count"])]
     assert cv == BatchTransform(clicks, ["events"], ["click_count", "user_ip"]).code_version
-    # Checks: one per keyed step, on its first output.
+    # Checks: one per keyed step, on every output.
     assert ag.asset_check_keys == {
         dg.AssetCheckKey(K(["dp", "click_count"]), "clicks_no_failed_keys"),
+        dg.AssetCheckKey(K(["dp", "user_ip"]), "clicks_no_failed_keys"),
         dg.AssetCheckKey(K(["dp", "ip_users"]), "ip_users_no_failed_keys"),
         dg.AssetCheckKey(K(["dp", "totals"]), "totals_no_failed_keys"),
     }

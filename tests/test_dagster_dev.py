@@ -105,6 +105,9 @@ def test_dagster_dev_sensor_launches_runs_for_stale_partitions(tmp_path: Path) -
         assert not nodes["events"]["isPartitioned"] and nodes["click_count"]["groupName"] == "clicks"
         checks = [c["name"] for c in nodes["click_count"]["assetChecksOrError"]["checks"]]
         assert checks == ["parse_clicks_ip_no_failed_keys"]
+        # Every output of a transform carries its failed-keys check.
+        ip_checks = [c["name"] for c in nodes["ip"]["assetChecksOrError"]["checks"]]
+        assert ip_checks == ["parse_clicks_ip_no_failed_keys"]
 
         repo = {"repositoryName": REPOSITORY, "repositoryLocationName": LOCATION}
         sensors = dev.graphql(SENSORS_QUERY, {"repo": repo})["sensorsOrError"]
@@ -149,6 +152,10 @@ def test_dagster_dev_sensor_launches_runs_for_stale_partitions(tmp_path: Path) -
         wait_for("every first-wave run to finish", first_wave_done, timeout=60, interval=1.0)
         runs = stale_runs(dev)
         covered = set().union(*(run_partitions(r, parts) for r in runs))
+        # Sensor runs are the step's own job (in-process executor) and tag themselves with a summary.
+        for r in runs:
+            tags = {t["key"]: t["value"] for t in r["tags"]}
+            assert tags.get("datapipe/summary", "").startswith("partition"), tags
         assert covered == want, f"runs covered {sorted(covered)}, stale partitions were {sorted(want)}"
         stats = dev.graphql(PARTITION_STATS)["assetNodeOrError"]["partitionStats"]
         assert stats == {"numMaterialized": len(want), "numPartitions": PARTITIONS, "numFailed": 0}

@@ -114,9 +114,14 @@ def test_full_loop(dbconn) -> None:
             },
         )
         md = mat_metadata(run, "click_count")
-        assert len(md) == N and md[0]["datapipe/mode"] == "reparse"
-        assert md[0]["datapipe/keys_processed"] == 20 and md[0]["datapipe/rows_deleted"] == 1
-        assert sum(md[0]["datapipe/keys_by_partition"].values()) == 20
+        assert len(md) == N and {m["datapipe/mode"] for m in md} == {"reparse"}
+        # Each partition's materialization carries its own counts, not the run's totals.
+        assert sorted(m["datapipe/partitions"] for m in md) == parts.keys
+        assert sum(m["datapipe/keys_processed"] for m in md) == 20
+        assert sum(m["datapipe/rows_deleted"] for m in md) == 1
+        assert instance.get_run_by_id(run.run_id).tags["datapipe/summary"].startswith(
+            f"partitions {parts.keys[0]}..{parts.keys[-1]}, 20 keys"
+        )
         events_now = catalog2.get_datatable(ds2, "events").get_data()
         cc2, ip2 = expected(events_now, clicks_ip_v2)
         got = table(ds2, catalog2, "click_count")
@@ -158,25 +163,50 @@ def test_failed_keys_turn_check_red_then_green(tmp_path) -> None:
 
     dbconn = DBConn(f"sqlite:///{tmp_path / 'store.sqlite'}")
     ds, catalog, defs = build(dbconn, func=_boom_on_5, partitions=None)
-    catalog.get_datatable(ds, "events").store_chunk(make_events(10))
+    events_dt = catalog.get_datatable(ds, "events")
+    events_dt.store_chunk(make_events(10))
     with dg.instance_for_test() as instance:
         res = tick(defs, instance, SENSOR, None)
         assert len(res.run_requests) == 1 and res.run_requests[0].partition_key is None
-        run = execute(defs, instance, res.run_requests[0])
-        (ev,) = run.get_asset_check_evaluations()
-        assert ev.asset_check_key == CHECK and not ev.passed
+        # Keys failed: the run ends as a failure naming the key, yet the other keys' outputs are committed.
+        run = execute(defs, instance, res.run_requests[0], success=False)
+        failure = run.failure_data_for_node("clicks_ip")
+        assert failure is not None and "user_id=5" in failure.error.message
+        assert "user 5 is broken" in failure.error.message
+        evs = run.get_asset_check_evaluations()
+        # Both outputs carry the check, and both are red.
+        assert {e.asset_check_key for e in evs} == {
+            CHECK,
+            dg.AssetCheckKey(dg.AssetKey("ip"), "clicks_ip_no_failed_keys"),
+        }
+        assert all(not e.passed for e in evs)
+        ev = next(e for e in evs if e.asset_check_key == CHECK)
         assert ev.metadata["datapipe/keys_failed"].value == 1
         assert "user 5 is broken" in ev.metadata["datapipe/first_errors"].value
         md = mat_metadata(run, "click_count")[0]
         assert md["datapipe/keys_failed"] == 1 and md["datapipe/keys_processed"] == 9
-        assert "user_id=5" in md["datapipe/first_errors"] and md["datapipe/stale_keys_remaining"] == 1
+        # A failing key is not "stale": it waits for a change of its own rows or of the code.
+        assert "user_id=5" in md["datapipe/first_errors"] and md["datapipe/stale_keys_remaining"] == 0
         assert sorted(table(ds, catalog, "click_count")["user_id"]) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
-        # The run's own writes moved the sequence: one automatic retry (a transient error may pass) ...
+        # The run's own writes moved the sequence, but the failing key is not retried for that ...
+        res = tick(defs, instance, SENSOR, res.cursor)
+        assert res.run_requests == []
+        # ... nor for another user's event: only that user is processed.
+        events_dt.store_chunk(pd.DataFrame([{"user_id": 2, "event_id": 299, "event_type": "click", "ip": "x"}]))
         res = tick(defs, instance, SENSOR, res.cursor)
         assert len(res.run_requests) == 1
         run = execute(defs, instance, res.run_requests[0])
-        assert not run.get_asset_check_evaluations()[0].passed
-        # ... which writes nothing, so no retry storm: the next ticks are quiet until something changes.
+        md = mat_metadata(run, "click_count")[0]
+        assert md["datapipe/keys_processed"] == 1 and md["datapipe/keys_failed"] == 0
+        assert all(not e.passed for e in run.get_asset_check_evaluations())  # user 5 still fails
+        assert tick(defs, instance, SENSOR, res.cursor).run_requests == []
+        # A new event of the failing user retries it.
+        events_dt.store_chunk(pd.DataFrame([{"user_id": 5, "event_id": 599, "event_type": "click", "ip": "y"}]))
+        res = tick(defs, instance, SENSOR, res.cursor)
+        assert len(res.run_requests) == 1
+        run = execute(defs, instance, res.run_requests[0], success=False)
+        md = mat_metadata(run, "click_count")[0]
+        assert md["datapipe/keys_processed"] == 0 and md["datapipe/keys_failed"] == 1
         res = tick(defs, instance, SENSOR, res.cursor)
         assert res.run_requests == []
 
@@ -184,11 +214,26 @@ def test_failed_keys_turn_check_red_then_green(tmp_path) -> None:
         ds2, catalog2, defs2 = build(dbconn, partitions=None)
         res = tick(defs2, instance, SENSOR, res.cursor)
         assert len(res.run_requests) == 1 and res.run_requests[0].tags["datapipe/mode"] == "stale"
+        assert res.run_requests[0].tags["datapipe/retry_failed"] == "true"
         run = execute(defs2, instance, res.run_requests[0])
-        (ev,) = run.get_asset_check_evaluations()
-        assert ev.passed and ev.metadata["datapipe/keys_failed"].value == 0
+        evs = run.get_asset_check_evaluations()
+        assert len(evs) == 2 and all(e.passed for e in evs)
+        assert all(e.metadata["datapipe/keys_failed"].value == 0 for e in evs)
         assert mat_metadata(run, "click_count")[0]["datapipe/keys_processed"] == 1
         assert sorted(table(ds2, catalog2, "click_count")["user_id"]) == list(range(10))
+
+
+def test_failed_keys_can_leave_the_run_green(tmp_path) -> None:
+    """``fail_run_on_failed_keys=False``: the run succeeds, only the checks are red."""
+    from datapipe_dagster import DBConn
+
+    dbconn = DBConn(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    ds, catalog, defs = build(dbconn, func=_boom_on_5, partitions=None, fail_run_on_failed_keys=False)
+    catalog.get_datatable(ds, "events").store_chunk(make_events(10))
+    with dg.instance_for_test() as instance:
+        (req,) = tick(defs, instance, SENSOR, None).run_requests
+        run = execute(defs, instance, req)
+        assert all(not e.passed for e in run.get_asset_check_evaluations())
 
 
 def test_loop_on_postgres_dagster_instance(pg_database, pg_schema_conn) -> None:

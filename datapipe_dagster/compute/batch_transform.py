@@ -206,12 +206,13 @@ class BatchTransformStep(ComputeStep):
 
     # ------------------------------------------------------------------ key sets
 
-    def get_stale_keys(self, advance_watermark: bool = True) -> pd.DataFrame:
+    def get_stale_keys(self, advance_watermark: bool = True, include_failed: bool = True) -> pd.DataFrame:
         """Keys needing processing (found by indexed SQL); advances the input watermarks past what is
-        known to be processed."""
+        known to be processed. ``include_failed=False``: a failed key counts only when an input row of
+        it changed after its failed attempt."""
         if self.keyless:
-            return self._keyless_stale()
-        stale, marks, new_marks, _ = self._stale()
+            return self._keyless_stale(include_failed)
+        stale, marks, new_marks, _ = self._stale(include_failed)
         if advance_watermark:
             self._advance(marks, new_marks)
         return stale
@@ -221,14 +222,16 @@ class BatchTransformStep(ComputeStep):
         mine = [dt for dt in self.output_dts if dt.name not in self.shared_outputs]
         return self.roles + output_roles(mine, self.transform_keys)
 
-    def _stale(self) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
+    def _stale(self, include_failed: bool = True) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
         """Stale keys, the watermarks read, the watermarks they may advance to, and the sequence value
         read before the query."""
         tmeta = self.meta
         with self.ds.meta_dbconn.connect() as conn:
             current = self.ds.seq.current(conn)
             marks = self.ds.watermarks.get(conn, self.name)
-            stale, new_marks = stale_keys_query(conn, self._scan_roles(), tmeta, self.transform_keys, marks, current)
+            stale, new_marks = stale_keys_query(
+                conn, self._scan_roles(), tmeta, self.transform_keys, marks, current, include_failed
+            )
         return self._typed(stale), marks, new_marks, current
 
     def _advance(self, marks: dict[str, int], new_marks: dict[str, int]) -> None:
@@ -237,7 +240,7 @@ class BatchTransformStep(ComputeStep):
             with self.ds.meta_dbconn.begin_write() as conn:
                 self.ds.watermarks.advance(conn, self.name, new_marks)
 
-    def _keyless_stale(self) -> pd.DataFrame:
+    def _keyless_stale(self, include_failed: bool = True) -> pd.DataFrame:
         t = self.meta.table
         with self.ds.meta_dbconn.connect() as conn:
             row = conn.execute(sa.select(t.c.processed_seq, t.c.is_success)).first()
@@ -246,7 +249,8 @@ class BatchTransformStep(ComputeStep):
             orphans = row is None and top == 0 and any(
                 dt.meta.max_seq(conn) > 0 for dt in self.output_dts if dt.name not in self.shared_outputs
             )
-        stale = row is None and (top > 0 or orphans) or row is not None and (not row[1] or top > row[0])
+        failed = row is not None and not row[1] and include_failed
+        stale = row is None and (top > 0 or orphans) or row is not None and (failed or top > row[0])
         return pd.DataFrame({ALL_KEY: [0] if stale else []}, dtype="int64")
 
     def get_all_keys(self) -> pd.DataFrame:

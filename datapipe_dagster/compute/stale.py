@@ -58,8 +58,13 @@ def stale_keys_query(
     keys: list[str],
     watermarks: dict[str, int],
     current: int,
+    include_failed: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Stale keys (``keys`` columns) and the new watermark per input table."""
+    """Stale keys (``keys`` columns) and the new watermark per input table.
+
+    ``include_failed=False`` leaves out keys whose last attempt failed unless an input row of theirs
+    changed since (a sensor must not retry a failing key on every unrelated write).
+    """
     t = tmeta.table
     frames: list[pd.DataFrame] = []
     new_marks: dict[str, int] = {}
@@ -118,8 +123,9 @@ def stale_keys_query(
         df = fetch_frame(conn, stmt, keys + ["min_seq"])
         new_marks[role.mark] = int(df["min_seq"].min()) - 1 if len(df) else current
         frames.append(df[keys])
-    failed = fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys)
-    frames.append(failed)
+    if include_failed:
+        failed = fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys)
+        frames.append(failed)
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({k: [] for k in keys}), new_marks

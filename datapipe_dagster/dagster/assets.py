@@ -2,10 +2,14 @@
 
 The step's outputs are written by the engine (``process_keys``), never through an IO manager, so a
 chunk's output rows and the transform's metadata commit in one transaction. The body only yields
-``MaterializeResult``s (and the failed-keys check result) describing what the engine did.
+``MaterializeResult``s (and the failed-keys check results) describing what the engine did. A range run
+processes its partitions one after the other, so each partition's materialization carries that
+partition's own counts, failed keys and preview.
 """
 
+
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -16,22 +20,39 @@ from datapipe_dagster.compute.catalog import ComputeStep
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.dagster import constants as c
-from datapipe_dagster.dagster.metadata import check_metadata, output_metadata
+from datapipe_dagster.dagster.metadata import (
+    check_metadata,
+    failed_with_partitions,
+    output_metadata,
+    run_summary,
+)
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
 from datapipe_dagster.errors import DatapipeError
 
 
 def run_mode(tags: Mapping[str, str]) -> str:
-    """``stale`` for sensor runs (only stale keys), ``reparse`` for manual runs and backfills.
+    """``stale`` (only stale keys) or ``reparse`` (every key of the selected partitions).
 
-    An explicit ``datapipe/mode`` tag wins; otherwise a run is a person's (or a backfill's) request to
-    recompute what it selects, which is a reparse.
+    An explicit ``datapipe/mode`` tag wins. A run launched by a sensor, a schedule or an automation
+    condition without that tag processes stale keys only. What is left is a person's request (a
+    materialization from the UI or the CLI, a backfill): recompute what it selects, a reparse.
     """
     mode = tags.get(c.TAG_MODE)
     if mode in (c.MODE_STALE, c.MODE_REPARSE):
         return mode
+    if any(t in tags for t in c.AUTOMATION_TAGS):
+        return c.MODE_STALE
     return c.MODE_REPARSE
+
+
+@dataclass
+class PartitionOutcome:
+    """What a run did in one partition (``partition`` None: the whole unpartitioned step)."""
+
+    partition: str | None
+    result: StepResult
+    stale_remaining: int
 
 
 class StepRunner:
@@ -50,33 +71,41 @@ class StepRunner:
             else list(self.props.transform_keys or ())
         )
 
+    @property
+    def _tk(self) -> list[str]:
+        return list(self.props.transform_keys or ())
+
     def _in(self, keys: pd.DataFrame, partitions: list[str] | None) -> pd.DataFrame:
         if self.parts is None or partitions is None:
             return keys
-        return self.parts.select(keys, list(self.props.transform_keys or ()), partitions)
+        return self.parts.select(keys, self._tk, partitions)
 
-    def keys_for(self, mode: str, partitions: list[str] | None) -> pd.DataFrame:
-        """The keys a run processes: stale keys, or every key (reparse), of ``partitions``."""
-        keys = self.step.get_stale_keys() if mode == c.MODE_STALE else self.step.get_all_keys()
+    def keys_for(self, mode: str, partitions: list[str] | None, retry_failed: bool = False) -> pd.DataFrame:
+        """The keys a run processes: stale keys, or every key (reparse), of ``partitions``.
+
+        In stale mode a failed key is included only when an input row of it changed since its failed
+        attempt, or when ``retry_failed`` (the step's code changed).
+        """
+        if mode == c.MODE_STALE:
+            keys = self.step.get_stale_keys(include_failed=retry_failed)
+        else:
+            keys = self.step.get_all_keys()
         return self._in(keys, partitions)
 
-    def run(self, mode: str, partitions: list[str] | None) -> tuple[StepResult, int, dict[str, int] | None]:
-        """Process the run's keys.
-
-        Returns:
-            The engine's result, the number of stale keys left in ``partitions``, and for a range run the
-            number of keys processed per partition (its materializations carry run totals).
-        """
-        keys = self.keys_for(mode, partitions)
-        by_partition = None
-        if self.parts is not None and partitions is not None and len(partitions) > 1:
-            counts = self.parts.buckets(keys, list(self.props.transform_keys or ())).value_counts()
-            by_partition = {p: int(counts.get(p, 0)) for p in partitions}
-        result = self.step.process_keys(keys)
+    def run(self, mode: str, partitions: list[str] | None, retry_failed: bool = False) -> list[PartitionOutcome]:
+        """Process the run's keys, one partition after the other, and report each partition's outcome."""
+        keys = self.keys_for(mode, partitions, retry_failed)
+        if self.parts is None or partitions is None:
+            result = self.step.process_keys(keys)
+            left = len(self.step.get_stale_keys(advance_watermark=True, include_failed=False))
+            return [PartitionOutcome(None, result, left)]
+        buckets = self.parts.buckets(keys, self._tk)
+        results = {p: self.step.process_keys(keys.loc[buckets == p].reset_index(drop=True)) for p in partitions}
         # Advancing the watermarks here (only past rows no key needs any more) spares the next sensor
         # tick from rescanning what this run just processed.
-        remaining = len(self._in(self.step.get_stale_keys(advance_watermark=True), partitions))
-        return result, remaining, by_partition
+        left = self.step.get_stale_keys(advance_watermark=True, include_failed=False)
+        counts = self.parts.buckets(left, self._tk).value_counts() if len(left) else pd.Series(dtype=int)
+        return [PartitionOutcome(p, results[p], int(counts.get(p, 0))) for p in partitions]
 
 
 def _preview(result: StepResult, dt: Any) -> pd.DataFrame | None:
@@ -89,10 +118,38 @@ def _preview(result: StepResult, dt: Any) -> pd.DataFrame | None:
         return None
 
 
+def failure_message(name: str, failed: pd.DataFrame, key_cols: list[str], total: int) -> str:
+    """The run failure of a step whose keys failed: which keys, in which partitions, and what to do."""
+    lines = [
+        f"transform {name!r}: {total} key(s) failed in this run; the outputs of every other key are "
+        "committed. Failed keys are retried when one of their input rows changes, when the code changes, "
+        "or on a manual run / backfill of their partition:"
+    ]
+    for row in failed.head(c.FIRST_ERRORS).to_dict("records"):
+        key = ", ".join(f"{k}={row.get(k)!r}" for k in key_cols if k in row)
+        where = f" (partition {row['partition']})" if row.get("partition") is not None else ""
+        err = str(row.get("error") or "").splitlines()[0] if row.get("error") else "(no message)"
+        lines.append(f"  {key}{where}: {err}")
+    if total > c.FIRST_ERRORS:
+        lines.append(f"  … and {total - c.FIRST_ERRORS} more")
+    return "\n".join(lines)
+
+
 def build_step_asset(
-    step: ComputeStep, props: StepProps, specs: DatapipeSpecs, parts: BucketPartitions | None, ds: DataStore
+    step: ComputeStep,
+    props: StepProps,
+    specs: DatapipeSpecs,
+    parts: BucketPartitions | None,
+    ds: DataStore,
+    *,
+    fail_run_on_failed_keys: bool = True,
 ) -> dg.AssetsDefinition:
-    """The multi-asset of one step: all its output tables, materialized together by the engine."""
+    """The multi-asset of one step: all its output tables, materialized together by the engine.
+
+    Args:
+        fail_run_on_failed_keys: a run in which keys failed ends as a failure (after committing the
+            outputs of the keys that succeeded and reporting the materializations and checks).
+    """
     out_specs = specs.step_specs[props.name]
     check_specs = specs.check_specs.get(props.name, [])
     keyed = props.transform_keys is not None
@@ -111,57 +168,80 @@ def build_step_asset(
         op_tags={"datapipe/step": props.name},
     )
     def _step_asset(context: AssetExecutionContext) -> Iterator[Any]:
-        mode = run_mode(context.run.tags)
+        tags = context.run.tags
+        mode = run_mode(tags)
         partitions = list(context.partition_keys) if partitioned else None
         try:
             if runner is None:
-                result, remaining, by_partition = step.run_full(ds), 0, None
+                outcomes = [PartitionOutcome(None, step.run_full(ds), 0)]
             else:
-                result, remaining, by_partition = runner.run(mode, partitions)
+                outcomes = runner.run(mode, partitions, retry_failed=tags.get(c.TAG_RETRY_FAILED) == "true")
         except DatapipeError as e:
             # Configuration and schema errors name the table, column and key: show them as the failure.
             raise dg.Failure(
                 description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}
             ) from e
-        where = (
-            ""
-            if not partitions
-            else f", partition {partitions[0]}"
-            if len(partitions) == 1
-            else f", partitions {partitions[0]}…{partitions[-1]}"
-        )
-        context.log.info("%s (%s%s)", result, mode, where)
-        if result.keys_failed:
-            context.log.warning(
-                "%s: %d key(s) failed; see the %s check",
-                props.name,
-                result.keys_failed,
-                c.check_name(props.name),
-            )
         key_cols = runner.key_cols if runner is not None else []
+        runner_tk = list(props.transform_keys or ())
+        summary = run_summary(partitions, [o.result for o in outcomes])
+        context.log.info("%s: %s (%s)", props.name, summary, mode)
+        _tag_run(context, summary)
+        run_failed = [o.result.failed for o in outcomes if o.result.keys_failed]
         for spec, dt in zip(out_specs, step.output_dts, strict=True):
-            md = output_metadata(
-                result=result,
-                stats=result.outputs.get(dt.name, OutputStats()),
-                mode=mode,
-                partitions=partitions,
-                key_cols=key_cols,
-                stale_remaining=remaining,
-                preview=_preview(result, dt),
+            per_partition = {
+                o.partition: output_metadata(
+                    result=o.result,
+                    stats=o.result.outputs.get(dt.name, OutputStats()),
+                    mode=mode,
+                    partition=o.partition,
+                    key_cols=key_cols,
+                    stale_remaining=o.stale_remaining,
+                    preview=_preview(o.result, dt),
+                    parts=runner.parts if runner is not None else None,
+                )
+                for o in outcomes
+            }
+            if len(outcomes) == 1:
+                yield dg.MaterializeResult(asset_key=spec.key, metadata=per_partition[outcomes[0].partition])
+                continue
+            for p, md in per_partition.items():
+                context.add_asset_metadata(md, asset_key=spec.key, partition_key=p)
+            assert partitions is not None
+            yield dg.MaterializeResult(
+                asset_key=spec.key,
+                metadata={c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"},
             )
-            if by_partition is not None:
-                md[c.META_KEYS_BY_PARTITION] = dg.MetadataValue.json(by_partition)
-            yield dg.MaterializeResult(asset_key=spec.key, metadata=md)
         for cs in check_specs:
-            yield failed_keys_check(step, cs, key_cols)
+            yield failed_keys_check(step, cs, key_cols, runner.parts if runner is not None else None)
+        if run_failed and fail_run_on_failed_keys:
+            failed = failed_with_partitions(
+                pd.concat(run_failed, ignore_index=True), runner.parts if runner else None, runner_tk
+            )
+            raise dg.Failure(
+                description=failure_message(props.name, failed, key_cols, len(failed)),
+                metadata={c.META_TRANSFORM: props.name, c.META_KEYS_FAILED: len(failed)},
+            )
 
     return _step_asset
 
 
-def failed_keys_check(step: Any, spec: dg.AssetCheckSpec, key_cols: list[str]) -> dg.AssetCheckResult:
-    """Red while any key of ``step`` is failing (whichever partition it is in), with keys and errors."""
+def _tag_run(context: AssetExecutionContext, summary: str) -> None:
+    """Show what the run did in the runs list (a tag; descriptions are not editable after launch)."""
+    try:
+        context.instance.add_run_tags(context.run.run_id, {c.TAG_SUMMARY: summary})
+    except Exception as e:  # noqa: BLE001 - a cosmetic tag must never fail a run that committed
+        context.log.debug("could not tag the run: %s", e)
+
+
+def failed_keys_check(
+    step: Any, spec: dg.AssetCheckSpec, key_cols: list[str], parts: BucketPartitions | None = None
+) -> dg.AssetCheckResult:
+    """Red while any key of ``step`` is failing (whichever partition it is in), with keys, their
+    partitions and errors."""
     total = int(step.count_failed())
     failed = step.failed_keys(limit=c.FIRST_ERRORS) if total else pd.DataFrame()
+    if total:
+        failed = failed_with_partitions(failed, parts, list(step.transform_keys or ()))
     return dg.AssetCheckResult(
         asset_key=spec.asset_key,
         check_name=spec.name,

@@ -33,9 +33,9 @@ META_STALE_REMAINING = "datapipe/stale_keys_remaining"
 META_ELAPSED = "datapipe/elapsed_s"
 META_PREVIEW = "datapipe/preview"
 META_PARTITIONS = "datapipe/partitions"
-"""The partition (or range) a run covered; counts in a range run's materializations are run totals."""
-META_KEYS_BY_PARTITION = "datapipe/keys_by_partition"
-"""Range runs: keys processed per partition of the range."""
+"""The partition a materialization describes (its counts are that partition's own)."""
+META_RUN_PARTITIONS = "datapipe/run_partitions"
+"""Range runs: the whole range the run covered."""
 META_FAILED_KEYS = "datapipe/failed_keys"
 META_LAST_SEQ = "datapipe/last_seq"
 """On a source table's observation: the highest write sequence of its rows (also its data version)."""
@@ -49,6 +49,21 @@ TAG_STEP = "datapipe/step"
 """Run tag set by the sensor: the step; limit concurrent runs per step with ``tag_concurrency_limits``."""
 TAG_REASON = "datapipe/reason"
 """Run tag set by the sensor: ``changes`` or ``code_version``."""
+TAG_RETRY_FAILED = "datapipe/retry_failed"
+"""Run tag (``"true"``): a stale-mode run also retries failed keys without new input (set by the sensor
+when the step's code version changed). Otherwise a failed key waits for a change to one of its rows."""
+TAG_SUMMARY = "datapipe/summary"
+"""Run tag written by the step at the end of a run: partitions covered and rows changed
+(``partitions 03..07, +12 ~40 -0``), so the runs list shows what a run did."""
+AUTOMATION_TAGS = (
+    "dagster/sensor_name",
+    "dagster/schedule_name",
+    "dagster/from_automation_condition",
+    "dagster/auto_materialize",
+    "dagster/asset_evaluation_id",
+)
+"""Run tags Dagster puts on runs launched by sensors, schedules and automation: such a run without our
+mode tag processes stale keys only (it must never reparse by accident)."""
 BACKFILL_TAG = "dagster/backfill"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -75,6 +90,11 @@ def sensor_name(step_name: str) -> str:
 def scan_sensor_name(step_name: str) -> str:
     """The sensor that scans an external table (``UpdateExternalTable``)."""
     return f"{safe_name(step_name)}_scan_sensor"
+
+
+def job_name(step_name: str) -> str:
+    """The job a transform's sensor launches (the step's outputs and checks on the chosen executor)."""
+    return f"{safe_name(step_name)}_job"
 
 
 def op_name(step_name: str) -> str:

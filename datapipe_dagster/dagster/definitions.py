@@ -7,6 +7,7 @@ and every run worker.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,13 +16,18 @@ import dagster as dg
 from datapipe_dagster.compute.catalog import Catalog, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.run import build_compute
+from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.assets import build_step_asset
+from datapipe_dagster.dagster.automation import stale_condition
 from datapipe_dagster.dagster.io_manager import Binding, DatapipeIOManager
 from datapipe_dagster.dagster.partitions import BucketPartitions
-from datapipe_dagster.dagster.sensors import build_step_sensor
-from datapipe_dagster.dagster.translator import DatapipeSpecs, DatapipeTranslator, build_specs
+from datapipe_dagster.dagster.sensors import Upstream, build_step_sensor
+from datapipe_dagster.dagster.translator import DatapipeSpecs, DatapipeTranslator, StepProps, build_specs
+from datapipe_dagster.errors import ConfigurationError
 
 DEFAULT_IO_MANAGER_KEY = "datapipe_io_manager"
+AUTOMATION_SENSOR = "datapipe_automation_sensor"
+"""With ``automation="conditions"``: the sensor evaluating the steps' automation conditions."""
 
 
 def _keys_of(assets: Iterable[Any]) -> set[dg.AssetKey]:
@@ -51,6 +57,11 @@ def build_definitions(
     assets: Sequence[dg.AssetsDefinition | dg.AssetSpec] = (),
     io_manager_key: str = DEFAULT_IO_MANAGER_KEY,
     replace_outputs: bool = False,
+    fail_run_on_failed_keys: bool = True,
+    executor: dg.ExecutorDefinition | None = dg.in_process_executor,
+    max_upstream_wait_seconds: float = 120.0,
+    automation: str = "sensors",
+    external_scans: str = "auto",
 ) -> dg.Definitions:
     """Dagster definitions for a pipeline: table assets, step multi-assets, sensors, checks, IO manager.
 
@@ -70,10 +81,36 @@ def build_definitions(
             asset returning events through the IO manager) is not declared as a source asset.
         io_manager_key: the resource key of the :class:`DatapipeIOManager`.
         replace_outputs: the IO manager's ``replace`` setting (a returned frame replaces the table).
+        fail_run_on_failed_keys: a run in which some keys failed ends as a failure whose message lists
+            the keys and their partitions (the outputs of the keys that succeeded stay committed, and
+            the materializations and checks are reported first). False: such runs end as a success and
+            only the failed-keys checks turn red.
+        executor: the executor of the runs the sensors launch (one job per step, ``<step>_job``). The
+            default, in-process, runs the one step of such a run in the run's own process instead of
+            starting a subprocess for it (seconds saved per run). None: sensors target the assets
+            directly and runs use the code location's default executor.
+        max_upstream_wait_seconds: a step's sensor does not request runs while a step upstream of it
+            has a queued or running run, or stale keys its own sensor is about to request (the
+            downstream run would read inputs about to change, then run again). It waits at most this
+            long, counted from the first tick that waited, so a steady stream of upstream work never
+            starves it.
+        automation: ``"sensors"`` (one stale sensor per step) or ``"conditions"``: each keyed step's
+            assets carry an ``AutomationCondition`` true for exactly the partitions holding stale keys
+            (not while a run of them or of an upstream asset is in progress), evaluated by the sensor
+            ``datapipe_automation_sensor`` in the code location; its runs process stale keys only.
+        external_scans: where an external table (``UpdateExternalTable``) is scanned: ``"tick"`` (in its
+            sensor's tick: 60 s limit, no run logs), ``"run"`` (the sensor requests a run of the table's
+            asset, one at a time, which scans it), or ``"auto"`` (default): full scans, whose cost grows
+            with the table, in runs; folder listings and updated-at scans, which read only what changed,
+            in the tick.
 
     Returns:
         Definitions that can be merged with the user's own (``dg.Definitions.merge``).
     """
+    if external_scans not in ("auto", "tick", "run"):
+        raise ConfigurationError(f"external_scans must be 'auto', 'tick' or 'run', got {external_scans!r}")
+    if automation not in ("sensors", "conditions"):
+        raise ConfigurationError(f"automation must be 'sensors' or 'conditions', got {automation!r}")
     steps = build_compute(datastore, catalog, pipeline)  # binds declarations; opens no connection
     parts = BucketPartitions(partitions) if partitions else None
     translator = translator or DatapipeTranslator(key_prefix=key_prefix, group_name=group_name)
@@ -85,9 +122,12 @@ def build_definitions(
         specs.table_specs[t] for t in specs.source_tables if specs.key(t) not in user_keys
     ]
     sensors: list[dg.SensorDefinition] = []
+    jobs: list[dg.UnresolvedAssetJobDefinition] = []
+    automated: list[dg.AssetKey] = []
     # Each declared source table is observed by the sensor of the first step reading it.
     unobserved = {t for t in specs.source_tables if specs.key(t) not in user_keys}
-    for step, props in zip(steps, specs.steps, strict=True):
+    writer = {out: i for i, p in enumerate(specs.steps) for out in p.outputs}
+    for i, (step, props) in enumerate(zip(steps, specs.steps, strict=True)):
         if not props.outputs:
             continue  # a step without output tables has no asset to materialize
         sources = {
@@ -95,7 +135,21 @@ def build_definitions(
             for dt in getattr(step, "input_dts", [])
             if dt.name in unobserved
         }
-        all_assets.append(build_step_asset(step, props, specs, parts, datastore))
+        conditioned = automation == "conditions" and _keyed(step, props)
+        if conditioned:
+            cond = stale_condition(step, props, parts)
+            specs.step_specs[props.name] = [
+                spec.replace_attributes(automation_condition=cond) for spec in specs.step_specs[props.name]
+            ]
+            automated.extend(spec.key for spec in specs.step_specs[props.name])
+        all_assets.append(
+            build_step_asset(
+                step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys
+            )
+        )
+        if conditioned:
+            continue
+        job = _step_job(props, specs, parts, executor) if executor is not None else None
         sensor = build_step_sensor(
             step,
             props,
@@ -106,13 +160,67 @@ def build_definitions(
             reparse_on_code_change=reparse_on_code_change,
             default_status=status,
             sources=sources,
+            upstream=_upstream(i, steps, specs, writer),
+            max_upstream_wait=max_upstream_wait_seconds,
+            job=job,
+            external_scans=external_scans,
         )
         if sensor is not None:
             sensors.append(sensor)
+            if job is not None and sensor.name == c.sensor_name(props.name):  # a scan sensor runs nothing
+                jobs.append(job)
             unobserved -= set(sources)
+    if automated:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)  # use_user_code_server is beta in 1.13
+            sensors.append(
+                dg.AutomationConditionSensorDefinition(
+                    name=AUTOMATION_SENSOR,
+                    target=dg.AssetSelection.assets(*automated),
+                    use_user_code_server=True,  # our condition asks the engine: evaluated in the code location
+                    minimum_interval_seconds=sensor_interval_seconds,
+                    default_status=status,
+                    description="Requests the partitions holding stale keys of every datapipe transform.",
+                )
+            )
     all_assets.extend(assets)
     io_manager = DatapipeIOManager.bound(Binding(datastore, catalog, specs, parts), replace=replace_outputs)
-    return dg.Definitions(assets=all_assets, sensors=sensors, resources={io_manager_key: io_manager})
+    return dg.Definitions(
+        assets=all_assets, sensors=sensors, jobs=jobs, resources={io_manager_key: io_manager}
+    )
+
+
+def _keyed(step: Any, props: StepProps) -> bool:
+    """A step whose stale keys the engine computes (not an external table's scan step)."""
+    return props.transform_keys is not None and not callable(getattr(step, "scan", None))
+
+
+def _upstream(i: int, steps: Sequence[Any], specs: DatapipeSpecs, writer: dict[str, int]) -> Upstream:
+    """The steps writing step ``i``'s inputs, directly or through other steps (and their assets)."""
+    seen: set[int] = set()
+    todo = list(specs.steps[i].inputs)
+    while todo:
+        j = writer.get(todo.pop())
+        if j is not None and j not in seen and j != i:
+            seen.add(j)
+            todo.extend(specs.steps[j].inputs)
+    keyed = [(specs.steps[j].name, steps[j]) for j in sorted(seen) if specs.steps[j].transform_keys is not None]
+    keys = {specs.key(t) for j in seen for t in specs.steps[j].outputs}
+    return Upstream(steps=keyed, asset_keys=keys)
+
+
+def _step_job(
+    props: StepProps, specs: DatapipeSpecs, parts: BucketPartitions | None, executor: dg.ExecutorDefinition
+) -> dg.UnresolvedAssetJobDefinition:
+    """The job a step's sensor launches: the step's outputs and checks, on ``executor``."""
+    keys = [s.key for s in specs.step_specs[props.name]]
+    return dg.define_asset_job(
+        name=c.job_name(props.name),
+        selection=dg.AssetSelection.assets(*keys),
+        partitions_def=parts.definition if parts is not None and props.partitioned else None,
+        executor_def=executor,
+        description=f"Runs of `{props.name}` launched by its sensor.",
+    )
 
 
 def datapipe_specs(

@@ -6,15 +6,19 @@ runs the engine's indexed stale-key query, maps the keys to hash buckets and req
 contiguous range of stale buckets (Dagster runs several partitions in one run only as a range). Run keys
 carry the sequence (``"03@1234"``): Dagster de-duplicates run keys forever, so the marker lets the same
 partition be requested again after new writes, but never twice for the same state. A partition that a
-queued or running sensor run of the step will process is deferred (the cursor then keeps its old sequence,
-so a later tick looks again). The first sensor reading a source table also reports its changes as asset
-observations (data version = the table's last write sequence). An external table (``UpdateExternalTable``)
-has a sensor of its own that scans it every tick.
+queued or running run of the step's assets will process (whoever launched it) is deferred, and the whole
+step waits, for a bounded time, while a step upstream of it has a run in flight or stale keys (the cursor
+then keeps its old sequence, so a later tick looks again). Failed keys count only when one of their
+input rows changed or the code changed. The first sensor reading a source table also reports its changes
+as asset observations (data version = the table's last write sequence). An external table
+(``UpdateExternalTable``) has a sensor of its own that scans it in the tick, or requests a run that
+scans it when a scan reads the whole table.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +42,7 @@ class Cursor:
     code: str | None = None
     top: int | None = None  # unkeyed steps: the highest input sequence seen
     src: dict[str, int] = field(default_factory=dict)  # observed source tables: their highest sequence
+    wait: float | None = None  # since when (epoch seconds) the step waits for its upstream steps
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor:
@@ -47,10 +52,16 @@ class Cursor:
             d = json.loads(text)
         except ValueError:
             return cls()
-        return cls(seq=d.get("seq"), code=d.get("code"), top=d.get("top"), src=dict(d.get("src") or {}))
+        return cls(
+            seq=d.get("seq"),
+            code=d.get("code"),
+            top=d.get("top"),
+            src=dict(d.get("src") or {}),
+            wait=d.get("wait"),
+        )
 
     def dump(self) -> str:
-        d = {"seq": self.seq, "code": self.code, "top": self.top, "src": self.src or None}
+        d = {"seq": self.seq, "code": self.code, "top": self.top, "src": self.src or None, "wait": self.wait}
         return json.dumps({k: v for k, v in d.items() if v is not None})
 
 
@@ -98,7 +109,9 @@ class StaleTick:
         ds: DataStore,
         reparse_on_code_change: bool,
         sources: dict[str, Any] | None = None,
+        max_upstream_wait: float = 120.0,
     ):
+        self.max_upstream_wait = max_upstream_wait
         self.step = step
         self.props = props
         self.parts = parts if props.partitioned else None
@@ -125,6 +138,8 @@ class StaleTick:
         self, run_key: str, mode: str, reason: str, first: str | None, last: str | None
     ) -> dg.RunRequest:
         tags = {c.TAG_MODE: mode, c.TAG_REASON: reason, c.TAG_STEP: self.props.name}
+        if reason == "code_version":
+            tags[c.TAG_RETRY_FAILED] = "true"
         partition_key = None
         if first is not None and first != last:
             tags[c.RANGE_START_TAG] = first
@@ -140,11 +155,24 @@ class StaleTick:
         )
 
     def __call__(
-        self, cursor_text: str | None, busy: Callable[[], set[str]] | None = None
+        self,
+        cursor_text: str | None,
+        busy: Callable[[], set[str]] | None = None,
+        upstream: Callable[[], str | None] | None = None,
+        now: float | None = None,
     ) -> dg.SensorResult:
-        """Evaluate a tick from ``cursor_text``; ``busy`` returns the partitions (``"*"``: all) that a
-        queued or running sensor run of this step will process (asked only when keys are stale)."""
+        """Evaluate a tick from ``cursor_text``.
+
+        Args:
+            busy: returns the partitions (``"*"``: all) that a queued or running run of this step's
+                assets will process (asked only when keys are stale).
+            upstream: returns why an upstream step will still write this step's inputs (a run of it is
+                queued or running, or it has stale keys its sensor is requesting), or None. While it
+                does, this step waits, at most ``max_upstream_wait`` seconds since it started waiting.
+            now: the time (epoch seconds) of the tick.
+        """
         cur = Cursor.parse(cursor_text)
+        now = time.time() if now is None else now
         code = self.props.code_version
         seq = self.ds.current_seq()
         code_changed = cur.code is not None and cur.code != code
@@ -155,11 +183,25 @@ class StaleTick:
             first, last = (self.parts.keys[0], self.parts.keys[-1]) if self.parts else (None, None)
             req = self._request(f"reparse:{code}@{seq}", c.MODE_REPARSE, "code_version", first, last)
             return dg.SensorResult(run_requests=[req], cursor=Cursor(seq=seq, code=code, src=cur.src).dump())
-        stale = self.step.get_stale_keys()
+        # A failed key is retried only when one of its input rows changed (the query finds that by
+        # itself) or the code changed; unrelated writes must not rerun it.
+        stale = self.step.get_stale_keys(include_failed=code_changed)
         observations, tops = observe_sources(self.ds, self.sources, cur)
         if len(stale) == 0:
             cursor = Cursor(seq=seq, code=code, src=tops).dump()
             return dg.SensorResult(skip_reason="no stale keys", cursor=cursor, asset_events=observations)
+        why = upstream() if upstream is not None else None
+        if why is not None and (cur.wait is None or now - cur.wait < self.max_upstream_wait):
+            # Runs now would read inputs that are about to change and run again right after: wait (the
+            # cursor keeps the old sequence, so a later tick looks again), but not forever.
+            wait = cur.wait if cur.wait is not None else now
+            cursor = Cursor(seq=cur.seq, code=cur.code, src=tops, wait=wait).dump()
+            return dg.SensorResult(
+                skip_reason=f"waiting for upstream: {why} (since {now - wait:.0f} s, at most "
+                f"{self.max_upstream_wait:.0f} s)",
+                cursor=cursor,
+                asset_events=observations,
+            )
         pending = busy() if busy is not None else set()
         stale_parts = (
             self.parts.stale_partitions(stale, list(self.props.transform_keys or ())) if self.parts else ["*"]
@@ -169,16 +211,20 @@ class StaleTick:
         # sequence, so that tick looks again (cheaply: the watermarks moved) once the run is done.
         deferred = len(todo) < len(stale_parts)
         cursor = Cursor(
-            seq=cur.seq if deferred else seq, code=cur.code if deferred else code, src=tops
+            seq=cur.seq if deferred else seq,
+            code=cur.code if deferred else code,
+            src=tops,
+            wait=cur.wait if deferred and why is not None else None,
         ).dump()
         # A changed function retries failed keys even without a reparse: the code is part of the marker.
         marker = f"{seq}" + (f":{code}" if code_changed else "")
+        reason = "code_version" if code_changed else "changes"
         if self.parts is None:
-            reqs = [self._request(f"all@{marker}", c.MODE_STALE, "changes", None, None)] if todo else []
+            reqs = [self._request(f"all@{marker}", c.MODE_STALE, reason, None, None)] if todo else []
         else:
             reqs = [
                 self._request(
-                    f"{a}@{marker}" if a == b else f"{a}..{b}@{marker}", c.MODE_STALE, "changes", a, b
+                    f"{a}@{marker}" if a == b else f"{a}..{b}@{marker}", c.MODE_STALE, reason, a, b
                 )
                 for a, b in self.parts.contiguous_ranges(todo)
             ]
@@ -198,16 +244,30 @@ PENDING_STATUSES = [
 ]
 
 
+def _in_flight(
+    instance: dg.DagsterInstance, step_names: set[str], asset_keys: set[dg.AssetKey], limit: int
+) -> list[dg.DagsterRun]:
+    """Queued or running runs that materialize any of ``asset_keys`` (whoever launched them: a sensor,
+    a person, a backfill, automation) or carry the step tag of one of ``step_names``."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=PENDING_STATUSES), limit=limit)
+    return [
+        r
+        for r in runs
+        if r.tags.get(c.TAG_STEP) in step_names
+        or (r.asset_selection is not None and not asset_keys.isdisjoint(r.asset_selection))
+    ]
+
+
 def pending_runs(
-    instance: dg.DagsterInstance, step_name: str, limit: int = 200
+    instance: dg.DagsterInstance,
+    step_name: str,
+    asset_keys: list[dg.AssetKey] | None = None,
+    limit: int = 500,
 ) -> list[tuple[str, str] | None]:
-    """Partition ranges (first, last) of this step's sensor runs that are queued or running; None for a
-    run without partitions."""
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(tags={c.TAG_STEP: step_name}, statuses=PENDING_STATUSES), limit=limit
-    )
+    """Partition ranges (first, last) of the queued or running runs materializing this step's assets
+    (any launcher); None for a run without partitions (or whose partitions are not known)."""
     out: list[tuple[str, str] | None] = []
-    for run in runs:
+    for run in _in_flight(instance, {step_name}, set(asset_keys or ()), limit):
         tags = run.tags
         if "dagster/partition" in tags:
             out.append((tags["dagster/partition"], tags["dagster/partition"]))
@@ -216,6 +276,25 @@ def pending_runs(
         else:
             out.append(None)
     return out
+
+
+@dataclass
+class Upstream:
+    """The steps that write a step's inputs, directly or through other steps."""
+
+    steps: list[tuple[str, Any]]  # (name, step) of keyed upstream steps
+    asset_keys: set[dg.AssetKey]
+
+    def blocking(self, instance: dg.DagsterInstance, limit: int = 500) -> str | None:
+        """Why the downstream step should wait, or None."""
+        names = {n for n, _ in self.steps}
+        runs = _in_flight(instance, names, self.asset_keys, limit)
+        if runs:
+            return f"run {runs[0].run_id[:8]} of an upstream step is {runs[0].status.value.lower()}"
+        for name, step in self.steps:
+            if len(step.get_stale_keys(advance_watermark=False, include_failed=False)):
+                return f"upstream step {name!r} has stale keys"
+        return None
 
 
 class InputsTick:
@@ -263,12 +342,23 @@ class ScanTick:
     changed as an asset observation. The scan records the changes in the row metadata, so the sensors of
     the transforms reading the table then request exactly the partitions those rows fall in."""
 
-    def __init__(self, step: Any, props: StepProps, specs: DatapipeSpecs):
+    def __init__(self, step: Any, props: StepProps, specs: DatapipeSpecs, in_run: bool = False):
         self.step = step
         self.props = props
+        self.in_run = in_run
         self.asset_keys = [s.key for s in specs.step_specs[props.name]]
 
-    def __call__(self, cursor_text: str | None) -> dg.SensorResult:
+    def request_scan(self, busy: bool) -> dg.SensorResult:
+        """A scan too large for a tick: request a run of the table's asset (the run scans it, with logs
+        and no tick time limit), unless such a run is queued or in progress."""
+        if busy:
+            return dg.SensorResult(skip_reason=f"a scan of {self.props.name} is queued or running")
+        tags = {c.TAG_MODE: c.MODE_STALE, c.TAG_REASON: "scan", c.TAG_STEP: self.props.name}
+        return dg.SensorResult(run_requests=[dg.RunRequest(asset_selection=self.asset_keys, tags=tags)])
+
+    def __call__(self, cursor_text: str | None, busy: Callable[[], bool] | None = None) -> dg.SensorResult:
+        if self.in_run:
+            return self.request_scan(busy() if busy is not None else False)
         result = self.step.scan()
         events = []
         for key, dt in zip(self.asset_keys, self.step.output_dts, strict=True):
@@ -300,6 +390,17 @@ class ScanTick:
         return dg.SensorResult(asset_events=events, cursor=cursor_text)
 
 
+def scan_in_run(step: Any) -> bool:
+    """Whether an external table's scan belongs in a run rather than a sensor tick: a full scan reads
+    and hashes every row (cost grows with the table); a folder listing (size + mtime) and an updated-at
+    scan read only what changed, cheap enough for a tick."""
+    from datapipe_dagster.store.filedir import TableStoreFiledir
+
+    if getattr(step, "updated_at_column", None) is not None:
+        return False
+    return not isinstance(getattr(getattr(step, "dt", None), "store", None), TableStoreFiledir)
+
+
 def build_step_sensor(
     step: Any,
     props: StepProps,
@@ -311,6 +412,10 @@ def build_step_sensor(
     reparse_on_code_change: bool,
     default_status: dg.DefaultSensorStatus,
     sources: dict[str, Any] | None = None,
+    upstream: Upstream | None = None,
+    max_upstream_wait: float = 120.0,
+    job: dg.UnresolvedAssetJobDefinition | None = None,
+    external_scans: str = "auto",
 ) -> dg.SensorDefinition | None:
     """The sensor of one step; None for a step with neither keys nor inputs (nothing can make it stale).
     An external table's step (one with ``scan``) gets a sensor that scans it every tick.
@@ -319,10 +424,17 @@ def build_step_sensor(
     asset observations (each source table is observed by one sensor only).
     """
     if callable(getattr(step, "scan", None)):
-        tick: Any = ScanTick(step, props, specs)
-        what = "scans the external table and records what changed (transforms reading it then go stale)"
+        in_run = scan_in_run(step) if external_scans == "auto" else external_scans == "run"
+        tick: Any = ScanTick(step, props, specs, in_run=in_run)
+        what = (
+            "requests a run scanning the external table (one at a time)"
+            if in_run
+            else "scans the external table and records what changed (transforms reading it then go stale)"
+        )
     elif props.transform_keys is not None:
-        tick = StaleTick(step, props, specs, parts, ds, reparse_on_code_change, sources)
+        tick = StaleTick(
+            step, props, specs, parts, ds, reparse_on_code_change, sources, max_upstream_wait=max_upstream_wait
+        )
         what = "requests runs for the partitions holding stale keys"
     elif props.inputs and hasattr(step, "input_dts"):
         tick = InputsTick(step, props, specs, ds, sources)
@@ -330,10 +442,13 @@ def build_step_sensor(
     else:
         return None
 
+    target = None if isinstance(tick, ScanTick) else job  # a scan requests no runs
+
     @dg.sensor(
         name=c.scan_sensor_name(props.name) if isinstance(tick, ScanTick) else c.sensor_name(props.name),
         minimum_interval_seconds=interval,
-        asset_selection=tick.asset_keys,
+        asset_selection=None if target is not None else tick.asset_keys,
+        job=target,
         default_status=default_status,
         description=f"`{props.name}`: {what}.",
     )
@@ -341,8 +456,14 @@ def build_step_sensor(
         try:
             if isinstance(tick, StaleTick):
                 return tick(
-                    context.cursor, lambda: tick.busy_from(pending_runs(context.instance, props.name))
+                    context.cursor,
+                    lambda: tick.busy_from(pending_runs(context.instance, props.name, tick.asset_keys)),
+                    (lambda: upstream.blocking(context.instance))
+                    if upstream and (upstream.steps or upstream.asset_keys)
+                    else None,
                 )
+            if isinstance(tick, ScanTick):
+                return tick(context.cursor, lambda: bool(pending_runs(context.instance, props.name, tick.asset_keys)))
             return tick(context.cursor)
         except sa.exc.OperationalError as e:  # a database that is down now may be up at the next tick
             return dg.SensorResult(

@@ -209,12 +209,18 @@ def build_specs(
             )
         specs.step_specs[p.name] = outs
         if p.transform_keys is not None and p.outputs:
+            # Every output carries the check: a failing key leaves every output of the step without its
+            # rows, so each of them must show red (the check names each failing key's partition).
             specs.check_specs[p.name] = [
                 dg.AssetCheckSpec(
                     c.check_name(p.name),
-                    asset=specs.key(p.outputs[0]),
-                    description=f"No key of transform `{p.name}` is failing (red lists the keys and errors).",
+                    asset=specs.key(out),
+                    description=(
+                        f"No key of transform `{p.name}` is failing (red lists the keys, their partitions "
+                        "and errors)."
+                    ),
                 )
+                for out in p.outputs
             ]
     return specs
 
