@@ -17,6 +17,7 @@ from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import RunSummary, StepResult
 from datapipe_dagster.compute.row_transform import PipeBreak, PipeError, RowTransform
 from datapipe_dagster.compute.run import NoFixedPointError, build_compute, run_steps, run_steps_changelist
+from datapipe_dagster.compute.steps import GeneratingStep, KeyedStep, ScanningStep, Step
 from datapipe_dagster.errors import (
     ConfigurationError,
     DatapipeError,
@@ -49,8 +50,10 @@ __all__ = [
     "DatapipeError",
     "EvalResult",
     "FileAdapter",
+    "GeneratingStep",
     "ImageFile",
     "JSONFile",
+    "KeyedStep",
     "NoFixedPointError",
     "OutputDiff",
     "PipeBreak",
@@ -59,8 +62,10 @@ __all__ = [
     "PipelineStep",
     "RowTransform",
     "RunSummary",
+    "ScanningStep",
     "SchemaError",
     "SkipRow",
+    "Step",
     "StepFailedError",
     "StepResult",
     "Table",

@@ -1,6 +1,9 @@
-"""The store conformance suite: every TableStore, built-in or yours, must pass the same tests.
+"""Conformance suites: every TableStore and every step kind, built-in or yours, must pass the same tests.
 
-Use it from pytest by subclassing ``StoreConformance`` and providing two fixtures::
+The module does not import pytest (it is importable without it); the suites are classes whose
+``test_*`` methods pytest collects in a subclass.
+
+Use the store suite from pytest by subclassing ``StoreConformance`` and providing two fixtures::
 
     from datapipe_dagster.testing import StoreConformance
 
@@ -16,6 +19,15 @@ Use it from pytest by subclassing ``StoreConformance`` and providing two fixture
 ``store`` must return a new, empty store for each test. Rows are generated from the store's own schema
 (``sample_frame``), so the suite fits any set of columns. ``builtin_store_factories`` builds one store
 of each built-in kind for the library's own tests.
+
+The step suite, ``StepConformance``, takes one fixture, ``step_case``, returning a ``StepCase``: a step
+(from ``build_compute``), its DataStore, and two callables that put data in place and change it::
+
+    class TestMyStep(StepConformance):
+        @pytest.fixture
+        def step_case(self, tmp_path):
+            ...
+            return StepCase(ds, step, seed=write_inputs, change=change_one_input_row)
 """
 
 from __future__ import annotations
@@ -23,20 +35,23 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pytest
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.result import StepResult
+from datapipe_dagster.compute.steps import GeneratingStep, KeyedStep, ScanningStep, Step, is_keyed
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
 from datapipe_dagster.store.filedir import BytesFile, JSONFile, TableStoreFiledir, TextFile
 from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine
 from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.types import ChangeList
 
 StoreFactory = Callable[[Path, DBConn], TableStore]
 
@@ -96,11 +111,17 @@ def first_data_column(store: TableStore, kinds: tuple[type, ...]) -> sa.Column |
     return next((c for c in store.get_schema() if not c.primary_key and isinstance(c.type, kinds)), None)
 
 
+def _skip(reason: str) -> None:
+    import pytest  # only when a suite runs under pytest
+
+    pytest.skip(reason)
+
+
 class StoreConformance:
     """Tests every store must pass. Subclasses provide the fixtures ``store`` and ``meta_dbconn``."""
 
-    @pytest.fixture
-    def datatable(self, store: TableStore, meta_dbconn: DBConn) -> DataTable:
+    @staticmethod
+    def _datatable(store: TableStore, meta_dbconn: DBConn) -> DataTable:
         return DataTable(DataStore(meta_dbconn), f"t_{uuid.uuid4().hex[:8]}", store)
 
     # ------------------------------------------------------------ the store alone
@@ -150,7 +171,8 @@ class StoreConformance:
 
     # ------------------------------------------------------------ through the row metadata
 
-    def test_store_chunk_roundtrip(self, datatable: DataTable) -> None:
+    def test_store_chunk_roundtrip(self, store: TableStore, meta_dbconn: DBConn) -> None:
+        datatable = self._datatable(store, meta_dbconn)
         store = datatable.store
         df = sample_frame(store, range(6))
         assert len(datatable.store_chunk(df)) == 6
@@ -160,7 +182,8 @@ class StoreConformance:
             "rows read back must hash like rows written"
         )
 
-    def test_store_chunk_partial_update_and_delete(self, datatable: DataTable) -> None:
+    def test_store_chunk_partial_update_and_delete(self, store: TableStore, meta_dbconn: DBConn) -> None:
+        datatable = self._datatable(store, meta_dbconn)
         store = datatable.store
         datatable.store_chunk(sample_frame(store, range(4)))
         before = datatable.get_metadata()
@@ -185,7 +208,8 @@ class StoreConformance:
         )
         assert len(datatable.store_chunk(store.empty())) == 0
 
-    def test_schema_errors_write_nothing(self, datatable: DataTable) -> None:
+    def test_schema_errors_write_nothing(self, store: TableStore, meta_dbconn: DBConn) -> None:
+        datatable = self._datatable(store, meta_dbconn)
         store = datatable.store
         good = sample_frame(store, range(3))
         datatable.store_chunk(good)
@@ -211,15 +235,166 @@ class StoreConformance:
                 )
             )
         for bad, column in bad_frames:
-            with pytest.raises(SchemaError) as ei:
+            try:
                 datatable.store_chunk(
                     pd.concat([sample_frame(store, [10]), bad], ignore_index=True) if column != pk else bad
                 )
-            assert repr(datatable.store.name) in str(ei.value) or datatable.name in str(ei.value)
+            except SchemaError as e:
+                err = e
+            else:
+                raise AssertionError(f"no SchemaError for a bad frame (column {column!r})")
+            assert repr(datatable.store.name) in str(err) or datatable.name in str(err)
             if column is not None:
-                assert ei.value.column == column and repr(column) in str(ei.value)
+                assert err.column == column and repr(column) in str(err)
             assert canonical(store, datatable.get_data()) == canonical(store, good)
             assert canonical(store, store.read_rows()) == canonical(store, good)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+@dataclass
+class StepCase:
+    """A step under test and the data it works on.
+
+    Attributes:
+        ds: the DataStore the step is bound to.
+        step: the step, as ``build_compute`` returned it.
+        seed: puts the first data in place (input rows, the scanned table's rows, the generator's source);
+            a full run afterwards must write at least one output row.
+        change: changes some of that data after a full run, so the step has work again; returns the
+            changelist of the input rows it wrote (an empty one for a step without inputs).
+    """
+
+    ds: DataStore
+    step: Step
+    seed: Callable[[], None]
+    change: Callable[[], ChangeList]
+
+
+def written(result: StepResult) -> int:
+    """Output rows a step run inserted, updated or deleted."""
+    return sum(o.inserted + o.updated + o.deleted for o in result.outputs.values())
+
+
+def outputs_snapshot(step: Step) -> dict[str, list[dict[str, Any]]]:
+    """Every output table's rows, comparable across runs (see ``canonical``)."""
+    return {dt.name: canonical(dt.store, dt.get_data()) for dt in step.output_dts}
+
+
+def key_set(keys: pd.DataFrame, cols: list[str]) -> set[tuple[str, ...]]:
+    """Keys as a set of tuples of strings (independent of order and dtypes)."""
+    return {tuple(str(v) for v in row) for row in keys[cols].itertuples(index=False)}
+
+
+class StepConformance:
+    """Tests every step kind must pass. Subclasses provide the fixture ``step_case`` (a ``StepCase``)."""
+
+    def test_declares_a_step(self, step_case: StepCase) -> None:
+        step = step_case.step
+        assert isinstance(step, Step), f"{step!r} lacks a member of the Step protocol"
+        assert isinstance(step.name, str) and step.name
+        assert all(isinstance(d, DataTable) for d in [*step.input_dts, *step.output_dts])
+        assert step.code_version is None or isinstance(step.code_version, str)
+        if isinstance(step, KeyedStep):
+            assert set(step.transform_keys) <= set(step.key_cols)
+            for d in step.output_dts:
+                assert set(step.transform_keys) <= set(d.primary_keys), (d.name, step.transform_keys)
+        if isinstance(step, (ScanningStep, GeneratingStep)):
+            assert not step.input_dts, "a scanning or generating step has no inputs"
+
+    def test_full_run_writes_then_settles(self, step_case: StepCase) -> None:
+        step, ds = step_case.step, step_case.ds
+        step_case.seed()
+        first = step.run_full(ds)
+        assert first.name == step.name and first.keys_failed == 0, first
+        assert written(first) > 0, "the seeded data must produce output rows"
+        for name, _stats in first.outputs.items():
+            assert name in {d.name for d in step.output_dts}, f"result names {name!r}, not an output"
+        assert sum(len(first.changed_keys(d.name)) for d in step.output_dts) > 0, "changed keys feed the next step"
+        before = outputs_snapshot(step)
+        second = step.run_full(ds)
+        assert written(second) == 0, f"a second full run must write nothing: {second}"
+        assert outputs_snapshot(step) == before
+
+    def test_empty_changelist_writes_nothing(self, step_case: StepCase) -> None:
+        step, ds = step_case.step, step_case.ds
+        step_case.seed()
+        step.run_full(ds)
+        before = outputs_snapshot(step)
+        res = step.run_changelist(ds, ChangeList())
+        assert res.name == step.name and written(res) == 0
+        assert outputs_snapshot(step) == before
+
+    def test_change_reaches_the_outputs(self, step_case: StepCase) -> None:
+        step, ds = step_case.step, step_case.ds
+        step_case.seed()
+        step.run_full(ds)
+        before = outputs_snapshot(step)
+        changes = step_case.change()
+        res = step.run_changelist(ds, changes) if step.input_dts else step.run_full(ds)
+        assert written(res) > 0 and res.keys_failed == 0, res
+        assert outputs_snapshot(step) != before
+        assert written(step.run_full(ds)) == 0, "the change was fully processed"
+
+    def test_keyed_stale_all_and_reparse(self, step_case: StepCase) -> None:
+        step, ds = step_case.step, step_case.ds
+        if not (isinstance(step, KeyedStep) and is_keyed(step)):
+            _skip(f"{type(step).__name__} is not a keyed step")
+            return
+        step_case.seed()
+        stale = step.get_stale_keys()
+        assert len(stale) > 0 and set(step.key_cols) <= set(stale.columns)
+        every = step.get_all_keys()
+        assert key_set(stale, step.key_cols) <= key_set(every, step.key_cols)
+        step.run_full(ds)
+        assert len(step.get_stale_keys()) == 0
+        assert step.count_failed() == 0
+        failed = step.failed_keys()
+        assert len(failed) == 0 and {"error", "traceback"} <= set(failed.columns)
+        before = outputs_snapshot(step)
+        every = step.get_all_keys()
+        reparse = step.process_keys(every)
+        assert reparse.keys_processed == len(every) and written(reparse) == 0, reparse
+        assert outputs_snapshot(step) == before and len(step.get_stale_keys()) == 0
+
+    def test_keyed_eval_writes_nothing(self, step_case: StepCase) -> None:
+        step, ds = step_case.step, step_case.ds
+        if not (isinstance(step, KeyedStep) and is_keyed(step) and step.transform_keys):
+            _skip(f"{type(step).__name__} is not a step with transform keys")
+            return
+        step_case.seed()
+        step.run_full(ds)
+        step_case.change()
+        stale = step.get_stale_keys(advance_watermark=False)
+        assert len(stale) > 0
+        before = outputs_snapshot(step)
+        result = step.eval(stale[step.key_cols])
+        assert set(result.outputs) == {d.name for d in step.output_dts}
+        assert outputs_snapshot(step) == before
+        assert key_set(step.get_stale_keys(advance_watermark=False), step.key_cols) == key_set(stale, step.key_cols)
+
+    def test_scan_records_changes_once(self, step_case: StepCase) -> None:
+        step = step_case.step
+        if not isinstance(step, ScanningStep):
+            _skip(f"{type(step).__name__} is not a scanning step")
+            return
+        step_case.seed()
+        assert written(step.scan()) > 0
+        assert written(step.scan()) == 0
+        step_case.change()
+        assert written(step.scan()) > 0
+
+    def test_generate_writes_only_changes(self, step_case: StepCase) -> None:
+        step = step_case.step
+        if not isinstance(step, GeneratingStep):
+            _skip(f"{type(step).__name__} is not a generating step")
+            return
+        step_case.seed()
+        assert written(step.generate()) > 0
+        assert written(step.generate()) == 0
+        step_case.change()
+        assert written(step.generate()) > 0
 
 
 def builtin_store_factories() -> dict[str, StoreFactory]:

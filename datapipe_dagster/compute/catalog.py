@@ -102,11 +102,13 @@ class Catalog:
 
 
 class ComputeStep(ABC):
-    """A runnable step bound to a DataStore (what ``build_compute`` returns)."""
+    """A runnable step bound to a DataStore (what ``build_compute`` returns): a base for the built-in
+    step kinds. What a step can do is declared by the protocols in ``compute/steps.py``."""
 
     name: str
     input_dts: list[DataTable]
     output_dts: list[DataTable]
+    code_version: str | None = None
     shared_outputs: frozenset[str] = frozenset()
     """Outputs another step of the pipeline writes too (set by ``build_compute``): a step cleans up
     under its own keys only there, and leaves rows under keys it never processed to their writer."""

@@ -116,6 +116,10 @@ class BatchGenerateStep(ComputeStep):
         return frames
 
     def run_full(self, ds: DataStore | None = None) -> StepResult:
+        """Generate (``generate``)."""
+        return self.generate()
+
+    def generate(self) -> StepResult:
         """Run the generator to the end, writing each chunk; then delete rows not produced (delete_stale)."""
         started = time.perf_counter()
         for dt in self.output_dts:
