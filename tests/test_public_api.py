@@ -17,6 +17,59 @@ PARITY_NAMES = {
 }
 
 
+PUBLIC_NAMES = [
+    "BatchGenerate", "BatchTransform", "BatchTransformStep", "BytesFile", "Catalog", "ChangeList",
+    "ComputeStep", "ConfigurationError", "DBConn", "DataStore", "DataTable", "DatapipeComponent",
+    "DatapipeError", "EvalResult", "FileAdapter", "GeneratingStep", "ImageFile", "JSONFile", "KeyedStep",
+    "NoFixedPointError", "OutputDiff", "PipeBreak", "PipeError", "Pipeline", "PipelineStep", "RowTransform",
+    "RunSummary", "ScanningStep", "SchemaError", "SkipRow", "Step", "StepFailedError", "StepResult", "Table",
+    "TableStore", "TableStoreCSV", "TableStoreDB", "TableStoreExcel", "TableStoreFiledir",
+    "TableStoreJsonLine", "TableStoreParquet", "TextFile", "UnknownTableError", "UpdateExternalTable",
+    "build_compute", "build_definitions", "run_steps", "run_steps_changelist",
+]
+
+
+def test_public_api_is_exactly_pinned() -> None:
+    """Adding or removing a public name is a decision: change this list with it."""
+    assert sorted(datapipe_dagster.__all__) == sorted(PUBLIC_NAMES)
+    assert len(datapipe_dagster.__all__) == len(set(datapipe_dagster.__all__))
+
+
+def test_datastore_create_meta_table_is_deprecated(tmp_path) -> None:  # noqa: ANN001
+    import pytest
+
+    conn = DBConn(f"sqlite:///{tmp_path / 'd.sqlite'}")
+    with pytest.warns(DeprecationWarning, match="create_meta_table"):
+        datapipe_dagster.DataStore(conn, create_meta_table=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        datapipe_dagster.DataStore(conn)  # no warning without the argument
+
+
+def test_testing_module_does_not_import_pytest() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, datapipe_dagster.testing; assert 'pytest' not in sys.modules, 'pytest imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_postgres_url_without_a_driver_says_which_extra() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['psycopg'] = None; sys.modules['psycopg2'] = None\n"
+        "from datapipe_dagster import DBConn, ConfigurationError\n"
+        "try:\n    DBConn('postgresql://u:secret@h/db')\n"
+        "except ConfigurationError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "datapipe-dagster[postgres]" in out and "secret" not in out, out
+
+
 def test_public_names_are_exported() -> None:
     assert ENGINE_NAMES <= set(datapipe_dagster.__all__)
     assert PARITY_NAMES <= set(datapipe_dagster.__all__)

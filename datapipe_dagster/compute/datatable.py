@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +39,18 @@ class DataStore:
 
     Args:
         dbconn: the metadata database (the data tables may live elsewhere).
-        create_meta_table: accepted for compatibility; metadata tables are always created when missing.
+        create_meta_table: deprecated and ignored (datapipe's name): metadata tables are always created
+            when missing. Passing it warns.
     """
 
-    def __init__(self, dbconn: DBConn, create_meta_table: bool = True):
+    def __init__(self, dbconn: DBConn, create_meta_table: bool | None = None):
+        if create_meta_table is not None:
+            warnings.warn(
+                "DataStore(create_meta_table=...) has no effect: metadata tables are always created when "
+                "missing; drop the argument",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.meta_dbconn = dbconn
         self.seq = SequenceTable(dbconn)
         self.watermarks = WatermarkTable(dbconn)

@@ -56,10 +56,6 @@ class TableStore(ABC):
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
         """Delete the rows whose full primary keys are in ``idx``; unknown keys are ignored."""
 
-    def transaction_engine(self) -> sa.Engine | None:
-        """The engine whose transaction this store can join, if it is a SQL store."""
-        return None
-
     def validate(self, df: pd.DataFrame) -> pd.DataFrame:
         """Check and coerce ``df`` to the schema; raises SchemaError naming table, column and key."""
         return coerce_frame(self.name, self.get_schema(), df)

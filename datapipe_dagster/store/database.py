@@ -23,7 +23,7 @@ from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_fram
 
 try:  # COPY raises the driver's own error, not SQLAlchemy's
     from psycopg2.errors import UniqueViolation
-except ImportError:  # pragma: no cover - psycopg2 is a dependency, but keep the engine importable without it
+except ImportError:  # pragma: no cover - psycopg2 comes with the postgres extra; the engine works without it
 
     class UniqueViolation(Exception):  # type: ignore[no-redef]
         """Stand-in when psycopg2 is not installed."""
@@ -37,6 +37,10 @@ def _normalise_url(connstr: str) -> str:
             return "postgresql+psycopg://" + rest
         if importlib.util.find_spec("psycopg2") is not None:
             return "postgresql+psycopg2://" + rest
+        raise ConfigurationError(
+            f"DBConn({mask_url(connstr)!r}): no PostgreSQL driver is installed; "
+            "pip install 'datapipe-dagster[postgres]' (psycopg2) or psycopg"
+        )
     return connstr
 
 
@@ -333,9 +337,6 @@ class TableStoreDB(TableStore):
 
     def get_schema(self) -> list[sa.Column]:
         return self.data_sql_schema
-
-    def transaction_engine(self) -> sa.Engine | None:
-        return self.dbconn.engine
 
     def _ensure(self) -> None:
         if not self._ready:
