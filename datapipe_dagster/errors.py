@@ -66,6 +66,8 @@ class SchemaError(DatapipeError, ValueError):
         reason: ``message``, what is wrong and what to do.
     """
 
+    table: str
+
     def __init__(self, table: str, message: str, column: str | None = None, key: dict[str, Any] | None = None):
         self.table = table
         self.column = column

@@ -399,7 +399,7 @@ class StepConformance:
 
 def builtin_store_factories() -> dict[str, StoreFactory]:
     """One factory per built-in store kind: ``factory(tmp_path, dbconn) -> TableStore``."""
-    typed = [
+    typed: list[sa.Column] = [
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("name", sa.String),
         sa.Column("score", sa.Float),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeAlias
 
 import pandas as pd
 
-IndexDF = pd.DataFrame
+IndexDF: TypeAlias = pd.DataFrame
 """A DataFrame holding only key columns: the keys of rows, no data."""
 
 

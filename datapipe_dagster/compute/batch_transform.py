@@ -26,6 +26,7 @@ from datapipe_dagster.compute.stale import (
     stale_keys_query,
 )
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, _plain
+from datapipe_dagster.meta.tables import TransformMetaTable
 from datapipe_dagster.store.schema import to_records
 from datapipe_dagster.types import ChangeList
 
@@ -105,7 +106,7 @@ class BatchTransform(PipelineStep):
         self.outputs = list(outputs)
         self.transform_keys = transform_keys
         self.chunk_size = chunk_size
-        self.name = name or getattr(func, "__name__", "transform")
+        self.name: str = name or str(getattr(func, "__name__", "transform"))
         self.kwargs = kwargs or {}
 
     @property
@@ -157,7 +158,7 @@ class BatchTransformStep(ComputeStep):
         self.keyless = not keys
         self.key_cols = keys or [ALL_KEY]
         self.roles = classify_inputs(input_dts, keys)
-        self._tmeta = None
+        self._tmeta: TransformMetaTable | None = None
         self._marked = 0  # keys marked since this object was made, and at the last ANALYZE
         self._marked_analyzed = 0
 
@@ -190,7 +191,7 @@ class BatchTransformStep(ComputeStep):
         return cols
 
     @property
-    def meta(self):  # noqa: ANN201 - TransformMetaTable
+    def meta(self) -> TransformMetaTable:
         if self._tmeta is None:
             for dt in self.input_dts + self.output_dts:
                 dt.ensure_ready()
@@ -279,7 +280,7 @@ class BatchTransformStep(ComputeStep):
 
     def keys_for_changes(self, changelist: ChangeList) -> pd.DataFrame | None:
         """Transform keys affected by ``changelist`` (None when it touches no input)."""
-        frames = []
+        frames: list[pd.DataFrame] = []
         for role in self.roles:
             idx = changelist.get(role.dt.name)
             if idx is None or len(idx) == 0:

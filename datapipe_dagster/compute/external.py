@@ -180,7 +180,8 @@ class UpdateExternalTableStep(ComputeStep):
             if full if full is not None else due:
                 self._scan_full(result)
             else:
-                self._scan_since(result, self._decode(state[0]))  # type: ignore[index]
+                assert state is not None and state[0] is not None  # not due: an earlier scan left a value
+                self._scan_since(result, self._decode(state[0]))
         result.elapsed = time.perf_counter() - started
         return result
 
@@ -345,7 +346,7 @@ class UpdateExternalTableStep(ComputeStep):
 
     def _column_type(self) -> sa.types.TypeEngine[Any]:
         store = self.dt.store
-        assert isinstance(store, TableStoreDB)
+        assert isinstance(store, TableStoreDB) and self.updated_at_column is not None
         return store.data_table.c[self.updated_at_column].type
 
     def _encode(self, v: Any) -> str:

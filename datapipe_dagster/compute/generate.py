@@ -47,7 +47,7 @@ class BatchGenerate(PipelineStep):
         name: str | None = None,
         kwargs: dict[str, Any] | None = None,
     ):
-        self.name = name or getattr(func, "__name__", "generate")
+        self.name: str = name or str(getattr(func, "__name__", "generate"))
         if not outputs:
             raise ConfigurationError(f"BatchGenerate {self.name!r}: needs at least one output table")
         self.func = func

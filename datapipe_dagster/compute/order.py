@@ -83,7 +83,7 @@ def dependency_groups(steps: list[ComputeStep]) -> list[StepGroup]:
 
     # Kahn's algorithm over the components, always taking the ready one with the earliest step.
     m = len(comps)
-    preds = [set() for _ in range(m)]
+    preds: list[set[int]] = [set() for _ in range(m)]
     for i in range(n):
         for j in succ[i]:
             if comp_of[i] != comp_of[j]:

@@ -266,10 +266,9 @@ class DBConn:
         if not records:
             return
         if self.backend in ("postgresql", "sqlite"):
-            if self.backend == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            insert: Any = postgresql.insert if self.backend == "postgresql" else sqlite.insert
             stmt = insert(table)
             rest = [c.name for c in table.columns if c.name not in keys]
             if rest:

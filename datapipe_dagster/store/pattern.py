@@ -51,10 +51,10 @@ class PathPattern:
             self.parts.append(_Part("text", pattern[pos:]))
         self.keys = [p.value for p in self.parts if p.kind == "key"]
         self.has_wildcards = any(p.kind in ("any", "deep") for p in self.parts)
-        out = []
+        out: list[str] = []
         for p in self.parts:
             if p.kind == "text":
-                out.append(re.escape(p.value))  # type: ignore[arg-type]
+                out.append(re.escape(str(p.value)))
             elif p.kind == "key":
                 body = "-?(?:0|[1-9][0-9]*)" if p.value in integer_keys else "[^/]+?"
                 out.append(f"(?P<{p.value}>{body})")

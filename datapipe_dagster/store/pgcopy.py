@@ -70,6 +70,8 @@ def _pg_quote(name: str) -> str:
 def copy_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame) -> bool:
     """Insert the rows of ``df`` with COPY on the connection's transaction; False when the driver cannot."""
     dbapi = conn.connection.driver_connection
+    if dbapi is None:
+        return False
     cursor = dbapi.cursor()
     if not hasattr(cursor, "copy_expert"):  # psycopg2 only; other drivers take the INSERT path
         cursor.close()
