@@ -55,6 +55,7 @@ simulate: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check datapipe_dagster example_project tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_engine

@@ -7,6 +7,7 @@ runs under ``build_definitions`` with no change to the Dagster adapter or the CL
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -268,3 +269,34 @@ def test_a_new_step_kind_runs_under_dagster(tmp_path) -> None:  # noqa: ANN001
         materialize(defs, instance, [dg.AssetKey("totals")])
     got = catalog.get_datatable(ds, "totals").get_data().sort_values("user_id")
     assert got.to_dict("list") == {"user_id": ["u1", "u2", "u3"], "total": [12, 3, 4]}
+
+
+# ------------------------------------------------------------------ the test-only kind from the CLI
+
+
+def cli_target() -> Any:
+    """What ``datapipe-dagster`` loads: ``test_step_conformance:cli_target`` (called, as the CLI does)."""
+    from types import SimpleNamespace
+
+    conn = DBConn(os.environ["STEP_CONFORMANCE_DB"])
+    catalog = _catalog(conn, events=EVENTS, totals=TOTALS)
+    pipeline = Pipeline([DatatableTransform(totals_by_user, ["events"], ["totals"], name="whole_totals")])
+    return SimpleNamespace(catalog=catalog, pipeline=pipeline, datastore=DataStore(conn))
+
+
+def test_a_new_step_kind_runs_from_the_cli(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from datapipe_dagster.cli import main
+
+    monkeypatch.setenv("STEP_CONFORMANCE_DB", f"sqlite:///{tmp_path / 'cli.sqlite'}")
+    target = cli_target()
+    target.catalog.get_datatable(target.datastore, "events").store_chunk(SEED)
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", "test_step_conformance:cli_target"])
+    assert status.exit_code == 0 and "whole_totals: DatatableTransformStep, runs in full" in status.output, status.output
+    res = runner.invoke(main, ["run", "test_step_conformance:cli_target"])
+    assert res.exit_code == 0, res.output
+    assert "whole_totals:" in res.output and "totals: +3" in res.output, res.output
+    got = target.catalog.get_datatable(target.datastore, "totals").get_data().sort_values("user_id")
+    assert got.to_dict("list") == {"user_id": ["u1", "u2", "u3"], "total": [3, 3, 4]}
