@@ -379,6 +379,7 @@ class StepConformance:
         if not isinstance(step, ScanningStep):
             _skip(f"{type(step).__name__} is not a scanning step")
             return
+        assert isinstance(step.incremental_scan, bool)
         step_case.seed()
         assert written(step.scan()) > 0
         assert written(step.scan()) == 0

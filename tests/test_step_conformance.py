@@ -300,3 +300,25 @@ def test_a_new_step_kind_runs_from_the_cli(tmp_path, monkeypatch: pytest.MonkeyP
     assert "whole_totals:" in res.output and "totals: +3" in res.output, res.output
     got = target.catalog.get_datatable(target.datastore, "totals").get_data().sort_values("user_id")
     assert got.to_dict("list") == {"user_id": ["u1", "u2", "u3"], "total": [3, 3, 4]}
+
+
+def test_which_scans_are_incremental(tmp_path) -> None:  # noqa: ANN001
+    """A full scan of a SQL table reads every row (a run's job); a folder listing or an updated-at scan
+    reads only what changed (a sensor tick's)."""
+    from datapipe_dagster import JSONFile, TableStoreFiledir
+
+    conn = DBConn(f"sqlite:///{tmp_path / 'scan.sqlite'}")
+    ds = DataStore(conn)
+    stamped = [*EVENTS, sa.Column("at", sa.Integer())]
+    catalog = _catalog(conn, events=EVENTS, stamped=stamped)
+    catalog.add_datatable("docs", Table(TableStoreFiledir(tmp_path / "docs" / "{id}.json", JSONFile(), name="docs")))
+    pipeline = Pipeline(
+        [UpdateExternalTable("events"), UpdateExternalTable("stamped", updated_at_column="at"), UpdateExternalTable("docs")]
+    )
+    steps = build_compute(ds, catalog, pipeline)
+    assert all(isinstance(s, ScanningStep) for s in steps)
+    assert {s.name: s.incremental_scan for s in steps if isinstance(s, ScanningStep)} == {
+        "update_events": False,
+        "update_stamped": True,
+        "update_docs": True,
+    }

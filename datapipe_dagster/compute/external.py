@@ -145,6 +145,12 @@ class UpdateExternalTableStep(ComputeStep):
                 self.ds.meta_dbconn.ensure_table(self._files)
             self._ready = True
 
+    @property
+    def incremental_scan(self) -> bool:
+        """A folder listing (size + mtime) and an updated-at scan read only what changed; a full scan of a
+        table without an updated-at column reads and hashes every row."""
+        return self.updated_at_column is not None or isinstance(self.dt.store, TableStoreFiledir)
+
     def run_full(self, ds: DataStore | None = None) -> StepResult:
         return self.scan()
 

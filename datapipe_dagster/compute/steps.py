@@ -85,6 +85,11 @@ class KeyedStep(Step, Protocol):
 class ScanningStep(Step, Protocol):
     """A step that finds changes by scanning a table written outside the pipeline."""
 
+    @property
+    def incremental_scan(self) -> bool:
+        """True when a scan reads only what changed (cheap enough for a sensor tick), False when it reads everything."""
+        ...
+
     def scan(self, full: bool | None = None) -> StepResult:
         """Scan the table, record the rows that changed since the last scan; ``full`` forces or forbids a full scan."""
         ...
