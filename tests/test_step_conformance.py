@@ -37,6 +37,7 @@ from datapipe_dagster.compute.external import UpdateExternalTable
 from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import OutputStats
 from datapipe_dagster.compute.steps import GeneratingStep, KeyedStep, ScanningStep, Step, is_keyed
+from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.testing import StepCase, StepConformance
 
 # ------------------------------------------------------------------ a step kind defined only here
@@ -322,3 +323,22 @@ def test_which_scans_are_incremental(tmp_path) -> None:  # noqa: ANN001
         "update_stamped": True,
         "update_docs": True,
     }
+
+
+def test_build_compute_refuses_what_is_not_a_step(tmp_path) -> None:  # noqa: ANN001
+    class NoChangelist:
+        name = "half"
+        input_dts: list[DataTable] = []
+        output_dts: list[DataTable] = []
+        code_version = None
+
+        def run_full(self, ds: DataStore | None = None) -> StepResult:
+            return StepResult(self.name)
+
+    class Half:
+        def build_compute(self, ds: DataStore, catalog: Catalog) -> list[Any]:
+            return [NoChangelist()]
+
+    conn = DBConn(f"sqlite:///{tmp_path / 'half.sqlite'}")
+    with pytest.raises(ConfigurationError, match=r"Half.build_compute returned NoChangelist, which lacks \['run_changelist'\]"):
+        build_compute(DataStore(conn), _catalog(conn, events=EVENTS), Pipeline([Half()]))

@@ -13,6 +13,7 @@ from datapipe_dagster.compute.catalog import Catalog, ComputeStep, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.order import dependency_groups, derive_names
 from datapipe_dagster.compute.result import RunSummary, StepResult
+from datapipe_dagster.compute.steps import STEP_MEMBERS, Step
 from datapipe_dagster.errors import (
     ConfigurationError,
     DatabaseError,
@@ -51,12 +52,20 @@ def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> list[C
     """Bind every step of ``pipeline`` to ``ds`` and ``catalog``. Opens no connection.
 
     Raises:
-        ConfigurationError: two steps with the same name, or a step naming an unknown table.
+        ConfigurationError: two steps with the same name, a step naming an unknown table, or a
+            declaration building something that is not a ``Step``.
     """
     steps: list[ComputeStep] = []
     explicit: list[bool] = []
     for decl in pipeline.steps:
         built = decl.build_compute(ds, catalog)
+        for s in built:
+            if not isinstance(s, Step):
+                missing = [m for m in STEP_MEMBERS if not hasattr(s, m)]
+                raise ConfigurationError(
+                    f"{type(decl).__name__}.build_compute returned {type(s).__name__}, which lacks {missing} "
+                    "of the Step protocol (datapipe_dagster.compute.steps.Step)"
+                )
         steps.extend(built)
         explicit.extend([not _default_named(decl)] * len(built))
     # Two steps from one function: the later ones get names derived from their tables (stable).

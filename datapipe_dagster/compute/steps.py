@@ -107,6 +107,10 @@ class GeneratingStep(Step, Protocol):
         ...
 
 
+STEP_MEMBERS = ("name", "input_dts", "output_dts", "code_version", "run_full", "run_changelist")
+"""The members of ``Step`` (named in the error for an object that lacks some)."""
+
+
 def is_keyed(step: object) -> bool:
     """Whether the engine computes ``step``'s stale keys (a keyed step that is not a scan)."""
     return isinstance(step, KeyedStep) and not isinstance(step, ScanningStep)
