@@ -372,12 +372,11 @@ def test_wrong_type_or_attribute_names_it(tmp_path: Path) -> None:
 
 def test_automation_conditions(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "a.sqlite")
-    if "automation" in inspect.signature(build_definitions).parameters:
-        with loaded(attrs(url, automation="conditions")) as (component, _defs, _root):
-            assert component.automation == "conditions"
-    else:  # until build_definitions offers declarative automation, the component refuses it clearly
-        err = load_error(attrs(url, automation="conditions"))
-        assert "attribute `automation`: 'conditions'" in err and "not available yet" in err and "use 'sensors'" in err
+    with loaded(attrs(url, automation="conditions")) as (component, defs, _root):
+        assert component.automation == "conditions"
+        assert "count_events_stale_sensor" not in [s.name for s in defs.sensors]
+        counts = defs.resolve_assets_def(K("user_counts")).specs_by_key[K("user_counts")]
+        assert counts.automation_condition is not None
     with loaded(attrs(url, automation="sensors")) as (_, defs, _root):
         assert [s.name for s in defs.sensors] == ["count_events_stale_sensor"]
     err = load_error(attrs(url, automation="cron"))
