@@ -24,6 +24,7 @@ from datapipe_dagster.compute.catalog import Catalog, ComputeStep, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import RunSummary, StepResult
 from datapipe_dagster.compute.run import build_compute
+from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.errors import _plain
 
 EXAMPLE = "example_project.definitions:datapipe_target"
@@ -169,10 +170,10 @@ def status(target: str, as_json: bool) -> None:
     _, steps = _steps(target, ())
     rows: list[dict[str, Any]] = []
     for s in steps:
-        keys = getattr(s, "transform_keys", None)
-        if hasattr(s, "get_stale_keys") and keys is not None:
-            stale = len(s.get_stale_keys(advance_watermark=False))  # type: ignore[call-arg]
-            failed = s.count_failed()  # type: ignore[attr-defined]
+        if isinstance(s, KeyedStep):
+            keys = s.transform_keys
+            stale = len(s.get_stale_keys(advance_watermark=False))
+            failed = s.count_failed()
             rows.append({"step": s.name, "kind": type(s).__name__, "transform_keys": list(keys), "stale": stale, "failed": failed})
             if not as_json:
                 by = f"keyed by {', '.join(keys)}" if keys else "no key columns: one batch"
@@ -214,7 +215,7 @@ def run(target: str, step_names: tuple[str, ...], key_specs: tuple[str, ...], as
     ds, steps = _steps(target, step_names)
     if key_specs:
         step = _one_keyed_step(steps, step_names)
-        summary = RunSummary([step.process_keys(_parse_keys(step, key_specs))])  # type: ignore[attr-defined]
+        summary = RunSummary([step.process_keys(_parse_keys(step, key_specs))])
     else:
         summary = run_steps(ds, steps)
     _report(summary, target, as_json)
@@ -236,12 +237,14 @@ Example:
 def reparse(target: str, step_names: tuple[str, ...], as_json: bool) -> None:
     """Recompute every key of the steps and delete outputs they no longer produce."""
     _, steps = _steps(target, step_names)
+    keyed: list[KeyedStep] = []
     for s in steps:
-        if not hasattr(s, "get_all_keys"):
+        if not isinstance(s, KeyedStep):
             raise click.BadParameter(f"step {s.name!r} has no keys to reparse", param_hint="--step")
+        keyed.append(s)
     summary = RunSummary()
-    for s in steps:
-        summary.steps.append(s.process_keys(s.get_all_keys()))  # type: ignore[attr-defined]
+    for k in keyed:
+        summary.steps.append(k.process_keys(k.get_all_keys()))
     _report(summary, target, as_json)
 
 
@@ -267,12 +270,12 @@ def failed(target: str, step_names: tuple[str, ...], limit: int, traceback: bool
     _, steps = _steps(target, step_names)
     rows: list[dict[str, Any]] = []
     for s in steps:
-        if not hasattr(s, "failed_keys"):
+        if not isinstance(s, KeyedStep):
             continue
-        total = s.count_failed()  # type: ignore[attr-defined]
+        total = s.count_failed()
         if not total:
             continue
-        keys = _failed_rows(s.failed_keys(limit=limit), limit, traceback)  # type: ignore[attr-defined]
+        keys = _failed_rows(s.failed_keys(limit=limit), limit, traceback)
         rows.append({"step": s.name, "failed": total, "keys": keys})
         if as_json:
             continue
@@ -287,17 +290,18 @@ def failed(target: str, step_names: tuple[str, ...], limit: int, traceback: bool
         click.echo("no failed keys")
 
 
-def _one_keyed_step(steps: list[ComputeStep], step_names: tuple[str, ...]) -> ComputeStep:
-    if len(step_names) != 1 or not hasattr(steps[0], "eval"):
+def _one_keyed_step(steps: list[ComputeStep], step_names: tuple[str, ...]) -> KeyedStep:
+    step: Step = steps[0]
+    if len(step_names) != 1 or not isinstance(step, KeyedStep):
         raise click.BadParameter("--key needs exactly one --step, a step with transform keys", param_hint="--step")
-    return steps[0]
+    return step
 
 
-def _parse_keys(step: ComputeStep, key_specs: tuple[str, ...]) -> Any:
+def _parse_keys(step: KeyedStep, key_specs: tuple[str, ...]) -> Any:
     """``col=value[,col=value]`` per key -> a DataFrame of the step's transform keys (typed by the step)."""
     import pandas as pd
 
-    cols = list(getattr(step, "transform_keys", []))
+    cols = list(step.transform_keys)
     rows = []
     for spec in key_specs:
         row = {}
@@ -324,7 +328,7 @@ def eval_command(target: str, step_names: tuple[str, ...], key_specs: tuple[str,
     """Run a step on the current inputs of some keys and print what it would write; writes nothing."""
     _, steps = _steps(target, step_names)
     step = _one_keyed_step(steps, step_names)
-    click.echo(str(step.eval(_parse_keys(step, key_specs))))  # type: ignore[attr-defined]
+    click.echo(str(step.eval(_parse_keys(step, key_specs))))
 
 
 if __name__ == "__main__":

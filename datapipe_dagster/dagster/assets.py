@@ -16,9 +16,9 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from datapipe_dagster.compute.catalog import ComputeStep
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.metadata import (
     check_metadata,
@@ -58,18 +58,14 @@ class PartitionOutcome:
 class StepRunner:
     """Runs a keyed step (``get_stale_keys`` / ``get_all_keys`` / ``process_keys``) over partitions."""
 
-    def __init__(self, step: Any, props: StepProps, parts: BucketPartitions | None):
+    def __init__(self, step: KeyedStep, props: StepProps, parts: BucketPartitions | None):
         self.step = step
         self.props = props
         self.parts = parts if props.partitioned else None
 
     @property
     def key_cols(self) -> list[str]:
-        return (
-            list(self.step.key_cols)
-            if hasattr(self.step, "key_cols")
-            else list(self.props.transform_keys or ())
-        )
+        return list(self.step.key_cols)
 
     @property
     def _tk(self) -> list[str]:
@@ -136,7 +132,7 @@ def failure_message(name: str, failed: pd.DataFrame, key_cols: list[str], total:
 
 
 def build_step_asset(
-    step: ComputeStep,
+    step: Step,
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions | None,
@@ -152,8 +148,7 @@ def build_step_asset(
     """
     out_specs = specs.step_specs[props.name]
     check_specs = specs.check_specs.get(props.name, [])
-    keyed = props.transform_keys is not None
-    runner = StepRunner(step, props, parts) if keyed else None
+    runner = StepRunner(step, props, parts) if isinstance(step, KeyedStep) else None
     partitioned = runner is not None and runner.parts is not None
     kind = "keyed by " + ", ".join(props.transform_keys) if props.transform_keys else "unpartitioned"
     description = f"{props.kind} `{props.name}`: {', '.join(props.inputs) or '(no inputs)'} -> {', '.join(props.outputs)} ({kind})."
@@ -211,8 +206,9 @@ def build_step_asset(
                 asset_key=spec.key,
                 metadata={c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"},
             )
-        for cs in check_specs:
-            yield failed_keys_check(step, cs, key_cols, runner.parts if runner is not None else None)
+        if runner is not None:  # checks are declared for keyed steps only
+            for cs in check_specs:
+                yield failed_keys_check(runner.step, cs, key_cols, runner.parts)
         if run_failed and fail_run_on_failed_keys:
             failed = failed_with_partitions(
                 pd.concat(run_failed, ignore_index=True), runner.parts if runner else None, runner_tk
@@ -234,7 +230,7 @@ def _tag_run(context: AssetExecutionContext, summary: str) -> None:
 
 
 def failed_keys_check(
-    step: Any, spec: dg.AssetCheckSpec, key_cols: list[str], parts: BucketPartitions | None = None
+    step: KeyedStep, spec: dg.AssetCheckSpec, key_cols: list[str], parts: BucketPartitions | None = None
 ) -> dg.AssetCheckResult:
     """Red while any key of ``step`` is failing (whichever partition it is in), with keys, their
     partitions and errors."""

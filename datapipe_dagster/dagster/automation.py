@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import StepProps
 
@@ -27,7 +28,7 @@ class StalePartitionsCondition(dg.AutomationCondition):
         parts: the step's hash-bucket partitions, or None for an unpartitioned step.
     """
 
-    def __init__(self, step: Any, props: StepProps, parts: BucketPartitions | None):
+    def __init__(self, step: KeyedStep, props: StepProps, parts: BucketPartitions | None):
         self.step = step
         self.props = props
         self.parts = parts if props.partitioned else None
@@ -68,7 +69,7 @@ class StalePartitionsCondition(dg.AutomationCondition):
         return dg.AutomationResult(context, true_subset=true)
 
 
-def stale_condition(step: Any, props: StepProps, parts: BucketPartitions | None) -> dg.AutomationCondition:
+def stale_condition(step: KeyedStep, props: StepProps, parts: BucketPartitions | None) -> dg.AutomationCondition:
     """Request the partitions holding stale keys, unless a run of them or of an upstream asset is in
     progress (the next evaluation after it finishes requests what is still stale)."""
     return (

@@ -16,6 +16,7 @@ import dagster as dg
 from datapipe_dagster.compute.catalog import Catalog, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.run import build_compute
+from datapipe_dagster.compute.steps import KeyedStep, Step, is_keyed
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.assets import build_step_asset
 from datapipe_dagster.dagster.automation import stale_condition
@@ -132,11 +133,11 @@ def build_definitions(
             continue  # a step without output tables has no asset to materialize
         sources = {
             dt.name: (specs.key(dt.name), dt)
-            for dt in getattr(step, "input_dts", [])
+            for dt in step.input_dts
             if dt.name in unobserved
         }
-        conditioned = automation == "conditions" and _keyed(step, props)
-        if conditioned:
+        conditioned = automation == "conditions" and is_keyed(step)
+        if conditioned and isinstance(step, KeyedStep):
             cond = stale_condition(step, props, parts)
             specs.step_specs[props.name] = [
                 spec.replace_attributes(automation_condition=cond) for spec in specs.step_specs[props.name]
@@ -190,12 +191,7 @@ def build_definitions(
     )
 
 
-def _keyed(step: Any, props: StepProps) -> bool:
-    """A step whose stale keys the engine computes (not an external table's scan step)."""
-    return props.transform_keys is not None and not callable(getattr(step, "scan", None))
-
-
-def _upstream(i: int, steps: Sequence[Any], specs: DatapipeSpecs, writer: dict[str, int]) -> Upstream:
+def _upstream(i: int, steps: Sequence[Step], specs: DatapipeSpecs, writer: dict[str, int]) -> Upstream:
     """The steps writing step ``i``'s inputs, directly or through other steps (and their assets)."""
     seen: set[int] = set()
     todo = list(specs.steps[i].inputs)
@@ -204,7 +200,7 @@ def _upstream(i: int, steps: Sequence[Any], specs: DatapipeSpecs, writer: dict[s
         if j is not None and j not in seen and j != i:
             seen.add(j)
             todo.extend(specs.steps[j].inputs)
-    keyed = [(specs.steps[j].name, steps[j]) for j in sorted(seen) if specs.steps[j].transform_keys is not None]
+    keyed = [(specs.steps[j].name, s) for j in sorted(seen) if isinstance(s := steps[j], KeyedStep)]
     keys = {specs.key(t) for j in seen for t in specs.steps[j].outputs}
     return Upstream(steps=keyed, asset_keys=keys)
 

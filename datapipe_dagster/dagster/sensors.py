@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from dagster import SensorEvaluationContext
 
 from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.steps import KeyedStep, ScanningStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
@@ -102,7 +103,7 @@ class StaleTick:
 
     def __init__(
         self,
-        step: Any,
+        step: KeyedStep,
         props: StepProps,
         specs: DatapipeSpecs,
         parts: BucketPartitions | None,
@@ -141,7 +142,7 @@ class StaleTick:
         if reason == "code_version":
             tags[c.TAG_RETRY_FAILED] = "true"
         partition_key = None
-        if first is not None and first != last:
+        if first is not None and last is not None and first != last:
             tags[c.RANGE_START_TAG] = first
             tags[c.RANGE_END_TAG] = last
         elif first is not None:
@@ -282,7 +283,7 @@ def pending_runs(
 class Upstream:
     """The steps that write a step's inputs, directly or through other steps."""
 
-    steps: list[tuple[str, Any]]  # (name, step) of keyed upstream steps
+    steps: list[tuple[str, KeyedStep]]  # (name, step) of keyed upstream steps
     asset_keys: set[dg.AssetKey]
 
     def blocking(self, instance: dg.DagsterInstance, limit: int = 500) -> str | None:
@@ -302,7 +303,7 @@ class InputsTick:
 
     def __init__(
         self,
-        step: Any,
+        step: Step,
         props: StepProps,
         specs: DatapipeSpecs,
         ds: DataStore,
@@ -342,7 +343,7 @@ class ScanTick:
     changed as an asset observation. The scan records the changes in the row metadata, so the sensors of
     the transforms reading the table then request exactly the partitions those rows fall in."""
 
-    def __init__(self, step: Any, props: StepProps, specs: DatapipeSpecs, in_run: bool = False):
+    def __init__(self, step: ScanningStep, props: StepProps, specs: DatapipeSpecs, in_run: bool = False):
         self.step = step
         self.props = props
         self.in_run = in_run
@@ -390,19 +391,14 @@ class ScanTick:
         return dg.SensorResult(asset_events=events, cursor=cursor_text)
 
 
-def scan_in_run(step: Any) -> bool:
-    """Whether an external table's scan belongs in a run rather than a sensor tick: a full scan reads
-    and hashes every row (cost grows with the table); a folder listing (size + mtime) and an updated-at
-    scan read only what changed, cheap enough for a tick."""
-    from datapipe_dagster.store.filedir import TableStoreFiledir
-
-    if getattr(step, "updated_at_column", None) is not None:
-        return False
-    return not isinstance(getattr(getattr(step, "dt", None), "store", None), TableStoreFiledir)
+def scan_in_run(step: ScanningStep) -> bool:
+    """Whether an external table's scan belongs in a run rather than a sensor tick: a scan that reads
+    every row (cost grows with the table) does; one that reads only what changed is cheap enough for a tick."""
+    return not step.incremental_scan
 
 
 def build_step_sensor(
-    step: Any,
+    step: Step,
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions | None,
@@ -423,7 +419,7 @@ def build_step_sensor(
     ``sources`` (name -> (asset key, DataTable)): source tables whose changes this sensor reports as
     asset observations (each source table is observed by one sensor only).
     """
-    if callable(getattr(step, "scan", None)):
+    if isinstance(step, ScanningStep):
         in_run = scan_in_run(step) if external_scans == "auto" else external_scans == "run"
         tick: Any = ScanTick(step, props, specs, in_run=in_run)
         what = (
@@ -431,12 +427,12 @@ def build_step_sensor(
             if in_run
             else "scans the external table and records what changed (transforms reading it then go stale)"
         )
-    elif props.transform_keys is not None:
+    elif isinstance(step, KeyedStep):
         tick = StaleTick(
             step, props, specs, parts, ds, reparse_on_code_change, sources, max_upstream_wait=max_upstream_wait
         )
         what = "requests runs for the partitions holding stale keys"
-    elif props.inputs and hasattr(step, "input_dts"):
+    elif step.input_dts:
         tick = InputsTick(step, props, specs, ds, sources)
         what = "requests a run when an input changes"
     else:

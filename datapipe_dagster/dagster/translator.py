@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from datapipe_dagster.compute.catalog import Catalog, ComputeStep
+from datapipe_dagster.compute.catalog import Catalog
+from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.errors import ConfigurationError
@@ -132,17 +133,15 @@ class DatapipeSpecs:
         return None
 
 
-def step_props(step: ComputeStep) -> StepProps:
-    """The frozen record of a compute step (BatchTransform or any other ComputeStep)."""
-    keyed = all(hasattr(step, a) for a in ("transform_keys", "get_stale_keys", "process_keys"))
-    keys = tuple(step.transform_keys) if keyed and step.transform_keys is not None else None
+def step_props(step: Step) -> StepProps:
+    """The frozen record of a compute step; ``transform_keys`` is None unless it is a ``KeyedStep``."""
     return StepProps(
         name=step.name,
         kind=type(step).__name__,
-        inputs=tuple(dt.name for dt in getattr(step, "input_dts", []) or []),
-        outputs=tuple(dt.name for dt in getattr(step, "output_dts", []) or []),
-        transform_keys=keys if keyed else None,
-        code_version=getattr(step, "code_version", None),
+        inputs=tuple(dt.name for dt in step.input_dts),
+        outputs=tuple(dt.name for dt in step.output_dts),
+        transform_keys=tuple(step.transform_keys) if isinstance(step, KeyedStep) else None,
+        code_version=step.code_version,
     )
 
 
@@ -167,7 +166,7 @@ def table_props(catalog: Catalog, name: str, writer: str | None) -> TableProps:
 
 def build_specs(
     catalog: Catalog,
-    steps: Sequence[ComputeStep],
+    steps: Sequence[Step],
     translator: DatapipeTranslator,
     parts: BucketPartitions | None,
 ) -> DatapipeSpecs:
