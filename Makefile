@@ -26,9 +26,11 @@ test: $(STAMP) browser
 
 # The quick loop: engine and Dagster unit tests on SQLite, on FAST_WORKERS processes (pytest-xdist).
 # Left out (`make test` runs them): tests marked slow (a live `dagster dev`, a browser, the whole demo),
-# the PostgreSQL variants, and the example/README/docs checks that start Python processes.
+# the PostgreSQL variants, the example/README/docs checks that start Python processes, the reliability
+# suite (kills, faults, interleavings, the bad-input matrix) and the `dg` / Celery subprocess tests.
 FAST_WORKERS ?= 2
-FAST_SKIP := tests/test_readme.py tests/test_docs_links.py tests/test_example_project.py tests/test_dev_seed.py tests/test_seed_notebook.py
+FAST_SKIP := tests/test_readme.py tests/test_docs_links.py tests/test_example_project.py tests/test_dev_seed.py tests/test_seed_notebook.py \
+	tests/reliability tests/test_component.py tests/test_scale_celery.py
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -k "not postgres" -n $(FAST_WORKERS) $(addprefix --ignore=,$(FAST_SKIP)) $(PYTEST_ARGS)
 
