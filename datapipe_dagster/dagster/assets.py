@@ -88,6 +88,9 @@ class StepRunner:
         """
         if mode == c.MODE_STALE:
             keys = self.step.get_stale_keys(include_failed=retry_failed)
+        elif self.parts is not None and partitions is not None and hasattr(self.step, "get_partition_keys"):
+            # A reparse reads only its partitions' hash ranges from the state's index (no key-space scan).
+            return self.step.get_partition_keys(self.parts.n, [self.parts.bucket_of(p) for p in partitions])
         else:
             keys = self.step.get_all_keys()
         return self._in(keys, partitions)
