@@ -19,6 +19,7 @@ from datapipe_dagster.compute.run import build_compute
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.assets import build_step_asset
 from datapipe_dagster.dagster.automation import stale_condition
+from datapipe_dagster.dagster.fanout import build_fanout_step_asset
 from datapipe_dagster.dagster.io_manager import Binding, DatapipeIOManager
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.sensors import Upstream, build_step_sensor
@@ -62,6 +63,8 @@ def build_definitions(
     max_upstream_wait_seconds: float = 120.0,
     automation: str = "sensors",
     external_scans: str = "auto",
+    fan_out_partitions: bool = False,
+    max_partitions_per_run: int | None = None,
 ) -> dg.Definitions:
     """Dagster definitions for a pipeline: table assets, step multi-assets, sensors, checks, IO manager.
 
@@ -142,10 +145,9 @@ def build_definitions(
                 spec.replace_attributes(automation_condition=cond) for spec in specs.step_specs[props.name]
             ]
             automated.extend(spec.key for spec in specs.step_specs[props.name])
+        build = build_fanout_step_asset if fan_out_partitions and parts and props.partitioned and _keyed(step, props) else build_step_asset
         all_assets.append(
-            build_step_asset(
-                step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys
-            )
+            build(step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys)
         )
         if conditioned:
             continue
