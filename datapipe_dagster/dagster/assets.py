@@ -165,7 +165,7 @@ def build_step_asset(
         name=c.op_name(props.name),
         specs=out_specs,
         check_specs=check_specs or None,
-        backfill_policy=dg.BackfillPolicy.single_run() if partitioned else None,
+        backfill_policy=runner.parts.backfill_policy() if runner is not None and runner.parts is not None else None,
         can_subset=False,  # the engine writes all outputs of a key in one transaction
         description=description,
         op_tags={"datapipe/step": props.name},

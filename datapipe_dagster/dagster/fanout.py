@@ -15,8 +15,8 @@ steps, so the steps only need the same code, environment and database.
 from typing import Any
 
 import dagster as dg
-from dagster import AssetExecutionContext, OpExecutionContext
 import pandas as pd
+from dagster import AssetExecutionContext, OpExecutionContext
 
 from datapipe_dagster.compute.catalog import ComputeStep
 from datapipe_dagster.compute.datatable import DataStore
@@ -176,7 +176,7 @@ def build_fanout_step_asset(
         outs=outs,
         ins=ins,
         partitions_def=parts.definition,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=parts.backfill_policy(),
         can_subset=False,
         check_specs=check_specs or None,
     )
