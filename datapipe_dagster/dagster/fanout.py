@@ -10,8 +10,6 @@ once. The engine commits each partition's outputs itself; nothing but those summ
 steps, so the steps only need the same code, environment and database.
 """
 
-
-
 from typing import Any
 
 import dagster as dg
