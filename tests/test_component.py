@@ -168,6 +168,18 @@ def test_relative_sqlite_path_is_relative_to_the_project_root() -> None:
 # --- equivalence with build_definitions ------------------------------------------------------------------
 
 
+def sensor_targets(sensor: dg.SensorDefinition, defs: dg.Definitions) -> list[str]:
+    """The assets a sensor launches runs of: its asset selection, or the assets of the jobs it targets
+    (each step's sensor launches that step's job)."""
+    graph = defs.resolve_asset_graph()
+    if sensor.asset_selection is not None:
+        return sorted(map(str, sensor.asset_selection.resolve(graph)))
+    keys = set()
+    for t in sensor.targets:
+        keys |= set(defs.resolve_job_def(t.job_name).asset_layer.selected_asset_keys)
+    return sorted(map(str, keys))
+
+
 def shape(defs: dg.Definitions) -> dict[str, Any]:
     """What a user sees of a code location: every spec, partitions, backfill policies, sensors and checks."""
     specs = {}
@@ -180,7 +192,7 @@ def shape(defs: dg.Definitions) -> dict[str, Any]:
         "specs": specs,
         "backfill": {k: graph.get(k).backfill_policy for k in graph.get_all_asset_keys()},
         "sensors": sorted(
-            (s.name, s.minimum_interval_seconds, s.default_status, sorted(map(str, s.asset_selection.resolve(graph))))
+            (s.name, s.minimum_interval_seconds, s.default_status, sensor_targets(s, defs))
             for s in defs.sensors
         ),
         "checks": sorted(map(str, graph.asset_check_keys)),
@@ -240,7 +252,7 @@ def test_example_defs_folder_equals_make_definitions(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["7", "4", "4"]
+    assert proc.stdout.split() == ["7", "4", "5"]  # specs, sensors, checks (one per transform output)
     assert not (tmp_path / "ex.sqlite").exists()
 
 
@@ -295,8 +307,9 @@ def test_translation_sets_per_table_attributes(tmp_path: Path) -> None:
         assert shape(defs)["sensors"][0][3] == [str(counts)]
         with dg.instance_for_test() as instance:
             materialize_starter(defs, instance, events, counts)
+            first = defs.resolve_assets_def(counts).partitions_def.get_partition_keys()[0]
             res = defs.resolve_implicit_job_def_def_for_assets([counts]).execute_in_process(
-                instance=instance, asset_selection=[counts], partition_key="0"
+                instance=instance, asset_selection=[counts], partition_key=first
             )
             assert res.success
     assert rows(db, "user_counts") == COUNTS  # tables keep their names; only the asset keys changed
@@ -359,12 +372,11 @@ def test_wrong_type_or_attribute_names_it(tmp_path: Path) -> None:
 
 def test_automation_conditions(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "a.sqlite")
-    if "automation" in inspect.signature(build_definitions).parameters:
-        with loaded(attrs(url, automation="conditions")) as (component, _defs, _root):
-            assert component.automation == "conditions"
-    else:  # until build_definitions offers declarative automation, the component refuses it clearly
-        err = load_error(attrs(url, automation="conditions"))
-        assert "attribute `automation`: 'conditions'" in err and "not available yet" in err and "use 'sensors'" in err
+    with loaded(attrs(url, automation="conditions")) as (component, defs, _root):
+        assert component.automation == "conditions"
+        assert "count_events_stale_sensor" not in [s.name for s in defs.sensors]
+        counts = defs.resolve_assets_def(K("user_counts")).specs_by_key[K("user_counts")]
+        assert counts.automation_condition is not None
     with loaded(attrs(url, automation="sensors")) as (_, defs, _root):
         assert [s.name for s in defs.sensors] == ["count_events_stale_sensor"]
     err = load_error(attrs(url, automation="cron"))

@@ -34,11 +34,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 Automation = Literal["sensors", "conditions"]
 
 
-def _supports_conditions() -> bool:
-    # Declarative automation is a build_definitions option once it exists; until then "conditions" is refused.
-    return "automation" in inspect.signature(build_definitions).parameters
-
-
 def _component_context(context: dg.ResolutionContext) -> dg.ComponentLoadContext | None:
     try:
         return dg.ComponentLoadContext.from_resolution_context(context)  # type: ignore[return-value]
@@ -148,16 +143,7 @@ def _resolve_assets(context: dg.ResolutionContext, value: Any) -> list[dg.Assets
 
 
 def _resolve_automation(context: dg.ResolutionContext, value: Any) -> str:
-    return _check_automation(context.resolve_value(value))
-
-
-def _check_automation(value: Any) -> str:
-    if value == "conditions" and not _supports_conditions():
-        raise ConfigurationError(
-            f"{COMPONENT} attribute `automation`: 'conditions' (declarative automation conditions) is not "
-            "available yet in this version of datapipe_dagster; use 'sensors'"
-        )
-    return value
+    return context.resolve_value(value)
 
 
 def _typed(attribute: str, tp: Any, description: str) -> dg.Resolver:
@@ -305,7 +291,7 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
             _resolve_automation,
             model_field_type=Automation,
             description="What launches runs for stale keys: 'sensors' (one per transform), or 'conditions' "
-            "(declarative automation conditions, when this version offers them).",
+            "(declarative automation conditions on the transforms' assets).",
         ),
     ] = "sensors"
     assets: Annotated[
@@ -355,7 +341,6 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
             assets += _check_assets(item, repr(item))
         extra: dict[str, Any] = {}
         if self.automation != "sensors":
-            _check_automation(self.automation)
             extra["automation"] = self.automation
         defs = build_definitions(
             catalog,
