@@ -150,3 +150,32 @@ def test_sixteen_partition_runs_two_at_a_time_beside_a_writer(scale_db: str, tmp
     cc, ip = expected(final)
     pdt.assert_frame_equal(table(ds, catalog, "click_count"), cc, check_dtype=False)
     pdt.assert_frame_equal(table(ds, catalog, "ip"), ip, check_dtype=False)
+
+
+def test_the_example_reads_its_scale_out_settings_from_the_environment(tmp_path) -> None:
+    """DATAPIPE_EXAMPLE_FAN_OUT / _MAX_PARTITIONS_PER_RUN reach build_definitions through the component,
+    and DATAPIPE_EXAMPLE_CELERY_BROKER makes the Celery executor the code location's executor."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import dagster as dg; from example_project.definitions import defs;"
+        "a = defs.resolve_assets_def(dg.AssetKey(['click_count']));"
+        "print(type(a.node_def).__name__, a.backfill_policy.max_partitions_per_run, getattr(defs.executor, 'name', None))"
+    )
+    env = {
+        **os.environ,
+        "DATAPIPE_EXAMPLE_DB": str(tmp_path / "example.sqlite"),
+        "DATAPIPE_EXAMPLE_FAN_OUT": "1",
+        "DATAPIPE_EXAMPLE_MAX_PARTITIONS_PER_RUN": "4",
+        "DATAPIPE_EXAMPLE_CELERY_BROKER": "redis://127.0.0.1:6379/0",
+    }
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["GraphDefinition", "4", "celery_example"]
+    for k in ("DATAPIPE_EXAMPLE_FAN_OUT", "DATAPIPE_EXAMPLE_MAX_PARTITIONS_PER_RUN", "DATAPIPE_EXAMPLE_CELERY_BROKER"):
+        env.pop(k)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["OpDefinition", "None", "None"]
