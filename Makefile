@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser test test-fast demo dev api simulate lint bench clean
+.PHONY: install browser test test-fast demo dev api simulate workers lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,19 @@ api: $(STAMP)
 
 simulate: $(STAMP)
 	$(PY) -m example_project.simulate --events 10000 --users 500 --rate 200/s
+
+# Two Dagster Celery workers for the example (README "Scaling out"): start `make dev` with
+# DATAPIPE_EXAMPLE_CELERY_BROKER set to the same broker (and DATAPIPE_EXAMPLE_FAN_OUT=1 to spread range runs).
+CELERY_BROKER ?= redis://127.0.0.1:6379/0
+WORKERS ?= 2
+workers: $(STAMP)
+	mkdir -p .dagster_home
+	test -f .dagster_home/dagster.yaml || cp example_project/dagster.yaml .dagster_home/dagster.yaml
+	for i in $$(seq 1 $(WORKERS)); do \
+	  DAGSTER_HOME=$(CURDIR)/.dagster_home DATAPIPE_EXAMPLE_CELERY_BROKER=$(CELERY_BROKER) \
+	  $(VENV)/bin/celery -A dagster_celery.app -b $(CELERY_BROKER) --result-backend $(CELERY_BROKER) \
+	    worker --pool=solo --prefetch-multiplier=1 -Q dagster -n w$$i@%h & \
+	done; wait
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check datapipe_dagster example_project tests benchmarks

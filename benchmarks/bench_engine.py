@@ -23,7 +23,7 @@ import uuid
 import sqlalchemy as sa
 
 from benchmarks.workload import build, clicks_ip, make_events, schemas
-from datapipe_dagster import DBConn, build_compute, run_steps
+from datapipe_dagster import ChangeList, DBConn, build_compute, run_steps, run_steps_changelist
 from datapipe_dagster.store.schema import to_records
 
 PG_ADMIN = os.environ.get("DATAPIPE_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -134,6 +134,17 @@ def bench_one(backend: str, n: int, users: int, chunk_size: int, workdir: str) -
         assert summary.steps[0].keys_processed == 1, summary
         got = catalog.get_datatable(ds, "ip").get_data(ev[["user_id"]])
         assert list(got["ip"]) == ["192.168.0.1"], got
+        many = df.iloc[[(n // 1000) * i + 1 for i in range(1000)]].copy()
+        many["event"] = [{"event_type": "click", "ip": "10.0.0.2"}] * len(many)
+        t0 = time.perf_counter()
+        events.store_chunk(many)
+        summary = run_steps(ds, steps)
+        thousand = time.perf_counter() - t0
+        assert summary.steps[0].keys_processed == many["user_id"].nunique(), summary
+        many["event"] = [{"event_type": "click", "ip": "10.0.0.3"}] * len(many)
+        t0 = time.perf_counter()
+        run_steps_changelist(ds, steps, ChangeList.create("events", events.store_chunk(many)))
+        thousand_cl = time.perf_counter() - t0
         # correctness against the naive result
         with dbconn.engine.connect() as c:
             naive_n = c.execute(sa.text("select count(*) from naive_click_count")).scalar_one()
@@ -142,6 +153,7 @@ def bench_one(backend: str, n: int, users: int, chunk_size: int, workdir: str) -
         return {
             "store_rps": store_rps, "bulk_rps": bulk_rps, "naive_s": naive, "full_s": full["elapsed"],
             "ratio": full["elapsed"] / naive, "nothing_ms": nothing * 1000, "one_ms": one * 1000,
+            "thousand_s": thousand, "thousand_cl_s": thousand_cl,
             "peak_mb": full["peak_mb"], "base_mb": full["base_mb"],
         }
     finally:
@@ -166,13 +178,13 @@ def main() -> None:
                 r = bench_one(backend, n, u, a.chunk_size, workdir)
                 rows.append((backend, n, u, r))
                 print(f"done {backend} {n}: {r}", file=sys.stderr, flush=True)
-    hdr = "| backend | events | users | store_chunk rows/s | plain insert rows/s | naive recompute s | first run s | first/naive | nothing stale ms | 1 change ms | full-run peak RSS MB (after imports) |"
+    hdr = "| backend | events | users | store_chunk rows/s | plain insert rows/s | naive recompute s | first run s | first/naive | nothing stale ms | 1 change ms | 1,000 changes + run s | 1,000 changes, changelist s | full-run peak RSS MB (after imports) |"
     print(hdr)
     print("|---" * (hdr.count("|") - 1) + "|")
     for backend, n, u, r in rows:
         print(
             f"| {backend} | {n:,} | {u:,} | {r['store_rps']:,.0f} | {r['bulk_rps']:,.0f} | {r['naive_s']:.2f} | {r['full_s']:.2f} | "
-            f"{r['ratio']:.2f}x | {r['nothing_ms']:.1f} | {r['one_ms']:.1f} | {r['peak_mb']:.0f} ({r['base_mb']:.0f}) |"
+            f"{r['ratio']:.2f}x | {r['nothing_ms']:.1f} | {r['one_ms']:.1f} | {r['thousand_s']:.2f} | {r['thousand_cl_s']:.2f} | {r['peak_mb']:.0f} ({r['base_mb']:.0f}) |"
         )
 
 

@@ -11,15 +11,6 @@ IndexDF: TypeAlias = pd.DataFrame
 """A DataFrame holding only key columns: the keys of rows, no data."""
 
 
-def index_union(a: IndexDF | None, b: IndexDF) -> IndexDF:
-    """Union of two key frames with the same columns, without duplicates."""
-    if a is None or a.empty:
-        return b.drop_duplicates().reset_index(drop=True)
-    if b.empty:
-        return a
-    return pd.concat([a, b[list(a.columns)]], ignore_index=True).drop_duplicates().reset_index(drop=True)
-
-
 class ChangeList:
     """Keys of rows changed per table, fed to ``run_steps_changelist``.
 
@@ -29,7 +20,11 @@ class ChangeList:
     """
 
     def __init__(self) -> None:
-        self.changes: dict[str, IndexDF] = {}
+        # Appended frames wait here and are concatenated and de-duplicated once, when read: appending
+        # one chunk's keys must not re-process everything appended before (that made a full run
+        # quadratic in its number of chunks).
+        self._parts: dict[str, list[IndexDF]] = {}
+        self._merged: dict[str, IndexDF] = {}
 
     @classmethod
     def create(cls, name: str, idx: IndexDF) -> ChangeList:
@@ -37,22 +32,50 @@ class ChangeList:
         cl.append(name, idx)
         return cl
 
+    @property
+    def changes(self) -> dict[str, IndexDF]:
+        """The changed keys per table, without duplicates (a fresh dict; its frames must not be mutated)."""
+        return {name: self._get(name) for name in self._parts}
+
     def append(self, table_name: str, idx: IndexDF) -> None:
-        """Record that rows with keys ``idx`` of ``table_name`` changed."""
+        """Record that rows with keys ``idx`` of ``table_name`` changed (O(len(idx)))."""
+        parts = self._parts.setdefault(table_name, [])
         if idx is None or len(idx) == 0:
-            self.changes.setdefault(table_name, pd.DataFrame(columns=list(getattr(idx, "columns", []))))
+            if not parts and table_name not in self._merged:
+                self._merged[table_name] = pd.DataFrame(columns=list(getattr(idx, "columns", [])))
             return
-        self.changes[table_name] = index_union(self.changes.get(table_name), idx)
+        parts.append(idx)
 
     def extend(self, other: ChangeList) -> None:
-        for name, idx in other.changes.items():
-            self.append(name, idx)
+        for name, parts in other._parts.items():
+            merged = other._merged.get(name)
+            if merged is not None:
+                self.append(name, merged)
+            self._parts.setdefault(name, [])
+            for part in parts:
+                self.append(name, part)
+
+    def _get(self, table_name: str) -> IndexDF:
+        parts = self._parts.get(table_name, [])
+        merged = self._merged.get(table_name)
+        if parts:
+            frames = [merged] if merged is not None and len(merged) else []
+            cols = list(parts[0].columns) if not frames else list(frames[0].columns)
+            frames += [p[cols] for p in parts]
+            merged = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+            self._merged[table_name] = merged
+            self._parts[table_name] = []
+        return merged if merged is not None else pd.DataFrame()
 
     def get(self, table_name: str) -> IndexDF | None:
-        return self.changes.get(table_name)
+        if table_name not in self._parts:
+            return None
+        return self._get(table_name)
 
     def empty(self) -> bool:
-        return all(len(v) == 0 for v in self.changes.values())
+        return all(
+            not any(len(p) for p in self._parts[n]) and len(self._merged.get(n, ())) == 0 for n in self._parts
+        )
 
     def __iter__(self) -> Iterator[tuple[str, IndexDF]]:
         return iter(self.changes.items())

@@ -10,13 +10,18 @@ only *declare* where data lives. Settings come from the environment so the same 
 - ``DATAPIPE_EXAMPLE_DB``: the data database (SQLite path or SQLAlchemy URL), default ``.demo/example.sqlite``;
 - ``DATAPIPE_EXAMPLE_PARTITIONS``: hash buckets per transform key (default 16);
 - ``DATAPIPE_EXAMPLE_SENSOR_INTERVAL``: seconds between sensor ticks (default 30, Dagster's floor is 5);
-- ``DATAPIPE_EXAMPLE_SENSORS_RUNNING``: ``1`` to start the sensors as running (default: off until turned on).
+- ``DATAPIPE_EXAMPLE_SENSORS_RUNNING``: ``1`` to start the sensors as running (default: off until turned on);
+- ``DATAPIPE_EXAMPLE_FAN_OUT``: ``1`` to run each partition of a range run as its own step;
+- ``DATAPIPE_EXAMPLE_MAX_PARTITIONS_PER_RUN``: split backfills and sensor requests into runs of at most N;
+- ``DATAPIPE_EXAMPLE_CELERY_BROKER``: a broker URL (e.g. ``redis://127.0.0.1:6379/0``): the asset jobs run
+  on Dagster's Celery executor, whose workers (``make workers``) execute the steps.
 
 ``make_definitions`` builds the same definitions in Python on a given store (the demo and tests use it).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,4 +63,15 @@ def datapipe_target() -> SimpleNamespace:
     return SimpleNamespace(catalog=store.catalog, pipeline=make_pipeline(), datastore=store.ds)
 
 
-defs = dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent)
+def _with_celery(defs: dg.Definitions) -> dg.Definitions:
+    """``defs`` on the Celery executor when ``DATAPIPE_EXAMPLE_CELERY_BROKER`` is set (else unchanged)."""
+    broker = os.environ.get("DATAPIPE_EXAMPLE_CELERY_BROKER")
+    if not broker:
+        return defs
+    from dagster_celery import celery_executor  # the `celery` extra
+
+    executor = celery_executor.configured({"broker": broker, "backend": broker}, name="celery_example")
+    return dg.Definitions.merge(defs, dg.Definitions(executor=executor))
+
+
+defs = _with_celery(dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent))

@@ -7,15 +7,17 @@ import inspect
 import logging
 import time
 import traceback as tb
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult, analyze, key_positions
+from datapipe_dagster.compute.partitioning import bucket_ranges, key_buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.stale import (
     InputRole,
@@ -261,6 +263,24 @@ class BatchTransformStep(ComputeStep):
             return pd.DataFrame({ALL_KEY: [0]}, dtype="int64")
         with self.ds.meta_dbconn.connect() as conn:
             return self._typed(all_keys_query(conn, self._scan_roles(), tmeta, self.transform_keys))
+
+    def get_partition_keys(self, n: int, buckets: Iterable[int]) -> pd.DataFrame:
+        """Every key of hash ``buckets`` out of ``n`` (``compute.partitioning``), for a reparse of those
+        partitions: the keys in the transform state whose hash lies in the buckets' ranges (an index range
+        scan, proportional to the partitions) and the stale keys of those buckets (new keys included).
+
+        Equal to ``get_all_keys()`` restricted to ``buckets``, without listing the whole key space.
+        """
+        if self.keyless:
+            return self.get_all_keys()
+        wanted = sorted(set(buckets))
+        tmeta = self.meta
+        with self.ds.meta_dbconn.connect() as conn:
+            recorded = tmeta.keys_in_hash_ranges(conn, bucket_ranges(wanted, n))
+        stale = self.get_stale_keys(advance_watermark=False)
+        stale = stale.loc[np.isin(key_buckets(stale, self.transform_keys, n), wanted)]
+        both = pd.concat([self._typed(recorded), stale], ignore_index=True).drop_duplicates()
+        return self._typed(both)
 
     def failed_keys(self, limit: int | None = None) -> pd.DataFrame:
         """Keys whose last attempt failed, with ``error``, ``traceback`` and ``process_ts``."""

@@ -84,6 +84,9 @@ class StepRunner:
         """
         if mode == c.MODE_STALE:
             keys = self.step.get_stale_keys(include_failed=retry_failed)
+        elif self.parts is not None and partitions is not None and hasattr(self.step, "get_partition_keys"):
+            # A reparse reads only its partitions' hash ranges from the state's index (no key-space scan).
+            return self.step.get_partition_keys(self.parts.n, [self.parts.bucket_of(p) for p in partitions])
         else:
             keys = self.step.get_all_keys()
         return self._in(keys, partitions)
@@ -157,7 +160,7 @@ def build_step_asset(
         name=c.op_name(props.name),
         specs=out_specs,
         check_specs=check_specs or None,
-        backfill_policy=dg.BackfillPolicy.single_run() if partitioned else None,
+        backfill_policy=runner.parts.backfill_policy() if runner is not None and runner.parts is not None else None,
         can_subset=False,  # the engine writes all outputs of a key in one transaction
         description=description,
         op_tags={"datapipe/step": props.name},

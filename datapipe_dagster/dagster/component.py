@@ -294,6 +294,23 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
             "(declarative automation conditions on the transforms' assets).",
         ),
     ] = "sensors"
+    fan_out_partitions: Annotated[
+        bool,
+        _typed(
+            "fan_out_partitions",
+            bool,
+            "A run over N partitions of a transform executes as N Dagster steps (one per partition), so the "
+            "run's executor (multiprocess, Celery, Kubernetes) spreads them.",
+        ),
+    ] = False
+    max_partitions_per_run: Annotated[
+        int | None,
+        _typed(
+            "max_partitions_per_run",
+            int | None,
+            "Backfills and sensor requests are split into runs of at most this many partitions.",
+        ),
+    ] = None
     assets: Annotated[
         list[Any],
         dg.Resolver(
@@ -342,6 +359,10 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
         extra: dict[str, Any] = {}
         if self.automation != "sensors":
             extra["automation"] = self.automation
+        if self.fan_out_partitions:
+            extra["fan_out_partitions"] = True
+        if self.max_partitions_per_run is not None:
+            extra["max_partitions_per_run"] = self.max_partitions_per_run
         defs = build_definitions(
             catalog,
             pipeline,

@@ -20,6 +20,7 @@ from datapipe_dagster.compute.steps import KeyedStep, Step, is_keyed
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.assets import build_step_asset
 from datapipe_dagster.dagster.automation import stale_condition
+from datapipe_dagster.dagster.fanout import build_fanout_step_asset
 from datapipe_dagster.dagster.io_manager import Binding, DatapipeIOManager
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.sensors import Upstream, build_step_sensor
@@ -63,6 +64,8 @@ def build_definitions(
     max_upstream_wait_seconds: float = 120.0,
     automation: str = "sensors",
     external_scans: str = "auto",
+    fan_out_partitions: bool = False,
+    max_partitions_per_run: int | None = None,
 ) -> dg.Definitions:
     """Dagster definitions for a pipeline: table assets, step multi-assets, sensors, checks, IO manager.
 
@@ -89,7 +92,9 @@ def build_definitions(
         executor: the executor of the runs the sensors launch (one job per step, ``<step>_job``). The
             default, in-process, runs the one step of such a run in the run's own process instead of
             starting a subprocess for it (seconds saved per run). None: sensors target the assets
-            directly and runs use the code location's default executor.
+            directly and runs use the code location's default executor. Any other executor (e.g.
+            ``dagster_celery.celery_executor.configured({...})``) is also the code location's default,
+            so UI runs, backfills and ``dagster asset materialize`` use it too.
         max_upstream_wait_seconds: a step's sensor does not request runs while a step upstream of it
             has a queued or running run, or stale keys its own sensor is about to request (the
             downstream run would read inputs about to change, then run again). It waits at most this
@@ -105,6 +110,13 @@ def build_definitions(
             with the table, in runs; folder listings and updated-at scans, which read only what changed,
             in the tick.
 
+        fan_out_partitions: a partitioned step becomes a graph: a run over N partitions executes as N
+            Dagster steps (one per partition) plus a fan-in that reports the materializations and checks,
+            so the run's executor (multiprocess, Celery, Kubernetes) spreads the partitions. Only
+            partition keys and small summaries pass between the steps.
+        max_partitions_per_run: backfills (``BackfillPolicy.multi_run``) and sensor requests are split
+            into runs of at most this many partitions, for run launchers that spread runs.
+
     Returns:
         Definitions that can be merged with the user's own (``dg.Definitions.merge``).
     """
@@ -113,7 +125,7 @@ def build_definitions(
     if automation not in ("sensors", "conditions"):
         raise ConfigurationError(f"automation must be 'sensors' or 'conditions', got {automation!r}")
     steps = build_compute(datastore, catalog, pipeline)  # binds declarations; opens no connection
-    parts = BucketPartitions(partitions) if partitions else None
+    parts = BucketPartitions(partitions, max_per_run=max_partitions_per_run) if partitions else None
     translator = translator or DatapipeTranslator(key_prefix=key_prefix, group_name=group_name)
     specs = build_specs(catalog, steps, translator, parts)
     user_keys = _keys_of(assets)
@@ -143,10 +155,9 @@ def build_definitions(
                 spec.replace_attributes(automation_condition=cond) for spec in specs.step_specs[props.name]
             ]
             automated.extend(spec.key for spec in specs.step_specs[props.name])
+        build = build_fanout_step_asset if fan_out_partitions and parts and props.partitioned and _keyed(step, props) else build_step_asset
         all_assets.append(
-            build_step_asset(
-                step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys
-            )
+            build(step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys)
         )
         if conditioned:
             continue
@@ -187,7 +198,13 @@ def build_definitions(
     all_assets.extend(assets)
     io_manager = DatapipeIOManager.bound(Binding(datastore, catalog, specs, parts), replace=replace_outputs)
     return dg.Definitions(
-        assets=all_assets, sensors=sensors, jobs=jobs, resources={io_manager_key: io_manager}
+        assets=all_assets,
+        sensors=sensors,
+        jobs=jobs,
+        resources={io_manager_key: io_manager},
+        # Any executor but the default also runs the code location's other asset jobs (UI runs,
+        # backfills, `dagster asset materialize`): that is how a fanned-out range run reaches workers.
+        executor=None if executor is None or executor is dg.in_process_executor else executor,
     )
 
 

@@ -22,6 +22,8 @@ class BucketPartitions:
     """N hash buckets of transform keys and the Dagster partitions definition naming them.
 
     Args:
+        max_per_run: runs cover at most this many partitions (backfills: ``BackfillPolicy.multi_run``;
+            sensor requests: ranges cut to this length). None: one run per contiguous range.
         n: number of buckets (1 … 10,000; Dagster slows down past tens of thousands of partitions, and
             every partition in a run costs tens of milliseconds of event-log writes). Keys are named
             ``00``…, as the module docstring says.
@@ -31,13 +33,24 @@ class BucketPartitions:
     MIN_WIDTH = 2
     """Partition keys have at least this many digits, whatever N (``00``, not ``0``)."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, max_per_run: int | None = None):
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.MAX:
             raise ConfigurationError(f"partitions must be an int between 1 and {self.MAX}, got {n!r}")
+        if max_per_run is not None and (
+            not isinstance(max_per_run, int) or isinstance(max_per_run, bool) or max_per_run < 1
+        ):
+            raise ConfigurationError(f"max_partitions_per_run must be an int >= 1 or None, got {max_per_run!r}")
         self.n = n
+        self.max_per_run = max_per_run
         self.width = max(self.MIN_WIDTH, len(str(n - 1)))
         self.keys = [self.key_of(b) for b in range(n)]
         self.definition = dg.StaticPartitionsDefinition(self.keys)
+
+    def backfill_policy(self) -> dg.BackfillPolicy:
+        """One run per backfill, or runs of at most ``max_per_run`` partitions."""
+        if self.max_per_run is None:
+            return dg.BackfillPolicy.single_run()
+        return dg.BackfillPolicy.multi_run(self.max_per_run)
 
     def key_of(self, bucket: int) -> str:
         """The partition key of a bucket number."""
@@ -76,16 +89,21 @@ class BucketPartitions:
             return []
         return [self.keys[b] for b in sorted(set(key_buckets(keys_df, key_cols, self.n).tolist()))]
 
-    def contiguous_ranges(self, partition_keys: Sequence[str]) -> list[tuple[str, str]]:
+    def contiguous_ranges(self, partition_keys: Sequence[str], max_len: int | None = None) -> list[tuple[str, str]]:
         """``partition_keys`` grouped into maximal runs of consecutive buckets, as (first, last) pairs.
 
         A Dagster run can cover several partitions only when they form a contiguous range, so a tick
         requests one run per range: exactly the partitions holding stale keys, in as few runs as possible.
+        ``max_len`` (default: ``max_per_run``): no range holds more than this many partitions, so a run
+        launcher can spread the runs.
         """
+        max_len = max_len if max_len is not None else self.max_per_run
         buckets = sorted({self.bucket_of(p) for p in partition_keys})
         ranges: list[tuple[str, str]] = []
         for b in buckets:
-            if ranges and self.bucket_of(ranges[-1][1]) == b - 1:
+            first = self.bucket_of(ranges[-1][0]) if ranges else 0
+            full = max_len is not None and ranges and b - first >= max_len
+            if ranges and self.bucket_of(ranges[-1][1]) == b - 1 and not full:
                 ranges[-1] = (ranges[-1][0], self.key_of(b))
             else:
                 ranges.append((self.key_of(b), self.key_of(b)))

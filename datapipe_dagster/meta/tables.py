@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.database import DBConn
 from datapipe_dagster.store.schema import to_records
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
@@ -150,7 +151,13 @@ class MetaTable:
 
 
 class TransformMetaTable:
-    """Per transform key: the sequence number it was last processed at and whether that succeeded."""
+    """Per transform key: the sequence number it was last processed at and whether that succeeded.
+
+    Each key's stable hash (``meta.keyhash.key_hash``) is kept in the indexed ``key_hash`` column, so the
+    keys of one hash range (a partition) are read by an index range scan.
+    """
+
+    BACKFILL_CHUNK = 10_000
 
     def __init__(self, dbconn: DBConn, name: str, key_schema: list[sa.Column]):
         self.dbconn = dbconn
@@ -166,11 +173,53 @@ class TransformMetaTable:
             sa.Column("is_success", sa.Boolean, nullable=False),
             sa.Column("error", sa.Text, nullable=True),
             sa.Column("traceback", sa.Text, nullable=True),
+            # Nullable only so a state table created before the column existed can gain it (ALTER TABLE).
+            sa.Column("key_hash", sa.BigInteger, nullable=True),
             sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_success"), "is_success"),
+            sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_key_hash"), "key_hash"),
         )
 
     def create(self) -> None:
         self.dbconn.ensure_table(self.table)
+        self._ensure_key_hash()
+
+    def _has_key_hash(self, conn: sa.Connection) -> bool:
+        cols = sa.inspect(conn).get_columns(self.table.name, schema=self.table.schema)
+        return any(c["name"] == "key_hash" for c in cols)
+
+    def _ensure_key_hash(self) -> None:
+        """Add and fill ``key_hash`` (and its index) in a state table created by an older version."""
+        with self.dbconn.connect() as conn:
+            if self._has_key_hash(conn):
+                return
+        with self.dbconn.begin_write() as conn:
+            if self._has_key_hash(conn):  # another process migrated it meanwhile
+                return
+            prep = conn.dialect.identifier_preparer
+            conn.execute(sa.text(f"ALTER TABLE {prep.format_table(self.table)} ADD COLUMN key_hash BIGINT"))
+            next(ix for ix in self.table.indexes if "key_hash" in ix.columns).create(conn)
+            t = self.table
+            keys = fetch_frame(conn, sa.select(*[t.c[k] for k in self.keys]), self.keys)
+            stmt = (
+                sa.update(t)
+                .where(*[t.c[k] == sa.bindparam(f"b_{k}") for k in self.keys])
+                .values(key_hash=sa.bindparam("b_key_hash"))
+            )
+            for start in range(0, len(keys), self.BACKFILL_CHUNK):
+                part = keys.iloc[start : start + self.BACKFILL_CHUNK]
+                recs = to_records(part.assign(key_hash=key_hash(part, self.keys)))
+                conn.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in recs])
+
+    def keys_in_hash_ranges(self, conn: sa.Connection, ranges: list[tuple[int, int]]) -> pd.DataFrame:
+        """The recorded keys whose ``key_hash`` lies in one of the half-open ``ranges`` (an index range
+        scan per range)."""
+        if not ranges:
+            return pd.DataFrame({k: [] for k in self.keys})
+        h = self.table.c.key_hash
+        stmt = sa.select(*[self.table.c[k] for k in self.keys]).where(
+            sa.or_(*[sa.and_(h >= lo, h < hi) for lo, hi in ranges])
+        )
+        return fetch_frame(conn, stmt, self.keys)
 
     def lock(self, conn: sa.Connection) -> None:
         """Serialise the commits of this transform until ``conn``'s transaction ends.
@@ -215,6 +264,7 @@ class TransformMetaTable:
         df["is_success"] = error is None
         df["error"] = error
         df["traceback"] = traceback
+        df["key_hash"] = key_hash(keys, self.keys)
         self.dbconn.upsert(conn, self.table, to_records(df), self.keys)
 
     def _mark_pg(
@@ -231,10 +281,12 @@ class TransformMetaTable:
 
         t = self.table
         recs = to_records(keys[self.keys])
+        cols = self.keys + ["key_hash"]
+        hashes = key_hash(keys, self.keys).tolist()
         arrays = [
             sa.bindparam(f"mk_{i}", value=[r[k] for r in recs], type_=ARRAY(t.c[k].type)) for i, k in enumerate(self.keys)
-        ]
-        u = sa.func.unnest(*arrays).table_valued(*self.keys).render_derived()
+        ] + [sa.bindparam("mk_hash", value=hashes, type_=ARRAY(sa.BigInteger))]
+        u = sa.func.unnest(*arrays).table_valued(*cols).render_derived()
         values = {
             "processed_seq": sa.literal(int(processed_seq), sa.BigInteger),
             "process_ts": sa.literal(float(now), sa.Float),
@@ -242,7 +294,7 @@ class TransformMetaTable:
             "error": sa.literal(error, sa.Text),
             "traceback": sa.literal(traceback, sa.Text),
         }
-        stmt = insert(t).from_select(self.keys + list(values), sa.select(*[u.c[k] for k in self.keys], *values.values()))
+        stmt = insert(t).from_select(cols + list(values), sa.select(*[u.c[k] for k in cols], *values.values()))
         stmt = stmt.on_conflict_do_update(index_elements=self.keys, set_={c: stmt.excluded[c] for c in values})
         conn.execute(stmt)
 

@@ -42,7 +42,10 @@ def test_names_that_fit_are_unchanged_on_every_backend(tmp_path) -> None:  # noq
         assert meta.table.name == "events_meta"
         assert [ix.name for ix in meta.table.indexes] == ["ix_events_meta_seq"]
         assert tmeta.table.name == "clicks__transform_meta"
-        assert [ix.name for ix in tmeta.table.indexes] == ["ix_clicks__transform_meta_success"]
+        assert sorted(ix.name for ix in tmeta.table.indexes) == [
+            "ix_clicks__transform_meta_key_hash",
+            "ix_clicks__transform_meta_success",
+        ]
 
 
 def test_long_names_are_shortened_stably_and_only_on_postgresql(tmp_path) -> None:  # noqa: ANN001
@@ -50,8 +53,7 @@ def test_long_names_are_shortened_stably_and_only_on_postgresql(tmp_path) -> Non
     key = [Column("k", Integer, primary_key=True)]
     pg = TransformMetaTable(DBConn(PG_URL, schema="s"), name, key)
     assert len(pg.table.name.encode()) <= 63
-    (ix,) = pg.table.indexes
-    assert len(ix.name.encode()) <= 63
+    assert pg.table.indexes and all(len(ix.name.encode()) <= 63 for ix in pg.table.indexes)
     # pinned: the mapping must never change between versions (it names tables in users' databases)
     assert fit_identifier("a" * 70, 63) == "a" * 54 + "_" + "6bd5e503"
     assert fit_identifier(name + "__transform_meta", 63) == pg.table.name
