@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pandas as pd
 
     from datapipe_dagster.compute.datatable import DataStore, DataTable
@@ -78,6 +80,15 @@ class KeyedStep(Step, Protocol):
 
     def eval(self, keys: pd.DataFrame) -> EvalResult:  # noqa: A003 - the seed's name
         """What processing ``keys`` would write to each output, writing nothing."""
+        ...
+
+
+@runtime_checkable
+class PartitionKeyedStep(KeyedStep, Protocol):
+    """A keyed step that lists the keys of some hash buckets without reading the whole key space."""
+
+    def get_partition_keys(self, n: int, buckets: Iterable[int]) -> pd.DataFrame:
+        """Every key whose hash falls in ``buckets`` out of ``n`` (``compute.partitioning``), stale ones included."""
         ...
 
 

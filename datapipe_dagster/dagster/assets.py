@@ -18,7 +18,7 @@ from dagster import AssetExecutionContext
 
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import OutputStats, StepResult
-from datapipe_dagster.compute.steps import KeyedStep, Step
+from datapipe_dagster.compute.steps import KeyedStep, PartitionKeyedStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.metadata import (
     check_metadata,
@@ -84,7 +84,7 @@ class StepRunner:
         """
         if mode == c.MODE_STALE:
             keys = self.step.get_stale_keys(include_failed=retry_failed)
-        elif self.parts is not None and partitions is not None and hasattr(self.step, "get_partition_keys"):
+        elif self.parts is not None and partitions is not None and isinstance(self.step, PartitionKeyedStep):
             # A reparse reads only its partitions' hash ranges from the state's index (no key-space scan).
             return self.step.get_partition_keys(self.parts.n, [self.parts.bucket_of(p) for p in partitions])
         else:

@@ -155,10 +155,11 @@ def build_definitions(
                 spec.replace_attributes(automation_condition=cond) for spec in specs.step_specs[props.name]
             ]
             automated.extend(spec.key for spec in specs.step_specs[props.name])
-        build = build_fanout_step_asset if fan_out_partitions and parts and props.partitioned and _keyed(step, props) else build_step_asset
-        all_assets.append(
-            build(step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys)
-        )
+        if fan_out_partitions and parts is not None and props.partitioned and isinstance(step, KeyedStep):
+            asset = build_fanout_step_asset(step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys)
+        else:
+            asset = build_step_asset(step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys)
+        all_assets.append(asset)
         if conditioned:
             continue
         job = _step_job(props, specs, parts, executor) if executor is not None else None

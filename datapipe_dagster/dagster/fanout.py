@@ -16,9 +16,9 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext, OpExecutionContext
 
-from datapipe_dagster.compute.catalog import ComputeStep
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.assets import StepRunner, failed_keys_check, failure_message, run_mode
 from datapipe_dagster.dagster.metadata import failed_with_partitions, output_metadata, run_summary
@@ -38,7 +38,7 @@ class _Summary(StepResult):
     total_failed: int = 0
 
     @property
-    def keys_failed(self) -> int:  # type: ignore[override]
+    def keys_failed(self) -> int:
         return self.total_failed
 
 
@@ -72,7 +72,7 @@ def restore(s: dict[str, Any]) -> _Summary:
 
 
 def build_fanout_step_asset(
-    step: ComputeStep,
+    step: KeyedStep,
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions,
