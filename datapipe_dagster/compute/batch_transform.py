@@ -161,6 +161,7 @@ class BatchTransformStep(ComputeStep):
         self.key_cols = keys or [ALL_KEY]
         self.roles = classify_inputs(input_dts, keys)
         self._tmeta: TransformMetaTable | None = None
+        self._stopped = False  # the last process_keys stopped before its last chunk
         self._marked = 0  # keys marked since this object was made, and at the last ANALYZE
         self._marked_analyzed = 0
 
@@ -324,8 +325,10 @@ class BatchTransformStep(ComputeStep):
         stale, marks, _, current = self._stale()
         result = self.process_keys(stale)
         # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
-        # query finds by itself), so the next stale query can start above ``current``.
-        self._advance(marks, {r.mark: current for r in self._scan_roles()})
+        # query finds by itself), so the next stale query can start above ``current``. After a stop
+        # (a RowTransform's PipeBreak/PipeError) keys not reached are neither: the watermarks stay.
+        if not self._stopped:
+            self._advance(marks, {r.mark: current for r in self._scan_roles()})
         return result
 
     def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
@@ -343,13 +346,15 @@ class BatchTransformStep(ComputeStep):
             return result
         size = chunk_size or self.chunk_size
         keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
-        whole = WholeInputs()
-        for start in range(0, len(keys), size):
-            self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
+        self._process_chunks(keys, size, result, WholeInputs())
         result.elapsed = time.perf_counter() - started
         if result.keys_failed:
             log.warning("%s", result)
         return result
+
+    def _process_chunks(self, keys: pd.DataFrame, size: int, result: StepResult, whole: WholeInputs) -> None:
+        for start in range(0, len(keys), size):
+            self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
 
     def _read_inputs(self, conn: sa.Connection, keys: pd.DataFrame, whole: WholeInputs, seq: int) -> list[pd.DataFrame]:
         dfs = []

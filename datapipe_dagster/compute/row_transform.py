@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 import traceback as tb
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -42,7 +41,7 @@ from datapipe_dagster.compute.batch_transform import (
 )
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore
-from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.result import StepResult
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, SkipRow
 from datapipe_dagster.store.schema import to_records
 
@@ -228,15 +227,6 @@ class RowTransformStep(BatchTransformStep):
             out.append(filled)
         return out
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
-        stale, marks, _, current = self._stale()
-        result = self.process_keys(stale)
-        if not self._stopped:
-            # As BatchTransformStep.run_full; after a stop, keys not reached are neither processed nor
-            # failed, so the watermarks must stay where they are for the next run to find them.
-            self._advance(marks, {r.mark: current for r in self._scan_roles()})
-        return result
-
     def process_keys(
         self, keys: pd.DataFrame, chunk_size: int | None = None, run_config: dict[str, Any] | None = None
     ) -> StepResult:
@@ -245,24 +235,14 @@ class RowTransformStep(BatchTransformStep):
         stops the run after its chunk: the keys not reached stay stale."""
         self.run_config = dict(run_config or {})
         self._stopped = False
-        started = time.perf_counter()
-        _ = self.meta
-        result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
-        if len(keys) == 0:
-            return result
-        size = chunk_size or self.chunk_size
-        keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
-        whole = WholeInputs()
+        return super().process_keys(keys, chunk_size)
+
+    def _process_chunks(self, keys: pd.DataFrame, size: int, result: StepResult, whole: WholeInputs) -> None:
         try:
-            for start in range(0, len(keys), size):
-                self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
+            super()._process_chunks(keys, size, result, whole)
         except _Stop as stop:
             self._stopped = True
             log.warning("step %s stopped: %s; the keys not reached stay stale for the next run", self.name, stop.reason)
-        result.elapsed = time.perf_counter() - started
-        if result.keys_failed:
-            log.warning("%s", result)
-        return result
 
     def _chunk_failed(self, keys: pd.DataFrame, failure: ChunkFailed, result: StepResult, whole: WholeInputs) -> None:
         if isinstance(failure.error, PipeError):
