@@ -505,7 +505,7 @@ def decode_json_texts(df: pd.DataFrame, columns: list[sa.Column]) -> pd.DataFram
         vals: list[Any] = []
         for i in range(0, len(texts), _DECODE_SLICE):
             part = texts[i : i + _DECODE_SLICE]
-            vals.extend(json.loads("[" + ",".join("null" if t is None else t for t in part) + "]"))
+            vals.extend(json.loads("[" + ",".join(t if isinstance(t, str) else "null" for t in part) + "]"))
         df[col.name] = pd.Series(vals, index=df.index, dtype=object)
     return df
 
