@@ -506,10 +506,14 @@ class BatchTransformStep(ComputeStep):
             ok = keys.loc[key_positions(failed, keys, kc) < 0, kc].reset_index(drop=True) if len(failed) else keys[kc]
             stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             if len(ok):
-                for i, (dt, df) in enumerate(zip(self.output_dts, outs, strict=True)):
-                    scope = ok[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
-                    stats[i] = dt.write(conn, df, processed_idx=scope, now=now, validated=True)
+                # Every read first and the state marked (under the transform's lock already), so the
+                # write-sequence lock, taken by the first output write, is held only while writing.
+                prepared = [
+                    dt.prepare_write(conn, df, processed_idx=self._scope(conn, dt, ok), now=now, validated=True)
+                    for dt, df in zip(self.output_dts, outs, strict=True)
+                ]
                 self.meta.mark(conn, ok, read_seq, now)
+                stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
             for rec in to_records(failed):
                 one = pd.DataFrame([{k: rec[k] for k in kc}])
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
@@ -517,6 +521,10 @@ class BatchTransformStep(ComputeStep):
             dt.maybe_analyze()
         self._maybe_analyze_meta(len(keys))
         return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
+
+    def _scope(self, conn: sa.Connection, dt: DataTable, ok: pd.DataFrame) -> pd.DataFrame:
+        """The output rows a commit of keys ``ok`` owns: those under its keys (all, when keyless)."""
+        return ok[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
 
     def _maybe_analyze_meta(self, n: int) -> None:
         """The transform state table grows by a key per key processed: refresh its statistics as it grows

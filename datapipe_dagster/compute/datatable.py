@@ -120,6 +120,17 @@ class _Diff:
         return self.is_new | self.is_changed
 
 
+@dataclass
+class PreparedWrite:
+    """A write read and compared, not yet applied (``DataTable.prepare_write``)."""
+
+    df: pd.DataFrame
+    diff: _Diff
+    deleted: pd.DataFrame
+    texts: dict[str, list[str | None]]
+    now: float
+
+
 class DataTable:
     """A catalog table bound to a DataStore: its data store plus its row metadata.
 
@@ -211,26 +222,41 @@ class DataTable:
         With ``write_data=False`` only the row metadata is updated: the data is already in the store
         (an external table being scanned), so it is neither rewritten nor deleted.
         """
+        return self.apply_write(conn, self.prepare_write(conn, data_df, processed_idx, now, validated), write_data)
+
+    def prepare_write(
+        self,
+        conn: sa.Connection,
+        data_df: pd.DataFrame,
+        processed_idx: pd.DataFrame | None = None,
+        now: float | None = None,
+        validated: bool = False,
+    ) -> PreparedWrite:
+        """The reading half of ``write``: validate, hash, compare with the stored metadata. Takes no lock,
+        so a commit writing several tables prepares them all before the first takes the sequence lock."""
         now = time.time() if now is None else now
-        pks = self.primary_keys
         df = data_df if validated else self.table_store.validate(data_df)
         if processed_idx is not None:
-            missing = [c for c in processed_idx.columns if c not in pks]
+            missing = [c for c in processed_idx.columns if c not in self.primary_keys]
             if missing:
                 raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
         texts: dict[str, list[str | None]] = {}
         diff = self._diff(conn, df, self._hash(df, texts), now)
-        deleted = self._gone(conn, df, processed_idx)
+        return PreparedWrite(df, diff, self._gone(conn, df, processed_idx), texts, now)
+
+    def apply_write(self, conn: sa.Connection, w: PreparedWrite, write_data: bool = True) -> WriteResult:
+        """The writing half of ``write``: number the rows (the sequence lock, held to commit) and write."""
+        pks, df, diff, deleted = self.primary_keys, w.df, w.diff, w.deleted
         n_write = int(diff.to_write.sum())
         if n_write + len(deleted):
             first = self.ds.seq.allocate(conn, n_write + len(deleted))
             if n_write:
-                encoded = pd.DataFrame(texts, index=df.index, dtype=object) if texts else None
-                self._write_rows(conn, df, diff, first, now, encoded if write_data else None, write_data)
+                encoded = pd.DataFrame(w.texts, index=df.index, dtype=object) if w.texts and write_data else None
+                self._write_rows(conn, df, diff, first, w.now, encoded, write_data)
             if len(deleted):
                 if write_data:
                     self.table_store.delete_rows(deleted, conn=self._data_conn(conn))
-                self._mark_deleted(conn, deleted, first + n_write, now)
+                self._mark_deleted(conn, deleted, first + n_write, w.now)
         self._written += n_write + len(deleted)
         return WriteResult(
             inserted=df.loc[diff.is_new, pks].reset_index(drop=True),

@@ -22,6 +22,7 @@ from datapipe_dagster.store.schema import (
     conform_types,
     decode_json_texts,
     hash_rows,
+    json_encoder,
     json_text_columns,
     to_records,
 )
@@ -158,8 +159,11 @@ class DBConn:
     def _create_engine(self) -> sa.Engine:
         # SQLite has no "forever": a day stands in for lock_timeout=None.
         wait_ms = int((self.lock_timeout if self.lock_timeout is not None else 86400) * 1000)
+        # JSON values are stored in the canonical text the row hash reads (keys sorted), on every write
+        # path: the bulk paths store the hash's text as it is, so serialising happens once.
+        engine_kwargs = {"json_serializer": json_encoder(strict=False), **self.engine_kwargs}
         if self.backend == "sqlite":
-            kwargs = dict(self.engine_kwargs)
+            kwargs = dict(engine_kwargs)
             connect_args = {"timeout": wait_ms / 1000, **kwargs.pop("connect_args", {})}
             engine = sa.create_engine(self.url, connect_args=connect_args, **kwargs)
 
@@ -186,7 +190,7 @@ class DBConn:
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         else:
-            kwargs = dict(self.engine_kwargs)
+            kwargs = dict(engine_kwargs)
             if self.url.startswith("postgresql+psycopg2"):
                 # Batch executemany of UPDATE and INSERT .. ON CONFLICT too (the default batches plain INSERTs only).
                 kwargs.setdefault("executemany_mode", "values_plus_batch")

@@ -3,18 +3,20 @@ other drivers a plain ``executemany`` of tuples with the columns' own bind proce
 SQLAlchemy's per-row dictionaries on SQLite).
 
 Values are rendered in COPY's text format: ``\\N`` for NULL, backslash escapes for the separators. JSON
-columns get their values JSON-encoded, exactly as SQLAlchemy's JSON type does on INSERT (a Python string
-becomes a JSON string).
+columns get their values JSON-encoded in the canonical form every write path uses (keys sorted, as the
+engine's ``json_serializer``; a Python string becomes a JSON string); values the row hash already encoded
+are passed in and stored as they are.
 """
 
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+
+from datapipe_dagster.store.schema import json_encoder
 
 COPY_MIN_ROWS = 500
 """Below this, a batched INSERT is as fast and simpler."""
@@ -50,7 +52,8 @@ def _column_text(col: sa.Column, s: pd.Series, encoded: list[str | None] | None 
     na = _nulls(s)
     vals = s.tolist()
     if isinstance(t, sa.JSON):
-        txt = _escape(["" if m else json.dumps(v) for v, m in zip(vals, na, strict=True)])
+        encode = json_encoder(strict=False)
+        txt = _escape(["" if m else encode(v) for v, m in zip(vals, na, strict=True)])
     elif isinstance(t, sa.Boolean):
         txt = ["t" if not m and v else "f" for v, m in zip(vals, na, strict=True)]
     elif isinstance(t, sa.LargeBinary):
