@@ -102,7 +102,8 @@ class SeqLockTimer:
         @sa.event.listens_for(engine, "after_cursor_execute")
         def _taken(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
             if statement.lstrip().upper().startswith("UPDATE") and "datapipe_seq" in statement:
-                self._since.setdefault(id(conn.connection.dbapi_connection), time.perf_counter())
+                # Keyed by the pooled connection: the dialect's commit receives that, not the DBAPI one.
+                self._since.setdefault(id(conn.connection), time.perf_counter())
 
         dialect = engine.dialect
         for name in ("do_commit", "do_rollback"):
