@@ -241,8 +241,10 @@ class DataTable:
             if missing:
                 raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
         texts: dict[str, list[str | None]] = {}
-        diff = self._diff(conn, df, self._hash(df, texts), now)
-        return PreparedWrite(df, diff, self._gone(conn, df, processed_idx), texts, now)
+        hashes = self._hash(df, texts)
+        scoped = self._scoped_meta(conn, df, processed_idx)
+        diff = self._diff(conn, df, hashes, now, scoped)
+        return PreparedWrite(df, diff, self._gone(conn, df, processed_idx, scoped), texts, now)
 
     def apply_write(self, conn: sa.Connection, w: PreparedWrite, write_data: bool = True) -> WriteResult:
         """The writing half of ``write``: number the rows (the sequence lock, held to commit) and write."""
@@ -271,9 +273,22 @@ class DataTable:
             return self.table_store.hash_rows(df, self.name, json_texts=texts)
         return self.table_store.hash_rows(df, self.name)
 
-    def _diff(self, conn: sa.Connection, df: pd.DataFrame, hashes: np.ndarray, now: float) -> _Diff:
-        """Compare the incoming rows with their stored metadata (one keyed query)."""
-        existing = self.meta.get_existing(conn, df[self.primary_keys]) if len(df) else None
+    def _scoped_meta(self, conn: sa.Connection, df: pd.DataFrame, processed_idx: pd.DataFrame | None) -> pd.DataFrame | None:
+        """The metadata (deleted rows included) of every row under ``processed_idx``, when each row of
+        ``df`` lies under it (a transform's commit): one query then serves both the comparison and the
+        deletes. None otherwise."""
+        if processed_idx is None or not len(processed_idx) or not len(df):
+            return None
+        sub = [c for c in processed_idx.columns if c in self.primary_keys]
+        if not (key_positions(processed_idx[sub].drop_duplicates(), df, sub) >= 0).all():
+            return None
+        return self.meta.get_existing(conn, processed_idx[sub])
+
+    def _diff(
+        self, conn: sa.Connection, df: pd.DataFrame, hashes: np.ndarray, now: float, scoped: pd.DataFrame | None = None
+    ) -> _Diff:
+        """Compare the incoming rows with their stored metadata (one keyed query, or ``scoped``)."""
+        existing = scoped if scoped is not None else (self.meta.get_existing(conn, df[self.primary_keys]) if len(df) else None)
         if existing is None or not len(existing):
             new = np.ones(len(df), dtype=bool)
             return _Diff(hashes, new, np.zeros(len(df), dtype=bool), new, np.full(len(df), now))
@@ -285,12 +300,17 @@ class DataTable:
         create_ts = np.where(alive, existing["create_ts"].to_numpy(dtype="float64")[at], now)
         return _Diff(hashes, ~alive, alive & ~same, ~known, create_ts)
 
-    def _gone(self, conn: sa.Connection, df: pd.DataFrame, processed_idx: pd.DataFrame | None) -> pd.DataFrame:
+    def _gone(
+        self, conn: sa.Connection, df: pd.DataFrame, processed_idx: pd.DataFrame | None, scoped: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Live rows under ``processed_idx`` that ``df`` does not hold: the ones to delete."""
         pks = self.primary_keys
         if processed_idx is None or not len(processed_idx):
             return pd.DataFrame({c: [] for c in pks})
-        alive_keys = self.meta.get_alive_keys(conn, processed_idx)
+        if scoped is not None:
+            alive_keys = scoped.loc[scoped["delete_ts"].isna().to_numpy(), pks].reset_index(drop=True)
+        else:
+            alive_keys = self.meta.get_alive_keys(conn, processed_idx)
         if not len(alive_keys):
             return pd.DataFrame({c: [] for c in pks})
         gone = key_positions(df, alive_keys, pks) < 0 if len(df) else np.ones(len(alive_keys), dtype=bool)
