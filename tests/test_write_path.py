@@ -120,3 +120,28 @@ def test_sqlite_connections_get_a_bigger_page_cache(tmp_path) -> None:
     db = DBConn(f"sqlite:///{tmp_path}/c.sqlite")
     with db.connect() as c:
         assert c.exec_driver_sql("PRAGMA cache_size").scalar_one() == -SQLITE_CACHE_KB
+
+
+def test_an_idle_run_queries_no_table_and_a_change_is_still_seen(dbconn) -> None:
+    """Once every watermark has reached the current write sequence, a run with nothing stale asks only
+    the sequence, the watermarks and the failed keys: no input or output table is scanned."""
+    from tests.engine_helpers import event, seed_setup
+
+    ds, catalog, steps = seed_setup(dbconn)
+    events = catalog.get_datatable(ds, "events")
+    events.store_chunk(pd.DataFrame([event("u1", "e1", "click", "1.1.1.1"), event("u2", "e2", "view", "2.2.2.2")]))
+    run_steps(ds, steps)
+    run_steps(ds, steps)  # the outputs' watermarks catch up with the run's own writes
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(statement.lower())
+
+    sa.event.listen(dbconn.engine, "before_cursor_execute", record)
+    assert run_steps(ds, steps).steps[0].keys_processed == 0
+    sa.event.remove(dbconn.engine, "before_cursor_execute", record)
+    assert statements and not [s for s in statements if "events_meta" in s or "click_count_meta" in s or "ip_meta" in s]
+    events.store_chunk(pd.DataFrame([event("u1", "e1", "clack", "3.3.3.3")]))
+    assert run_steps(ds, steps).steps[0].keys_processed == 1
+    ip = catalog.get_datatable(ds, "ip").get_data()
+    assert dict(zip(ip["user_id"], ip["ip"], strict=True)) == {"u1": "3.3.3.3", "u2": "2.2.2.2"}
