@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
-from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.database import DBConn, TableStoreDB
+from datapipe_dagster.store.base import SQLTable, TableStore
+from datapipe_dagster.store.database import DBConn
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 
@@ -118,7 +118,10 @@ class DataTable:
         self.primary_schema = store.get_primary_schema()
         self.primary_keys = [c.name for c in self.primary_schema]
         self.meta = MetaTable(ds.meta_dbconn, name, self.primary_schema)
-        self._shared = isinstance(store, TableStoreDB) and store.dbconn.same_database(ds.meta_dbconn)
+        sql = store.sql_table()
+        # A SQL table in the metadata database joins the chunk's transaction and is read with one join.
+        self._sql: SQLTable | None = sql if sql is not None and sql.dbconn.same_database(ds.meta_dbconn) else None
+        self._shared = self._sql is not None
         self._ready = False
         self._written = 0  # rows written (and deleted) through this object
         self._analyzed_at = 0
@@ -134,8 +137,7 @@ class DataTable:
         if not self._ready:
             self.ds.ensure_ready()
             self.meta.create()
-            if isinstance(self.table_store, TableStoreDB):
-                self.table_store._ensure()
+            self.table_store.prepare()
             self._ready = True
 
     def _data_conn(self, conn: sa.Connection) -> sa.Connection | None:
@@ -277,8 +279,8 @@ class DataTable:
             return
         self._analyzed_at = self._written
         tables = [self.meta.table]
-        if self._shared and isinstance(self.table_store, TableStoreDB):
-            tables.append(self.table_store.data_table)
+        if self._sql is not None:
+            tables.append(self._sql.table)
         analyze(self.ds.meta_dbconn, tables)
 
     def _mark_deleted(self, conn: sa.Connection, keys: pd.DataFrame, first_seq: int, now: float) -> None:
@@ -311,8 +313,8 @@ class DataTable:
 
     def read(self, conn: sa.Connection, idx: pd.DataFrame | None = None) -> pd.DataFrame:
         """``get_data`` on the caller's connection."""
-        if self._shared and isinstance(self.table_store, TableStoreDB):
-            return self._read_joined(conn, idx)
+        if self._sql is not None:
+            return self._read_joined(conn, self._sql.table, idx)
         data = self.table_store.read_rows(idx)
         if len(data) == 0:
             return data.reset_index(drop=True)
@@ -321,12 +323,11 @@ class DataTable:
         data = data.sort_values("seq", kind="stable", na_position="last").drop(columns=["seq"])
         return data.reset_index(drop=True)
 
-    def _read_joined(self, conn: sa.Connection, idx: pd.DataFrame | None) -> pd.DataFrame:
+    def _read_joined(self, conn: sa.Connection, d: sa.Table, idx: pd.DataFrame | None) -> pd.DataFrame:
         from datapipe_dagster.store.schema import conform_types
 
         store = self.table_store
-        assert isinstance(store, TableStoreDB)
-        d, m = store.data_table, self.meta.table
+        m = self.meta.table
         cols = [c.name for c in store.get_schema()]
         on = sa.and_(*[d.c[k] == m.c[k] for k in self.primary_keys])
         base = sa.select(*[d.c[c] for c in cols], m.c.seq).select_from(d.join(m, on))

@@ -4,7 +4,7 @@ Another service inserts into a PostgreSQL table, or drops files into a folder; a
 there with the row metadata and records inserts, changes and deletes, so transforms downstream see
 exactly what changed. The data itself is never rewritten. Three modes:
 
-- **Folder of files** (``TableStoreFiledir``): the folder is listed with each file's size and mtime
+- **Folder of files** (a store that lists its files, ``FileListing``: ``TableStoreFiledir``): the folder is listed with each file's size and mtime
   (no file opened); only files whose size or mtime differ from the last scan are read and hashed. New,
   changed, renamed (a delete plus an insert) and deleted files are all seen. A touched file whose
   content is the same changes nothing downstream. A rewrite that keeps both the size and the mtime
@@ -12,7 +12,7 @@ exactly what changed. The data itself is never rewritten. Three modes:
   ``scan(full=True)`` re-reads every file.
 - **Full scan** (any other store): every row is read and hashed, and compared with the metadata.
   Deletes are seen. Cost: the whole table, every scan.
-- **Updated-at** (``TableStoreDB`` with ``updated_at_column=``, a timestamp set on every insert/update
+- **Updated-at** (a store that is a SQL table, ``TableStore.sql_table``, with ``updated_at_column=``, a timestamp set on every insert/update
   or a monotonically increasing id): a scan reads only the rows whose column is at or past the highest
   value seen before (``>=``, so rows sharing the last value are not missed; re-reading them is harmless
   since unchanged rows hash the same). **Deletes are not seen in this mode**, nor are rows committed
@@ -41,8 +41,7 @@ from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.meta.tables import key_columns_copy
-from datapipe_dagster.store.database import TableStoreDB
-from datapipe_dagster.store.filedir import TableStoreFiledir
+from datapipe_dagster.store.base import FileListing, SQLTable, TableStore
 from datapipe_dagster.store.schema import conform_types, to_records
 from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
 from datapipe_dagster.types import ChangeList
@@ -103,15 +102,17 @@ class UpdateExternalTableStep(ComputeStep):
         self.updated_at_column = updated_at_column
         self.full_scan_interval = full_scan_interval
         store = dt.store
+        self._sql: SQLTable | None = None
         if updated_at_column is not None:
-            if not isinstance(store, TableStoreDB):
+            self._sql = store.sql_table()
+            if self._sql is None:
                 raise ConfigurationError(
                     f"step {name!r}: updated_at_column needs a SQL table (TableStoreDB); {dt.name!r} is {store!r}"
                 )
-            if updated_at_column not in store.data_table.c:
+            if updated_at_column not in self._sql.table.c:
                 raise ConfigurationError(
                     f"step {name!r}: table {dt.name!r} has no column {updated_at_column!r} "
-                    f"(columns: {', '.join(store.data_table.c.keys())})"
+                    f"(columns: {', '.join(self._sql.table.c.keys())})"
                 )
         meta = ds.meta_dbconn.metadata
         self._state = sa.Table(
@@ -141,7 +142,7 @@ class UpdateExternalTableStep(ComputeStep):
         if not self._ready:
             self.dt.ensure_ready()
             self.ds.meta_dbconn.ensure_table(self._state)
-            if isinstance(self.dt.store, TableStoreFiledir):
+            if isinstance(self.dt.store, FileListing):
                 self.ds.meta_dbconn.ensure_table(self._files)
             self._ready = True
 
@@ -149,7 +150,7 @@ class UpdateExternalTableStep(ComputeStep):
     def incremental_scan(self) -> bool:
         """A folder listing (size + mtime) and an updated-at scan read only what changed; a full scan of a
         table without an updated-at column reads and hashes every row."""
-        return self.updated_at_column is not None or isinstance(self.dt.store, TableStoreFiledir)
+        return self.updated_at_column is not None or isinstance(self.dt.store, FileListing)
 
     def run_full(self, ds: DataStore | None = None) -> StepResult:
         return self.scan()
@@ -169,8 +170,8 @@ class UpdateExternalTableStep(ComputeStep):
         started = time.perf_counter()
         self._ensure()
         result = StepResult(self.name, outputs={self.dt.name: OutputStats()})
-        if isinstance(self.dt.store, TableStoreFiledir):
-            self._scan_folder(result, reread_all=bool(full))
+        if isinstance(self.dt.store, FileListing):
+            self._scan_folder(self.dt.store, result, reread_all=bool(full))
         elif self.updated_at_column is None:
             self._scan_full(result)
         else:
@@ -193,9 +194,7 @@ class UpdateExternalTableStep(ComputeStep):
 
     # ------------------------------------------------------------ folder mode
 
-    def _scan_folder(self, result: StepResult, reread_all: bool = False) -> None:
-        store = self.dt.store
-        assert isinstance(store, TableStoreFiledir)
+    def _scan_folder(self, store: FileListing, result: StepResult, reread_all: bool = False) -> None:
         if not store.root_exists():
             raise ConfigurationError(
                 f"step {self.name!r}: folder {store.root!r} of table {self.dt.name!r} does not exist "
@@ -228,7 +227,7 @@ class UpdateExternalTableStep(ComputeStep):
         gone_files = _anti_join(known[pks], listing[pks], pks)
         # Writing with these keys as the processed scope marks deleted only those still alive.
         gone = pd.concat([gone_files, _anti_join(unfingerprinted, listing[pks], pks)], ignore_index=True)
-        data = self._read_files(store, touched[pks], result)
+        data = self._read_files(self.dt.store, touched[pks], result)
         # A file removed between listing and reading is seen as deleted on the next scan.
         fresh = touched.merge(data[pks], on=pks, how="inner")
         now = time.time()
@@ -242,7 +241,7 @@ class UpdateExternalTableStep(ComputeStep):
                 conn.execute(sa.delete(self._files).where(key_clause(self._files, pks, b)))
         self.files_read = len(data)
 
-    def _read_files(self, store: TableStoreFiledir, keys: pd.DataFrame, result: StepResult) -> pd.DataFrame:
+    def _read_files(self, store: TableStore, keys: pd.DataFrame, result: StepResult) -> pd.DataFrame:
         """Read the files of ``keys``; a file that cannot be read (half-written, not JSON, wrong types) is
         reported in ``result.failed`` and left unfingerprinted, so the next scan tries it again."""
         if len(keys) == 0:
@@ -294,10 +293,10 @@ class UpdateExternalTableStep(ComputeStep):
 
     def _scan_since(self, result: StepResult, last: Any) -> None:
         store = self.dt.store
-        assert isinstance(store, TableStoreDB) and self.updated_at_column is not None
-        d = store.data_table
+        assert self._sql is not None and self.updated_at_column is not None  # checked in __init__
+        d = self._sql.table
         cols = [c.name for c in store.get_schema()]
-        with store.dbconn.connect() as conn:
+        with self._sql.dbconn.connect() as conn:
             df = fetch_frame(conn, sa.select(d).where(d.c[self.updated_at_column] >= last), cols)
         data = store.validate(conform_types(df, store.get_schema()))
         now = time.time()
@@ -351,9 +350,8 @@ class UpdateExternalTableStep(ComputeStep):
         self.ds.meta_dbconn.upsert(conn, self._state, [rec], ["step"])
 
     def _column_type(self) -> sa.types.TypeEngine[Any]:
-        store = self.dt.store
-        assert isinstance(store, TableStoreDB) and self.updated_at_column is not None
-        return store.data_table.c[self.updated_at_column].type
+        assert self._sql is not None and self.updated_at_column is not None  # checked in __init__
+        return self._sql.table.c[self.updated_at_column].type
 
     def _encode(self, v: Any) -> str:
         if isinstance(v, np.generic):
