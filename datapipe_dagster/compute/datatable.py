@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +85,14 @@ class DataStore:
         self.ensure_ready()
         with self.meta_dbconn.connect() as conn:
             return self.seq.current(conn)
+
+    def last_seqs(self, tables: Iterable[DataTable]) -> dict[str, int]:
+        """The highest write sequence of each table (0: never written); an index lookup each, one connection."""
+        tables = list(tables)
+        for dt in tables:
+            dt.ensure_ready()
+        with self.meta_dbconn.connect() as conn:
+            return {dt.name: dt.meta.max_seq(conn) for dt in tables}
 
 
 @dataclass

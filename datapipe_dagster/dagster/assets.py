@@ -9,7 +9,6 @@ partition's own counts, failed keys and preview.
 
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -17,8 +16,10 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.partition_runner import PartitionOutcome, PartitionRunner
+from datapipe_dagster.compute.partitioning import Buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult
-from datapipe_dagster.compute.steps import KeyedStep, PartitionKeyedStep, Step
+from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.metadata import (
     check_metadata,
@@ -44,67 +45,6 @@ def run_mode(tags: Mapping[str, str]) -> str:
     if any(t in tags for t in c.AUTOMATION_TAGS):
         return c.MODE_STALE
     return c.MODE_REPARSE
-
-
-@dataclass
-class PartitionOutcome:
-    """What a run did in one partition (``partition`` None: the whole unpartitioned step)."""
-
-    partition: str | None
-    result: StepResult
-    stale_remaining: int
-
-
-class StepRunner:
-    """Runs a keyed step (``get_stale_keys`` / ``get_all_keys`` / ``process_keys``) over partitions."""
-
-    def __init__(self, step: KeyedStep, props: StepProps, parts: BucketPartitions | None):
-        self.step = step
-        self.props = props
-        self.parts = parts if props.partitioned else None
-
-    @property
-    def key_cols(self) -> list[str]:
-        return list(self.step.key_cols)
-
-    @property
-    def _tk(self) -> list[str]:
-        return list(self.props.transform_keys or ())
-
-    def _in(self, keys: pd.DataFrame, partitions: list[str] | None) -> pd.DataFrame:
-        if self.parts is None or partitions is None:
-            return keys
-        return self.parts.select(keys, self._tk, partitions)
-
-    def keys_for(self, mode: str, partitions: list[str] | None, retry_failed: bool = False) -> pd.DataFrame:
-        """The keys a run processes: stale keys, or every key (reparse), of ``partitions``.
-
-        In stale mode a failed key is included only when an input row of it changed since its failed
-        attempt, or when ``retry_failed`` (the step's code changed).
-        """
-        if mode == c.MODE_STALE:
-            keys = self.step.get_stale_keys(include_failed=retry_failed)
-        elif self.parts is not None and partitions is not None and isinstance(self.step, PartitionKeyedStep):
-            # A reparse reads only its partitions' hash ranges from the state's index (no key-space scan).
-            return self.step.get_partition_keys(self.parts.n, [self.parts.bucket_of(p) for p in partitions])
-        else:
-            keys = self.step.get_all_keys()
-        return self._in(keys, partitions)
-
-    def run(self, mode: str, partitions: list[str] | None, retry_failed: bool = False) -> list[PartitionOutcome]:
-        """Process the run's keys, one partition after the other, and report each partition's outcome."""
-        keys = self.keys_for(mode, partitions, retry_failed)
-        if self.parts is None or partitions is None:
-            result = self.step.process_keys(keys)
-            left = len(self.step.get_stale_keys(advance_watermark=True, include_failed=False))
-            return [PartitionOutcome(None, result, left)]
-        buckets = self.parts.buckets(keys, self._tk)
-        results = {p: self.step.process_keys(keys.loc[buckets == p].reset_index(drop=True)) for p in partitions}
-        # Advancing the watermarks here (only past rows no key needs any more) spares the next sensor
-        # tick from rescanning what this run just processed.
-        left = self.step.get_stale_keys(advance_watermark=True, include_failed=False)
-        counts = self.parts.buckets(left, self._tk).value_counts() if len(left) else pd.Series(dtype=int)
-        return [PartitionOutcome(p, results[p], int(counts.get(p, 0))) for p in partitions]
 
 
 def _preview(result: StepResult, dt: Any) -> pd.DataFrame | None:
@@ -151,7 +91,7 @@ def build_step_asset(
     """
     out_specs = specs.step_specs[props.name]
     check_specs = specs.check_specs.get(props.name, [])
-    runner = StepRunner(step, props, parts) if isinstance(step, KeyedStep) else None
+    runner = PartitionRunner(step, parts) if isinstance(step, KeyedStep) else None
     partitioned = runner is not None and runner.parts is not None
     kind = "keyed by " + ", ".join(props.transform_keys) if props.transform_keys else "unpartitioned"
     description = f"{props.kind} `{props.name}`: {', '.join(props.inputs) or '(no inputs)'} -> {', '.join(props.outputs)} ({kind})."
@@ -160,7 +100,7 @@ def build_step_asset(
         name=c.op_name(props.name),
         specs=out_specs,
         check_specs=check_specs or None,
-        backfill_policy=runner.parts.backfill_policy() if runner is not None and runner.parts is not None else None,
+        backfill_policy=parts.backfill_policy() if partitioned and parts is not None else None,
         can_subset=False,  # the engine writes all outputs of a key in one transaction
         description=description,
         op_tags={"datapipe/step": props.name},
@@ -183,7 +123,7 @@ def build_step_asset(
         runner_tk = list(props.transform_keys or ())
         summary = run_summary(partitions, [o.result for o in outcomes])
         context.log.info("%s: %s (%s)", props.name, summary, mode)
-        _tag_run(context, summary)
+        tag_run(context, summary)
         run_failed = [o.result.failed for o in outcomes if o.result.keys_failed]
         for spec, dt in zip(out_specs, step.output_dts, strict=True):
             per_partition = {
@@ -224,7 +164,7 @@ def build_step_asset(
     return _step_asset
 
 
-def _tag_run(context: AssetExecutionContext, summary: str) -> None:
+def tag_run(context: AssetExecutionContext | dg.OpExecutionContext, summary: str) -> None:
     """Show what the run did in the runs list (a tag; descriptions are not editable after launch)."""
     try:
         context.instance.add_run_tags(context.run.run_id, {c.TAG_SUMMARY: summary})
@@ -233,7 +173,7 @@ def _tag_run(context: AssetExecutionContext, summary: str) -> None:
 
 
 def failed_keys_check(
-    step: KeyedStep, spec: dg.AssetCheckSpec, key_cols: list[str], parts: BucketPartitions | None = None
+    step: KeyedStep, spec: dg.AssetCheckSpec, key_cols: list[str], parts: Buckets | None = None
 ) -> dg.AssetCheckResult:
     """Red while any key of ``step`` is failing (whichever partition it is in), with keys, their
     partitions and errors."""

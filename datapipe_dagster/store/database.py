@@ -52,6 +52,10 @@ def mask_url(url: str) -> str:
         return url
 
 
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError,)
+"""What a database that is down (or a connection that broke) raises: a caller that polls (a sensor
+tick) catches these and tries again later."""
+
 # PostgreSQL cuts identifiers at NAMEDATALEN - 1 = 63 bytes; SQLite has no limit.
 MAX_IDENTIFIER_BYTES = {"postgresql": 63}
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -224,6 +228,11 @@ class DBConn:
         """A read connection."""
         with self.engine.connect() as conn:
             yield conn
+
+    @property
+    def database(self) -> str | None:
+        """The database part of the URL (SQLite: the file's path, or ``:memory:``)."""
+        return sa.engine.make_url(self.url).database
 
     def same_database(self, other: DBConn) -> bool:
         return self is other or self.url == other.url
