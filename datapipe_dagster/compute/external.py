@@ -40,10 +40,10 @@ from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.errors import ConfigurationError, SchemaError
-from datapipe_dagster.meta.tables import key_columns_copy
+from datapipe_dagster.meta.external import ExternalScanState, FileFingerprints, live_hashes
 from datapipe_dagster.store.base import FileListing, SQLTable, TableStore
-from datapipe_dagster.store.schema import conform_types, to_records
-from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+from datapipe_dagster.store.schema import conform_types
+from datapipe_dagster.store.sql import fetch_frame
 from datapipe_dagster.types import ChangeList
 
 
@@ -114,23 +114,8 @@ class UpdateExternalTableStep(ComputeStep):
                     f"step {name!r}: table {dt.name!r} has no column {updated_at_column!r} "
                     f"(columns: {', '.join(self._sql.table.c.keys())})"
                 )
-        meta = ds.meta_dbconn.metadata
-        self._state = sa.Table(
-            "datapipe_external_state",
-            meta,
-            sa.Column("step", sa.String(255), primary_key=True),
-            sa.Column("last_value", sa.Text, nullable=True),
-            sa.Column("last_full_ts", sa.Float, nullable=True),
-            extend_existing=True,
-        )
-        self._files = sa.Table(
-            ds.meta_dbconn.identifier(f"{dt.name}_meta_files"),
-            meta,
-            *key_columns_copy(dt.primary_schema),
-            sa.Column("size", sa.BigInteger, nullable=False),
-            sa.Column("mtime_ns", sa.BigInteger, nullable=False),
-            extend_existing=True,
-        )
+        self._state = ExternalScanState(ds.meta_dbconn)
+        self._files = FileFingerprints(ds.meta_dbconn, dt.name, dt.primary_schema)
         self.files_read = 0
         """Files the last folder scan opened (only new or changed ones)."""
         self._ready = False
@@ -141,9 +126,9 @@ class UpdateExternalTableStep(ComputeStep):
     def _ensure(self) -> None:
         if not self._ready:
             self.dt.ensure_ready()
-            self.ds.meta_dbconn.ensure_table(self._state)
+            self._state.create()
             if isinstance(self.dt.store, FileListing):
-                self.ds.meta_dbconn.ensure_table(self._files)
+                self._files.create()
             self._ready = True
 
     @property
@@ -203,18 +188,8 @@ class UpdateExternalTableStep(ComputeStep):
         pks = self.dt.primary_keys
         listing = store.list_files()
         with self.ds.meta_dbconn.connect() as conn:
-            known = fetch_frame(conn, sa.select(self._files), pks + ["size", "mtime_ns"])
-            # Live rows without a fingerprint (written through the pipeline, or before the first scan):
-            # usually none, found by an indexed anti-join instead of fetching every live key.
-            m_t, f_t = self.dt.meta.table, self._files
-            on = sa.and_(*[m_t.c[k] == f_t.c[k] for k in pks])
-            unfingerprinted = fetch_frame(
-                conn,
-                sa.select(*[m_t.c[k] for k in pks])
-                .select_from(m_t.outerjoin(f_t, on))
-                .where(m_t.c.delete_ts.is_(None), f_t.c[pks[0]].is_(None)),
-                pks,
-            )
+            known = self._files.read(conn)
+            unfingerprinted = self._files.missing(conn, self.dt.meta.table)
         known = conform_types(known, self.dt.primary_schema)
         # Nullable ints survive the merge: nanosecond mtimes do not fit a float64.
         known = known.astype({"size": "Int64", "mtime_ns": "Int64"})
@@ -236,9 +211,7 @@ class UpdateExternalTableStep(ComputeStep):
             fps = fresh[pks].assign(
                 size=fresh["_size"].astype("int64"), mtime_ns=fresh["_mtime_ns"].astype("int64")
             )
-            self.ds.meta_dbconn.upsert(conn, self._files, to_records(fps), pks)
-            for b in key_batches(gone_files, pks):
-                conn.execute(sa.delete(self._files).where(key_clause(self._files, pks, b)))
+            self._files.save(conn, fps, gone_files)
         self.files_read = len(data)
 
     def _read_files(self, store: TableStore, keys: pd.DataFrame, result: StepResult) -> pd.DataFrame:
@@ -270,13 +243,8 @@ class UpdateExternalTableStep(ComputeStep):
         pks = dt_.primary_keys
         data = dt_.store.validate(dt_.store.read_rows())
         hashes = dt_.store.hash_rows(data, dt_.name)
-        t = dt_.meta.table
         with self.ds.meta_dbconn.connect() as conn:
-            meta = fetch_frame(
-                conn,
-                sa.select(*[t.c[k] for k in pks], t.c.hash).where(t.c.delete_ts.is_(None)),
-                pks + ["hash"],
-            )
+            meta = live_hashes(conn, dt_.meta.table, pks)
         meta = conform_types(meta, dt_.primary_schema)
         m = data[pks].assign(_hash=hashes).merge(meta, on=pks, how="left")
         changed = (m["hash"].isna() | (m["hash"].astype("Int64") != m["_hash"]).fillna(True)).to_numpy()
@@ -330,24 +298,10 @@ class UpdateExternalTableStep(ComputeStep):
     # ------------------------------------------------------------ state
 
     def _load_state(self) -> tuple[str | None, float | None] | None:
-        with self.ds.meta_dbconn.connect() as conn:
-            row = conn.execute(
-                sa.select(self._state.c.last_value, self._state.c.last_full_ts).where(
-                    self._state.c.step == self.name
-                )
-            ).first()
-        return None if row is None else (row[0], row[1])
+        return self._state.load(self.name)
 
     def _save_state(self, conn: sa.Connection, value: str | None, full_ts: float | None = None) -> None:
-        rec: dict[str, Any] = {"step": self.name, "last_value": value}
-        if full_ts is not None:
-            rec["last_full_ts"] = full_ts
-        else:
-            old = conn.execute(
-                sa.select(self._state.c.last_full_ts).where(self._state.c.step == self.name)
-            ).scalar()
-            rec["last_full_ts"] = old
-        self.ds.meta_dbconn.upsert(conn, self._state, [rec], ["step"])
+        self._state.save(conn, self.name, value, full_ts)
 
     def _column_type(self) -> sa.types.TypeEngine[Any]:
         assert self._sql is not None and self.updated_at_column is not None  # checked in __init__
