@@ -26,7 +26,7 @@ from datapipe_dagster.compute.partition_runner import stale_by_partition
 from datapipe_dagster.compute.result import RunSummary, StepResult
 from datapipe_dagster.compute.run import build_compute
 from datapipe_dagster.compute.steps import KeyedStep, Step
-from datapipe_dagster.errors import _plain
+from datapipe_dagster.frames import plain as _plain
 
 EXAMPLE = "example_project.definitions:datapipe_target"
 

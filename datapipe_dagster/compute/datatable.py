@@ -12,19 +12,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
+from datapipe_dagster.frames import key_positions
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.database import DBConn
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
-
-
-def key_positions(table: pd.DataFrame, probe: pd.DataFrame, keys: list[str]) -> np.ndarray:
-    """For each row of ``probe``, the position of the row of ``table`` with the same ``keys`` (or -1)."""
-    if len(keys) == 1:
-        index = pd.Index(table[keys[0]])
-        return index.get_indexer(pd.Index(probe[keys[0]]))
-    index = pd.MultiIndex.from_frame(table[keys])
-    return index.get_indexer(pd.MultiIndex.from_frame(probe[keys]))
 
 
 def analyze(dbconn: DBConn, tables: list[sa.Table]) -> None:

@@ -29,17 +29,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import traceback as tb
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore, DataTable
-from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.result import OutputStats, StepResult, failed_frame
 from datapipe_dagster.errors import ConfigurationError, SchemaError
+from datapipe_dagster.frames import anti_join, plain
 from datapipe_dagster.meta.external import ExternalScanState, FileFingerprints, live_hashes
 from datapipe_dagster.store.base import FileListing, SQLTable, TableStore
 from datapipe_dagster.store.schema import conform_types
@@ -199,9 +198,9 @@ class UpdateExternalTableStep(ComputeStep):
             m["mtime_ns"].fillna(-1).astype("int64").to_numpy() == m["_mtime_ns"].astype("int64").to_numpy()
         )
         touched = listing if reread_all else listing.loc[~same].reset_index(drop=True)
-        gone_files = _anti_join(known[pks], listing[pks], pks)
+        gone_files = anti_join(known[pks], listing[pks], pks)
         # Writing with these keys as the processed scope marks deleted only those still alive.
-        gone = pd.concat([gone_files, _anti_join(unfingerprinted, listing[pks], pks)], ignore_index=True)
+        gone = pd.concat([gone_files, anti_join(unfingerprinted, listing[pks], pks)], ignore_index=True)
         data = self._read_files(self.dt.store, touched[pks], result)
         # A file removed between listing and reading is seen as deleted on the next scan.
         fresh = touched.merge(data[pks], on=pks, how="inner")
@@ -229,10 +228,7 @@ class UpdateExternalTableStep(ComputeStep):
             try:
                 frames.append(store.read_rows(one))
             except SchemaError as e:
-                failed = one.reset_index(drop=True).assign(
-                    error=f"{type(e).__name__}: {e}", traceback="".join(tb.format_exception(e))
-                )
-                result.add_failed(failed)
+                result.add_failed(failed_frame(one.reset_index(drop=True), e))
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else store.empty()
 
@@ -248,7 +244,7 @@ class UpdateExternalTableStep(ComputeStep):
         meta = conform_types(meta, dt_.primary_schema)
         m = data[pks].assign(_hash=hashes).merge(meta, on=pks, how="left")
         changed = (m["hash"].isna() | (m["hash"].astype("Int64") != m["_hash"]).fillna(True)).to_numpy()
-        gone = _anti_join(meta[pks], data[pks], pks)
+        gone = anti_join(meta[pks], data[pks], pks)
         now = time.time()
         with self.ds.meta_dbconn.begin_write() as conn:
             self._record(
@@ -308,8 +304,7 @@ class UpdateExternalTableStep(ComputeStep):
         return self._sql.table.c[self.updated_at_column].type
 
     def _encode(self, v: Any) -> str:
-        if isinstance(v, np.generic):
-            v = v.item()
+        v = plain(v)
         if isinstance(v, pd.Timestamp):
             v = v.to_pydatetime()
         return json.dumps(v.isoformat() if hasattr(v, "isoformat") else v)
@@ -324,9 +319,3 @@ class UpdateExternalTableStep(ComputeStep):
         return v
 
 
-def _anti_join(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Rows of ``left`` (key columns) whose key is not in ``right``."""
-    if len(left) == 0 or len(right) == 0:
-        return left[keys].reset_index(drop=True)
-    m = left[keys].merge(right[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    return m.loc[m["_merge"] == "left_only", keys].reset_index(drop=True)

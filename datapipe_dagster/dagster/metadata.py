@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from datapipe_dagster.compute.partitioning import Buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.dagster import constants as c
+from datapipe_dagster.frames import plain
 
 
 def _cell(v: Any) -> str | int | float | bool | None:
-    if v is None or v is pd.NA or v is pd.NaT:
-        return None
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
+    v = plain(v)
+    if v is None:
         return None
     if isinstance(v, (bool, int, float, str)):
         return v
