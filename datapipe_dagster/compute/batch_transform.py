@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
-from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult, analyze
+from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult
 from datapipe_dagster.compute.partitioning import bucket_ranges, key_buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult, failed_frame
 from datapipe_dagster.compute.stale import (
@@ -30,6 +30,7 @@ from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaErr
 from datapipe_dagster.frames import anti_join, plain
 from datapipe_dagster.meta.tables import TransformMetaTable
 from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.sql import AnalyzeOnGrowth
 from datapipe_dagster.types import ChangeList
 
 log = logging.getLogger("datapipe_dagster")
@@ -162,8 +163,7 @@ class BatchTransformStep(ComputeStep):
         self.roles = classify_inputs(input_dts, keys)
         self._tmeta: TransformMetaTable | None = None
         self._stopped = False  # the last process_keys stopped before its last chunk
-        self._marked = 0  # keys marked since this object was made, and at the last ANALYZE
-        self._marked_analyzed = 0
+        self._statistics = AnalyzeOnGrowth()  # of the state table: a key per key processed
 
     def _check_keys(self, keys: list[str]) -> None:
         where = f"transform {self.name!r}"
@@ -515,17 +515,8 @@ class BatchTransformStep(ComputeStep):
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
         for dt in self.output_dts:
             dt.maybe_analyze()
-        self._maybe_analyze_meta(len(keys))
+        self._statistics.grew(self.ds.meta_dbconn, len(keys), [self.meta.table])
         return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
-
-    def _maybe_analyze_meta(self, n: int) -> None:
-        """The transform state table grows by a key per key processed: refresh its statistics as it grows
-        (see ``DataTable.maybe_analyze``)."""
-        self._marked += n
-        done = self._marked_analyzed
-        if self.ds.meta_dbconn.backend == "postgresql" and self._marked - done >= max(10_000, done):
-            self._marked_analyzed = self._marked
-            analyze(self.ds.meta_dbconn, [self.meta.table])
 
     def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
         return keys[self.key_cols]

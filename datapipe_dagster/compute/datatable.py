@@ -16,15 +16,7 @@ from datapipe_dagster.frames import key_positions
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.database import DBConn
-from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
-
-
-def analyze(dbconn: DBConn, tables: list[sa.Table]) -> None:
-    """``ANALYZE`` the tables (PostgreSQL), outside any write transaction."""
-    with dbconn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for t in tables:
-            name = conn.dialect.identifier_preparer.format_table(t)
-            conn.exec_driver_sql(f"ANALYZE {name}")
+from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame
 
 
 class DataStore:
@@ -125,7 +117,8 @@ class DataTable:
         self._shared = self._sql is not None
         self._ready = False
         self._written = 0  # rows written (and deleted) through this object
-        self._analyzed_at = 0
+        self._analyzed = 0  # of the rows written, those counted by the last statistics check
+        self._statistics = AnalyzeOnGrowth()
 
     @property
     def store(self) -> TableStore:
@@ -273,16 +266,10 @@ class DataTable:
 
     def maybe_analyze(self) -> None:
         """Refresh PostgreSQL's planner statistics of this table (metadata and data) once it has grown
-        enough since the last time (10,000 rows, then each doubling). Without statistics a freshly
-        loaded table gets generic estimates, and the planner scans whole tables where an index serves."""
-        grown = self._written - self._analyzed_at
-        if grown < max(10_000, self._analyzed_at) or self.ds.meta_dbconn.backend != "postgresql":
-            return
-        self._analyzed_at = self._written
-        tables = [self.meta.table]
-        if self._sql is not None:
-            tables.append(self._sql.table)
-        analyze(self.ds.meta_dbconn, tables)
+        enough since the last time (``AnalyzeOnGrowth``)."""
+        grown, self._analyzed = self._written - self._analyzed, self._written
+        tables = [self.meta.table] + ([self._sql.table] if self._sql is not None else [])
+        self._statistics.grew(self.ds.meta_dbconn, grown, tables)
 
     def _mark_deleted(self, conn: sa.Connection, keys: pd.DataFrame, first_seq: int, now: float) -> None:
         t = self.meta.table
