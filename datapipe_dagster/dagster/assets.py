@@ -74,6 +74,86 @@ def failure_message(name: str, failed: pd.DataFrame, key_cols: list[str], total:
     return "\n".join(lines)
 
 
+def describe_step(props: StepProps) -> str:
+    """The multi-asset's description: kind, name, inputs -> outputs and how it is keyed."""
+    kind = "keyed by " + ", ".join(props.transform_keys) if props.transform_keys else "unpartitioned"
+    inputs = ", ".join(props.inputs) or "(no inputs)"
+    return f"{props.kind} `{props.name}`: {inputs} -> {', '.join(props.outputs)} ({kind})."
+
+
+def run_step(
+    step: Step,
+    runner: PartitionRunner | None,
+    ds: DataStore,
+    props: StepProps,
+    mode: str,
+    partitions: list[str] | None,
+    tags: Mapping[str, str],
+) -> list[PartitionOutcome]:
+    """Run the engine for one run; a DatapipeError (it names table, column and key) becomes the run's
+    ``dg.Failure``."""
+    try:
+        if runner is None:
+            return [PartitionOutcome(None, step.run_full(ds), 0)]
+        return runner.run(mode, partitions, retry_failed=tags.get(c.TAG_RETRY_FAILED) == "true")
+    except DatapipeError as e:
+        raise dg.Failure(description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}) from e
+
+
+def materializations(
+    context: AssetExecutionContext,
+    step: Step,
+    out_specs: list[dg.AssetSpec],
+    outcomes: list[PartitionOutcome],
+    mode: str,
+    partitions: list[str] | None,
+    runner: PartitionRunner | None,
+) -> Iterator[dg.MaterializeResult]:
+    """One ``MaterializeResult`` per output; a run over several partitions attaches each partition's own
+    metadata with ``add_asset_metadata`` and gives the result only the run's range."""
+    key_cols = runner.key_cols if runner is not None else []
+    for spec, dt in zip(out_specs, step.output_dts, strict=True):
+        per_partition = {
+            o.partition: output_metadata(
+                result=o.result,
+                stats=o.result.outputs.get(dt.name, OutputStats()),
+                mode=mode,
+                partition=o.partition,
+                key_cols=key_cols,
+                stale_remaining=o.stale_remaining,
+                preview=_preview(o.result, dt),
+                parts=runner.parts if runner is not None else None,
+            )
+            for o in outcomes
+        }
+        if len(outcomes) == 1 or not partitions:
+            yield dg.MaterializeResult(asset_key=spec.key, metadata=per_partition[outcomes[0].partition])
+            continue
+        for p, md in per_partition.items():
+            context.add_asset_metadata(md, asset_key=spec.key, partition_key=p)
+        yield dg.MaterializeResult(
+            asset_key=spec.key,
+            metadata={c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"},
+        )
+
+
+def fail_on_failed_keys(props: StepProps, outcomes: list[PartitionOutcome], runner: PartitionRunner | None) -> None:
+    """Raise the run's ``dg.Failure`` naming the failed keys and their partitions, if any failed."""
+    run_failed = [o.result.failed for o in outcomes if o.result.keys_failed]
+    if not run_failed:
+        return
+    key_cols = runner.key_cols if runner is not None else []
+    failed = failed_with_partitions(
+        pd.concat(run_failed, ignore_index=True),
+        runner.parts if runner is not None else None,
+        list(props.transform_keys or ()),
+    )
+    raise dg.Failure(
+        description=failure_message(props.name, failed, key_cols, len(failed)),
+        metadata={c.META_TRANSFORM: props.name, c.META_KEYS_FAILED: len(failed)},
+    )
+
+
 def build_step_asset(
     step: Step,
     props: StepProps,
@@ -93,8 +173,6 @@ def build_step_asset(
     check_specs = specs.check_specs.get(props.name, [])
     runner = PartitionRunner(step, parts) if isinstance(step, KeyedStep) else None
     partitioned = runner is not None and runner.parts is not None
-    kind = "keyed by " + ", ".join(props.transform_keys) if props.transform_keys else "unpartitioned"
-    description = f"{props.kind} `{props.name}`: {', '.join(props.inputs) or '(no inputs)'} -> {', '.join(props.outputs)} ({kind})."
 
     @dg.multi_asset(
         name=c.op_name(props.name),
@@ -102,64 +180,22 @@ def build_step_asset(
         check_specs=check_specs or None,
         backfill_policy=parts.backfill_policy() if partitioned and parts is not None else None,
         can_subset=False,  # the engine writes all outputs of a key in one transaction
-        description=description,
+        description=describe_step(props),
         op_tags={"datapipe/step": props.name},
     )
     def _step_asset(context: AssetExecutionContext) -> Iterator[Any]:
-        tags = context.run.tags
-        mode = run_mode(tags)
+        mode = run_mode(context.run.tags)
         partitions = list(context.partition_keys) if partitioned else None
-        try:
-            if runner is None:
-                outcomes = [PartitionOutcome(None, step.run_full(ds), 0)]
-            else:
-                outcomes = runner.run(mode, partitions, retry_failed=tags.get(c.TAG_RETRY_FAILED) == "true")
-        except DatapipeError as e:
-            # Configuration and schema errors name the table, column and key: show them as the failure.
-            raise dg.Failure(
-                description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}
-            ) from e
-        key_cols = runner.key_cols if runner is not None else []
-        runner_tk = list(props.transform_keys or ())
+        outcomes = run_step(step, runner, ds, props, mode, partitions, context.run.tags)
         summary = run_summary(partitions, [o.result for o in outcomes])
         context.log.info("%s: %s (%s)", props.name, summary, mode)
         tag_run(context, summary)
-        run_failed = [o.result.failed for o in outcomes if o.result.keys_failed]
-        for spec, dt in zip(out_specs, step.output_dts, strict=True):
-            per_partition = {
-                o.partition: output_metadata(
-                    result=o.result,
-                    stats=o.result.outputs.get(dt.name, OutputStats()),
-                    mode=mode,
-                    partition=o.partition,
-                    key_cols=key_cols,
-                    stale_remaining=o.stale_remaining,
-                    preview=_preview(o.result, dt),
-                    parts=runner.parts if runner is not None else None,
-                )
-                for o in outcomes
-            }
-            if len(outcomes) == 1:
-                yield dg.MaterializeResult(asset_key=spec.key, metadata=per_partition[outcomes[0].partition])
-                continue
-            for p, md in per_partition.items():
-                context.add_asset_metadata(md, asset_key=spec.key, partition_key=p)
-            assert partitions is not None
-            yield dg.MaterializeResult(
-                asset_key=spec.key,
-                metadata={c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"},
-            )
+        yield from materializations(context, step, out_specs, outcomes, mode, partitions, runner)
         if runner is not None:  # checks are declared for keyed steps only
             for cs in check_specs:
-                yield failed_keys_check(runner.step, cs, key_cols, runner.parts)
-        if run_failed and fail_run_on_failed_keys:
-            failed = failed_with_partitions(
-                pd.concat(run_failed, ignore_index=True), runner.parts if runner else None, runner_tk
-            )
-            raise dg.Failure(
-                description=failure_message(props.name, failed, key_cols, len(failed)),
-                metadata={c.META_TRANSFORM: props.name, c.META_KEYS_FAILED: len(failed)},
-            )
+                yield failed_keys_check(runner.step, cs, runner.key_cols, runner.parts)
+        if fail_run_on_failed_keys:
+            fail_on_failed_keys(props, outcomes, runner)
 
     return _step_asset
 
