@@ -76,7 +76,7 @@ class DatatableTransformStep:
         self.output_dts = output_dts
         self.code_version: str | None = "1"
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
         frames = [dt.get_data() for dt in self.input_dts]
         result.rows_read = sum(len(f) for f in frames)
@@ -97,9 +97,9 @@ class DatatableTransformStep:
         result.keys_processed = 1
         return result
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         if any(len(changelist.get(dt.name) if changelist.get(dt.name) is not None else ()) for dt in self.input_dts):
-            return self.run_full(ds)
+            return self.run_full()
         return StepResult(self.name)
 
 
@@ -247,7 +247,7 @@ def test_an_object_missing_a_member_is_not_a_step() -> None:
         output_dts: list[DataTable] = []
         code_version = None
 
-        def run_full(self, ds: DataStore | None = None) -> StepResult:
+        def run_full(self) -> StepResult:
             return StepResult(self.name)
 
     assert not isinstance(Half(), Step)  # no run_changelist
@@ -332,7 +332,7 @@ def test_build_compute_refuses_what_is_not_a_step(tmp_path) -> None:  # noqa: AN
         output_dts: list[DataTable] = []
         code_version = None
 
-        def run_full(self, ds: DataStore | None = None) -> StepResult:
+        def run_full(self) -> StepResult:
             return StepResult(self.name)
 
     class Half:

@@ -319,7 +319,7 @@ class BatchTransformStep(ComputeStep):
 
     # ------------------------------------------------------------------ running
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         if self.keyless:
             return self.process_keys(self._keyless_stale())
         stale, marks, _, current = self._stale()
@@ -331,7 +331,7 @@ class BatchTransformStep(ComputeStep):
             self._advance(marks, {r.mark: current for r in self._scan_roles()})
         return result
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         keys = self.keys_for_changes(changelist)
         if keys is None or len(keys) == 0:
             return StepResult(self.name)
@@ -517,9 +517,6 @@ class BatchTransformStep(ComputeStep):
             dt.maybe_analyze()
         self._statistics.grew(self.ds.meta_dbconn, len(keys), [self.meta.table])
         return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
-
-    def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
-        return keys[self.key_cols]
 
     def _mark_failed(self, keys: pd.DataFrame, e: BaseException, read_seq: int, result: StepResult) -> None:
         """Record ``keys`` as failed with ``e``, as of the inputs read at ``read_seq`` (so a row written

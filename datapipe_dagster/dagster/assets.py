@@ -15,7 +15,6 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.partition_runner import PartitionOutcome, PartitionRunner
 from datapipe_dagster.compute.partitioning import Buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult
@@ -84,7 +83,6 @@ def describe_step(props: StepProps) -> str:
 def run_step(
     step: Step,
     runner: PartitionRunner | None,
-    ds: DataStore,
     props: StepProps,
     mode: str,
     partitions: list[str] | None,
@@ -94,7 +92,7 @@ def run_step(
     ``dg.Failure``."""
     try:
         if runner is None:
-            return [PartitionOutcome(None, step.run_full(ds), 0)]
+            return [PartitionOutcome(None, step.run_full(), 0)]
         return runner.run(mode, partitions, retry_failed=tags.get(c.TAG_RETRY_FAILED) == "true")
     except DatapipeError as e:
         raise dg.Failure(description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}) from e
@@ -159,7 +157,6 @@ def build_step_asset(
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions | None,
-    ds: DataStore,
     *,
     fail_run_on_failed_keys: bool = True,
 ) -> dg.AssetsDefinition:
@@ -186,7 +183,7 @@ def build_step_asset(
     def _step_asset(context: AssetExecutionContext) -> Iterator[Any]:
         mode = run_mode(context.run.tags)
         partitions = list(context.partition_keys) if partitioned else None
-        outcomes = run_step(step, runner, ds, props, mode, partitions, context.run.tags)
+        outcomes = run_step(step, runner, props, mode, partitions, context.run.tags)
         summary = run_summary(partitions, [o.result for o in outcomes])
         context.log.info("%s: %s (%s)", props.name, summary, mode)
         tag_run(context, summary)

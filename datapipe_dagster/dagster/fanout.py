@@ -16,7 +16,6 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext, OpExecutionContext
 
-from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.partition_runner import PartitionRunner, stale_by_partition
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.steps import KeyedStep
@@ -77,7 +76,6 @@ def build_fanout_step_asset(
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions,
-    ds: DataStore,
     *,
     fail_run_on_failed_keys: bool = True,
 ) -> dg.AssetsDefinition:
