@@ -37,6 +37,7 @@ from datapipe_dagster.compute.external import UpdateExternalTable
 from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import OutputStats
 from datapipe_dagster.compute.steps import GeneratingStep, KeyedStep, ScanningStep, Step, is_keyed
+from datapipe_dagster.dagster.inprocess import execute_request, tick_sensor
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.testing import StepCase, StepConformance
 
@@ -266,8 +267,11 @@ def test_a_new_step_kind_runs_under_dagster(tmp_path) -> None:  # noqa: ANN001
     with dg.instance_for_test() as instance:
         res = materialize(defs, instance, [dg.AssetKey("totals")])
         assert [e.asset_key for e in res.get_asset_materialization_events()] == [dg.AssetKey("totals")]
+        quiet = tick_sensor(defs, instance, "whole_totals_stale_sensor")
         catalog.get_datatable(ds, "events").store_chunk(CHANGE)
-        materialize(defs, instance, [dg.AssetKey("totals")])
+        # Its sensor sees the input change (an unkeyed step: one run when any input row was written).
+        (req,) = tick_sensor(defs, instance, "whole_totals_stale_sensor", quiet.cursor).run_requests
+        assert execute_request(defs, instance, req).success
     got = catalog.get_datatable(ds, "totals").get_data().sort_values("user_id")
     assert got.to_dict("list") == {"user_id": ["u1", "u2", "u3"], "total": [12, 3, 4]}
 
