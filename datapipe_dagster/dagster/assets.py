@@ -15,9 +15,10 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
+from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.compute.partition_runner import PartitionOutcome, PartitionRunner
 from datapipe_dagster.compute.partitioning import Buckets
-from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.result import OutputStats
 from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.metadata import (
@@ -46,13 +47,14 @@ def run_mode(tags: Mapping[str, str]) -> str:
     return c.MODE_REPARSE
 
 
-def _preview(result: StepResult, dt: Any) -> pd.DataFrame | None:
-    changed = result.changed.get(dt.name)
+def preview(dt: DataTable, changed: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The first changed rows of an output as they are now (None when nothing changed or they cannot be
+    read: a preview must never fail a run that already committed)."""
     if changed is None or len(changed) == 0:
         return None
     try:
         return dt.get_data(changed.head(c.PREVIEW_ROWS))
-    except Exception:  # noqa: BLE001 - a preview must never fail a run that already committed
+    except Exception:  # noqa: BLE001 - see the docstring
         return None
 
 
@@ -119,7 +121,7 @@ def materializations(
                 partition=o.partition,
                 key_cols=key_cols,
                 stale_remaining=o.stale_remaining,
-                preview=_preview(o.result, dt),
+                preview=preview(dt, o.result.changed.get(dt.name)),
                 parts=runner.parts if runner is not None else None,
             )
             for o in outcomes
