@@ -20,8 +20,8 @@ PARITY_NAMES = {
 PUBLIC_NAMES = [
     "BatchGenerate", "BatchTransform", "BatchTransformStep", "BytesFile", "Catalog", "ChangeList",
     "ComputeStep", "ConfigurationError", "DBConn", "DataStore", "DataTable", "DatapipeComponent",
-    "DatapipeError", "EvalResult", "FileAdapter", "GeneratingStep", "ImageFile", "JSONFile", "KeyedStep",
-    "NoFixedPointError", "OutputDiff", "PipeBreak", "PipeError", "Pipeline", "PipelineStep", "RowTransform",
+    "DatapipeError", "EvalResult", "FileAdapter", "GeneratingStep", "ImageFile", "Input", "JSONFile",
+    "KeyedStep", "NoFixedPointError", "Output", "OutputDiff", "PipeBreak", "PipeError", "Pipeline", "PipelineStep", "RowTransform",
     "RunSummary", "ScanningStep", "SchemaError", "SkipRow", "Step", "StepFailedError", "StepResult", "Table",
     "TableStore", "TableStoreCSV", "TableStoreDB", "TableStoreExcel", "TableStoreFiledir",
     "TableStoreJsonLine", "TableStoreParquet", "TextFile", "UnknownTableError", "UpdateExternalTable",
