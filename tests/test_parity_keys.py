@@ -347,6 +347,47 @@ def test_key_alias_as_the_only_input(dbconn) -> None:
     assert rows(cat.get_datatable(ds, "out"), ["user_id", "total"]) == [(1, 3), (2, 7)]
 
 
+def test_the_same_table_twice_under_different_aliases(dbconn) -> None:
+    """datapipe's example: enrich both sides of a subscription from the users table."""
+    s = sa.String
+    cat = Catalog(
+        {
+            "users": Table(TableStoreDB("users", dbconn, [sa.Column("user_id", s, primary_key=True), sa.Column("name", s)])),
+            "subs": Table(TableStoreDB("subs", dbconn, [sa.Column("user_id", s, primary_key=True), sa.Column("sub_user_id", s, primary_key=True)])),
+            "pairs": Table(
+                TableStoreDB(
+                    "pairs",
+                    dbconn,
+                    [sa.Column("user_id", s, primary_key=True), sa.Column("sub_user_id", s, primary_key=True), sa.Column("names", s)],
+                )
+            ),
+        }
+    )
+
+    def enrich(subs: pd.DataFrame, users: pd.DataFrame, sub_users: pd.DataFrame) -> pd.DataFrame:
+        assert list(sub_users.columns) == ["user_id", "name"]  # the table's own names
+        df = subs.merge(users, on="user_id").merge(sub_users.rename(columns={"user_id": "sub_user_id", "name": "sub"}), on="sub_user_id")
+        return df.assign(names=df["name"] + "->" + df["sub"])[["user_id", "sub_user_id", "names"]]
+
+    ds = DataStore(dbconn)
+    inputs = ["subs", "users", Input("users", keys={"sub_user_id": "user_id"})]
+    bt = BatchTransform(enrich, inputs, ["pairs"], transform_keys=["user_id", "sub_user_id"])
+    (step,) = build_compute(ds, cat, Pipeline([bt]))
+    specs = build_definitions(cat, Pipeline([bt]), ds).resolve_all_asset_specs()
+    assert [d.asset_key for s in specs if s.key == dg.AssetKey("pairs") for d in s.deps] == [dg.AssetKey("subs"), dg.AssetKey("users")]
+    users, subs, pairs = (cat.get_datatable(ds, n) for n in ("users", "subs", "pairs"))
+    users.store_chunk(pd.DataFrame({"user_id": ["a", "b", "c"], "name": ["A", "B", "C"]}))
+    subs.store_chunk(pd.DataFrame({"user_id": ["a", "b", "c"], "sub_user_id": ["b", "c", "a"]}))
+    run_steps(ds, [step])
+    assert rows(pairs, ["user_id", "names"]) == [("a", "A->B"), ("b", "B->C"), ("c", "C->A")]
+    users.store_chunk(pd.DataFrame({"user_id": ["b"], "name": ["Bee"]}))
+    assert stale(step) == [("a", "b"), ("b", "c")]  # b on either side
+    changed = users.store_chunk(pd.DataFrame({"user_id": ["c"], "name": ["Cee"]}))
+    run_steps_changelist(ds, [step], ChangeList.create("users", changed))
+    run_steps(ds, [step])
+    assert rows(pairs, ["user_id", "names"]) == [("a", "A->Bee"), ("b", "Bee->Cee"), ("c", "Cee->A")]
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
@@ -466,3 +507,19 @@ def test_kwargs_clashing_with_a_context_parameter_are_refused() -> None:
 
     with pytest.raises(ConfigurationError, match=r"BatchTransform 'f': kwargs \['run_config'\] clash"):
         BatchTransform(f, ["src"], ["dst"], kwargs={"run_config": {}})
+
+
+def test_cleanup_false_output_in_a_dagster_partition(tmp_path) -> None:
+    dbconn = DBConn(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    ds, step, samples, models = model_setup(dbconn)
+    cat = Catalog({n: Table(dt.store) for n, dt in (("samples", samples), ("models", models))})
+    pipeline = Pipeline([BatchTransform(step.func, ["samples"], [Output("models", cleanup=False)], transform_keys=["dataset"], name="train")])
+    defs = build_definitions(cat, pipeline, ds, partitions=2)
+    datasets = [f"d{i}" for i in range(6)]
+    samples.store_chunk(pd.DataFrame({"dataset": datasets, "sample_id": range(6), "x": range(6)}))
+    bucket = key_buckets(pd.DataFrame({"dataset": datasets}), ["dataset"], 2)
+    job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey("models")])
+    assert job is not None
+    with dg.instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("models")], partition_key="01").success
+    assert sorted(means(models)) == sorted(f"model-{d}" for d, b in zip(datasets, bucket, strict=True) if b == 1)

@@ -88,11 +88,12 @@ def classify_inputs(
 
 
 def factor_indexes(roles: list[InputRole], keys: list[str]) -> list[list[str]]:
-    """Transform-state indexes a cross-join transform needs: one per factor's key columns that are not a
-    prefix of the state's primary key, so a changed factor row finds its processed keys by index."""
+    """Transform-state indexes for inputs holding part of the key (factors of a cross join, partial
+    inputs): one per such key-column set that is not a prefix of the state's primary key, so a changed
+    row finds the processed keys holding its values by index. Created with the state table."""
     out: list[list[str]] = []
     for r in roles:
-        if r.kind == "factor" and r.shared != keys[: len(r.shared)] and r.shared not in out:
+        if r.kind in ("factor", "partial") and r.shared != keys[: len(r.shared)] and r.shared not in out:
             out.append(list(r.shared))
     return out
 
@@ -169,12 +170,10 @@ def stale_keys_query(
                 stmt = (
                     sa.select(*[changed.c[k] for k in keys], sa.func.min(changed.c.seq))
                     .select_from(changed.outerjoin(t, on))
-                    .where(
-                        sa.or_(
-                            sa.and_(t.c[keys[0]].is_(None), changed.c.delete_ts.is_(None)),
-                            changed.c.seq > t.c.processed_seq,
-                        )
-                    )
+                    # A deleted row of a key never processed counts too: a processor may be computing
+                    # that key from the row right now, and its commit (marked below the delete) must
+                    # be overtaken, or the key's outputs would outlive its inputs.
+                    .where(sa.or_(t.c[keys[0]].is_(None), changed.c.seq > t.c.processed_seq))
                     .group_by(*[changed.c[k] for k in keys])
                 )
             else:
@@ -211,8 +210,9 @@ def _factor_processed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], 
 def _factor_new(
     roles: list[InputRole], role: InputRole, changed: sa.CTE, t: sa.Table, keys: list[str]
 ) -> sa.Select:
-    """Keys never processed that a live changed row of factor ``role`` forms with the other factors'
-    live rows: the changed rows (few, from the seq index) joined to the others, not the whole product."""
+    """Keys never processed that a changed row of factor ``role`` forms with the other factors' live
+    rows: the changed rows (few, from the seq index) joined to the others, not the whole product. A
+    deleted row counts too (as for full inputs): a processor may be computing its keys right now."""
     src, provided = join_factors(roles, changed, {k: changed.c[k] for k in role.shared}, role)
     cols = [provided[k] for k in keys]
     on = sa.and_(*[t.c[k] == provided[k] for k in keys])
@@ -222,7 +222,7 @@ def _factor_new(
             sa.func.min(changed.c.seq).label("min_seq"),
         )
         .select_from(src.outerjoin(t, on))
-        .where(t.c[keys[0]].is_(None), changed.c.delete_ts.is_(None))
+        .where(t.c[keys[0]].is_(None))
         .group_by(*cols)
     )
 
