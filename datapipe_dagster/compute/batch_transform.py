@@ -9,6 +9,7 @@ import time
 import traceback as tb
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -204,9 +205,7 @@ class BatchTransformStep(ComputeStep):
         self.run_config: dict[str, Any] = {}
         self._ctx_names = context_params(func, len(input_dts))
         self._tmeta: TransformMetaTable | None = None
-        self._stopped = (
-            False  # the last process_keys stopped before its last chunk (a RowTransform's PipeBreak)
-        )
+        self._stopped = False  # the last process_keys stopped before its last chunk
         self._marked = 0  # keys marked since this object was made, and at the last ANALYZE
         self._marked_analyzed = 0
 
@@ -283,12 +282,12 @@ class BatchTransformStep(ComputeStep):
 
     def _scan_roles(self) -> list[InputRole]:
         """The inputs, and the outputs this step alone writes (swept for keys it never processed)."""
-        mine = [
-            dt
-            for dt in self.output_dts
-            if dt.name not in self.shared_outputs and dt.name not in self.no_cleanup
-        ]
-        return self.roles + output_roles(mine, self.transform_keys)
+        return self.roles + output_roles(self._swept_outputs(), self.transform_keys)
+
+    def _swept_outputs(self) -> list[DataTable]:
+        """Outputs whose rows under keys never processed are deleted: those this step alone writes, with
+        cleanup (an ``Output(cleanup=False)`` keeps every row)."""
+        return [dt for dt in self.output_dts if dt.name not in self.shared_outputs and dt.name not in self.no_cleanup]
 
     def _stale(self, include_failed: bool = True) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
         """Stale keys, the watermarks read, the watermarks they may advance to, and the sequence value
@@ -314,15 +313,7 @@ class BatchTransformStep(ComputeStep):
             row = conn.execute(sa.select(t.c.processed_seq, t.c.is_success)).first()
             top = max((dt.meta.max_seq(conn) for dt in self.input_dts), default=0)
             # Never run, no input, but outputs left by someone else: one run deletes them.
-            orphans = (
-                row is None
-                and top == 0
-                and any(
-                    dt.meta.max_seq(conn) > 0
-                    for dt in self.output_dts
-                    if dt.name not in self.shared_outputs and dt.name not in self.no_cleanup
-                )
-            )
+            orphans = row is None and top == 0 and any(dt.meta.max_seq(conn) > 0 for dt in self._swept_outputs())
         failed = row is not None and not row[1] and include_failed
         stale = row is None and (top > 0 or orphans) or row is not None and (failed or top > row[0])
         return pd.DataFrame({ALL_KEY: [0] if stale else []}, dtype="int64")
@@ -377,11 +368,7 @@ class BatchTransformStep(ComputeStep):
             if idx is None or len(idx) == 0:
                 continue
             if self.keyless or role.kind == "keyless":
-                return (
-                    self.get_stale_keys(advance_watermark=False)
-                    if not self.keyless
-                    else pd.DataFrame({ALL_KEY: [0]})
-                )
+                return self.get_stale_keys(advance_watermark=False) if not self.keyless else pd.DataFrame({ALL_KEY: [0]})
             idx = role.to_key_names(idx)
             if role.kind == "full":
                 frames.append(idx[self.transform_keys])
@@ -464,13 +451,9 @@ class BatchTransformStep(ComputeStep):
 
     def context_args(self, names: set[str], keys: pd.DataFrame, context: Any = None) -> dict[str, Any]:
         """The context parameters ``names`` for a call on the chunk ``keys`` (``compute.context``)."""
-        from types import SimpleNamespace
-
         ctx = {"ds": self.ds, "idx": keys[self.key_cols], "run_config": self.run_config}
-        return {
-            p: ctx[p] if p != "context" else (context if context is not None else SimpleNamespace())
-            for p in names
-        }
+        ctx["context"] = context if context is not None else SimpleNamespace()
+        return {p: ctx[p] for p in names}
 
     def _call(self, dfs: list[pd.DataFrame], keys: pd.DataFrame) -> list[pd.DataFrame]:
         res = self.func(*dfs, **self.kwargs, **self.context_args(self._ctx_names, keys))
@@ -619,15 +602,8 @@ class BatchTransformStep(ComputeStep):
             if len(newer):
                 keys = keys.loc[key_positions(newer, keys, kc) < 0].reset_index(drop=True)
                 failed = failed.loc[key_positions(newer, failed, kc) < 0].reset_index(drop=True)
-                outs = [
-                    self._drop_newer(dt, o, newer, len(keys))
-                    for dt, o in zip(self.output_dts, outs, strict=True)
-                ]
-            ok = (
-                keys.loc[key_positions(failed, keys, kc) < 0, kc].reset_index(drop=True)
-                if len(failed)
-                else keys[kc]
-            )
+                outs = [self._drop_newer(dt, o, newer, len(keys)) for dt, o in zip(self.output_dts, outs, strict=True)]
+            ok = keys.loc[key_positions(failed, keys, kc) < 0, kc].reset_index(drop=True) if len(failed) else keys[kc]
             stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             if len(ok):
                 for i, (dt, df) in enumerate(zip(self.output_dts, outs, strict=True)):
