@@ -606,10 +606,14 @@ class BatchTransformStep(ComputeStep):
             ok = anti_join(keys[kc], failed, kc)
             stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             if len(ok):
-                for i, (dt, df) in enumerate(zip(self.output_dts, outs, strict=True)):
-                    scope = self._cleanup_scope(conn, dt, ok)
-                    stats[i] = dt.write(conn, df, processed_idx=scope, now=now, validated=True)
+                # Every read first and the state marked (under the transform's lock already), so the
+                # write-sequence lock, taken by the first output write, is held only while writing.
+                prepared = [
+                    dt.prepare_write(conn, df, processed_idx=self._cleanup_scope(conn, dt, ok), now=now, validated=True)
+                    for dt, df in zip(self.output_dts, outs, strict=True)
+                ]
                 self.meta.mark(conn, ok, read_seq, now)
+                stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
             for rec in to_records(failed):
                 one = pd.DataFrame([{k: rec[k] for k in kc}])
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
