@@ -290,7 +290,7 @@ def test_external_folder_reads_only_changed_files(tmp_path: Path, dbconn: DBConn
     (folder / "3.json").rename(folder / "33.json")  # renamed
     (folder / "4.json").unlink()  # deleted
     adapter.reads = 0
-    scan = steps[0].run_full(ds)
+    scan = steps[0].run_full()
     o = scan.outputs["items"]
     assert adapter.reads == 3 and (o.inserted, o.updated, o.deleted) == (1, 1, 2)
     adapter.reads = 0
@@ -308,14 +308,14 @@ def test_external_folder_reads_only_changed_files(tmp_path: Path, dbconn: DBConn
 
     (folder / "5.json").write_text('{"price": ')  # half-written by the other service
     (folder / "6.json").write_text(json.dumps({"price": 6}))
-    res = steps[0].run_full(ds)
+    res = steps[0].run_full()
     assert (
         res.failed[["item_id"]].to_dict("records") == [{"item_id": 5}]
         and "5.json" in res.failed["error"].iloc[0]
     )
     assert res.outputs["items"].inserted == 1, "the other files go on"
     (folder / "5.json").write_text(json.dumps({"price": 5}))
-    res = steps[0].run_full(ds)
+    res = steps[0].run_full()
     assert res.keys_failed == 0
     assert res.outputs["items"].inserted == 1, "the failed file is retried"
 

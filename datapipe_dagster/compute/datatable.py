@@ -59,9 +59,11 @@ class DataStore:
             self._tables[name] = dt
         return dt
 
-    def transform_meta(self, name: str, key_schema: list[sa.Column]) -> TransformMetaTable:
+    def transform_meta(
+        self, name: str, key_schema: list[sa.Column], indexes: list[list[str]] | None = None
+    ) -> TransformMetaTable:
         self.ensure_ready()
-        tm = TransformMetaTable(self.meta_dbconn, name, key_schema)
+        tm = TransformMetaTable(self.meta_dbconn, name, key_schema, indexes)
         tm.create()
         return tm
 

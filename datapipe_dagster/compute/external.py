@@ -138,10 +138,10 @@ class UpdateExternalTableStep(ComputeStep):
         table without an updated-at column reads and hashes every row."""
         return self.updated_at_column is not None or isinstance(self.dt.store, FileListing)
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         return self.scan()
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         """Nothing: an external table's changes are found by scanning, not by the pipeline's changelist."""
         return StepResult(self.name)
 

@@ -161,10 +161,17 @@ class TransformMetaTable:
 
     BACKFILL_CHUNK = 10_000
 
-    def __init__(self, dbconn: DBConn, name: str, key_schema: list[sa.Column]):
+    def __init__(
+        self, dbconn: DBConn, name: str, key_schema: list[sa.Column], indexes: list[list[str]] | None = None
+    ):
         self.dbconn = dbconn
         self.name = name
         self.keys = [c.name for c in key_schema]
+        # Further indexes on key columns (a cross-join transform's factors), created with the table.
+        extra = [
+            sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_{'_'.join(cols)}"), *cols)
+            for cols in indexes or []
+        ]
         # "__transform_meta" keeps a transform's state apart from a table's "<name>_meta" of the same name.
         self.table = own_table(
             dbconn,
@@ -179,6 +186,7 @@ class TransformMetaTable:
             sa.Column("key_hash", sa.BigInteger, nullable=True),
             sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_success"), "is_success"),
             sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_key_hash"), "key_hash"),
+            *extra,
         )
 
     def create(self) -> None:
