@@ -385,7 +385,7 @@ class BatchTransformStep(ComputeStep):
 
     # ------------------------------------------------------------------ running
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         if self.keyless:
             return self.process_keys(self._keyless_stale())
         stale, marks, _, current = self._stale()
@@ -397,7 +397,7 @@ class BatchTransformStep(ComputeStep):
             self._advance(marks, {r.mark: current for r in self._scan_roles()})
         return result
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         keys = self.keys_for_changes(changelist)
         if keys is None or len(keys) == 0:
             return StepResult(self.name)
@@ -606,10 +606,14 @@ class BatchTransformStep(ComputeStep):
             ok = anti_join(keys[kc], failed, kc)
             stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             if len(ok):
-                for i, (dt, df) in enumerate(zip(self.output_dts, outs, strict=True)):
-                    scope = self._cleanup_scope(conn, dt, ok)
-                    stats[i] = dt.write(conn, df, processed_idx=scope, now=now, validated=True)
+                # Every read first and the state marked (under the transform's lock already), so the
+                # write-sequence lock, taken by the first output write, is held only while writing.
+                prepared = [
+                    dt.prepare_write(conn, df, processed_idx=self._cleanup_scope(conn, dt, ok), now=now, validated=True)
+                    for dt, df in zip(self.output_dts, outs, strict=True)
+                ]
                 self.meta.mark(conn, ok, read_seq, now)
+                stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
             for rec in to_records(failed):
                 one = pd.DataFrame([{k: rec[k] for k in kc}])
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
@@ -643,9 +647,6 @@ class BatchTransformStep(ComputeStep):
             f"inputs, and output {dt.name!r} (cleanup=False, without the transform-key columns) cannot be split by "
             "key; the chunk is retried in parts"
         )
-
-    def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
-        return keys[self.key_cols]
 
     def _mark_failed(self, keys: pd.DataFrame, e: BaseException, read_seq: int, result: StepResult) -> None:
         """Record ``keys`` as failed with ``e``, as of the inputs read at ``read_seq`` (so a row written

@@ -16,12 +16,11 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext, OpExecutionContext
 
-from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.partition_runner import PartitionRunner, stale_by_partition
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster import constants as c
-from datapipe_dagster.dagster.assets import failed_keys_check, failure_message, run_mode, tag_run
+from datapipe_dagster.dagster.assets import failed_keys_check, failure_message, preview, run_mode, tag_run
 from datapipe_dagster.dagster.metadata import failed_with_partitions, output_metadata, run_summary
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
@@ -77,7 +76,6 @@ def build_fanout_step_asset(
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions,
-    ds: DataStore,
     *,
     fail_run_on_failed_keys: bool = True,
 ) -> dg.AssetsDefinition:
@@ -139,7 +137,6 @@ def build_fanout_step_asset(
         for (name, _), spec, dt in zip(outs.items(), out_specs, step.output_dts, strict=True):
             for p, r in results.items():
                 changed = pd.DataFrame(by_table[p].get(dt.name, []))
-                preview = _preview(dt, changed)
                 md = output_metadata(
                     result=r,
                     stats=r.outputs.get(dt.name, OutputStats()),
@@ -147,7 +144,7 @@ def build_fanout_step_asset(
                     partition=p,
                     key_cols=key_cols,
                     stale_remaining=counts.get(p, 0),
-                    preview=preview,
+                    preview=preview(dt, changed),
                     parts=parts,
                 )
                 context.add_asset_metadata(md, asset_key=spec.key, partition_key=p)
@@ -184,11 +181,3 @@ def build_fanout_step_asset(
 
     return _graph
 
-
-def _preview(dt: Any, changed: pd.DataFrame) -> pd.DataFrame | None:
-    if len(changed) == 0:
-        return None
-    try:
-        return dt.get_data(changed)
-    except Exception:  # noqa: BLE001 - a preview must never fail a run that already committed
-        return None

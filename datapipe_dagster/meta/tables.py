@@ -113,10 +113,12 @@ class MetaTable:
         self.dbconn.ensure_table(self.table)
 
     def get_existing(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
-        """Metadata (deleted rows included) of the rows whose keys are in ``idx`` (all key columns)."""
+        """Metadata (deleted rows included) of the rows whose key columns match ``idx`` (all key
+        columns, or a subset: every row under those)."""
         cols = self.primary_keys + ["hash", "create_ts", "delete_ts"]
         base = sa.select(*[self.table.c[c] for c in cols])
-        return fetch_by_keys(conn, base, self.table, self.primary_keys, idx, cols)
+        sub = [c for c in idx.columns if c in self.primary_keys]
+        return fetch_by_keys(conn, base, self.table, sub, idx, cols)
 
     def get_alive_keys(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
         """Keys of live rows whose key columns match ``idx`` (which may hold a subset of the key columns)."""
