@@ -167,7 +167,9 @@ class GatedProcessor:
     """A processor (its own DataStore and steps, as another process would have) whose transform stops at
     a gate before computing, so a scheduler decides when each call goes on."""
 
-    def __init__(self, dbconn, name: str, changelist: bool):  # noqa: ANN001
+    def __init__(self, dbconn, name: str, changelist: bool, setup=None, inner=parse_clicks_ip):  # noqa: ANN001
+        """``setup(dbconn, func)`` builds ``(ds, catalog, steps)`` around the gated ``func``, which calls
+        ``inner`` (default: the seed's pipeline)."""
         self.name, self.changelist = name, changelist
         self.state = "idle"  # idle | running | gate
         self.cond = threading.Condition()
@@ -175,16 +177,20 @@ class GatedProcessor:
         self.pending = None  # the changelist of the next run (changelist processors)
         self.error: BaseException | None = None
 
-        def func(df: pd.DataFrame):  # noqa: ANN202
+        def func(*dfs: pd.DataFrame):  # noqa: ANN202
             with self.cond:
                 self.state, self.go = "gate", False
                 self.cond.notify_all()
                 assert self.cond.wait_for(lambda: self.go, GATE_TIMEOUT), "never released"
                 self.state = "running"
-            return parse_clicks_ip(df)
+            return inner(*dfs)
 
-        func.__name__ = "parse_clicks_ip"
-        self.ds, self.catalog, self.steps = seed_setup(dbconn.__class__(dbconn.connstr, schema=dbconn.schema), func=func, chunk_size=1)
+        func.__name__ = inner.__name__
+        own = dbconn.__class__(dbconn.connstr, schema=dbconn.schema)
+        if setup is None:
+            self.ds, self.catalog, self.steps = seed_setup(own, func=func, chunk_size=1)
+        else:
+            self.ds, self.catalog, self.steps = setup(own, func)
         _ = self.steps[0].meta  # first use (DDL) before the race
 
     def _run(self) -> None:
