@@ -13,7 +13,7 @@ import pytest
 
 from datapipe_dagster import ChangeList, DataStore, DBConn, run_steps
 from tests.engine_helpers import event, seed_setup
-from tests.reliability.test_interleavings import GatedProcessor, gated
+from tests.reliability.test_interleavings import GatedProcessor, gated, schedule
 from tests.test_parity_keys import cross, cross_setup, lr, means, model_setup, rows, stale
 
 GATE_TIMEOUT = 30
@@ -169,20 +169,9 @@ def test_random_interleavings_of_a_cross_join(dbconn, seed: int) -> None:
         got = {tuple(r[:2]): tuple(r) for r in out.get_data()[cols].to_numpy().tolist()}
         return {k for k in set(got) | set(expected) if got.get(k) != expected.get(k)}
 
-    for _ in range(60):
-        p = rng.choice(procs)
-        roll = rng.random()
-        if roll < 0.4:
-            write()
-        elif p.state == "gate":
-            p.release()
-        elif p.changelist:
-            p.start(write())
-        else:
-            p.start()
+    def check() -> None:
         assert wrong() <= set(stale(step)), "silently wrong"
-    for p in procs:
-        while p.state == "gate":
-            p.release()
+
+    schedule(rng, procs, write, check, 60, write_share=0.4)
     run_steps(ds, [step], raise_on_error=True)
     assert wrong() == set() and stale(step) == []
