@@ -152,6 +152,12 @@ class DataTable:
     def store(self) -> TableStore:
         return self.table_store
 
+    @property
+    def sql(self) -> SQLTable | None:
+        """The data's SQL table when it lives in the metadata's database (written in the chunk's
+        transaction, read with one join), else None."""
+        return self._sql
+
     def __repr__(self) -> str:
         return f"DataTable({self.name!r})"
 

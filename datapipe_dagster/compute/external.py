@@ -241,8 +241,8 @@ class UpdateExternalTableStep(ComputeStep):
 
     def _scan_full(self, result: StepResult) -> None:
         dt_ = self.dt
-        if dt_._sql is not None:  # a SQL table in the metadata's database: read it in pages
-            self._scan_full_chunked(result, dt_._sql.table)
+        if dt_.sql is not None:  # a SQL table in the metadata's database: read it in pages
+            self._scan_full_chunked(result, dt_.sql.table)
             return
         pks = dt_.primary_keys
         data = dt_.store.validate(dt_.store.read_rows())

@@ -136,71 +136,92 @@ def stale_keys_query(
     frames: list[pd.DataFrame] = []
     new_marks: dict[str, int] = {}
     for role in roles:
-        stmt: sa.Select | sa.CompoundSelect
-        m = role.dt.meta.table
         wm = watermarks.get(role.mark, 0)
-        if wm >= current:
-            # Every sequence number up to ``current`` (read before this query) is at or below the
-            # watermark: no row of this table can be above it, so an idle run asks nothing here.
+        # At or past ``current`` (read before this query) no row of the table can be above the
+        # watermark: an idle run asks nothing here.
+        stmt = None if wm >= current else role_stale_query(conn, role, roles, t, keys, wm)
+        if stmt is None:
             new_marks[role.mark] = current
             continue
-        if role.kind == "output":
-            fresh = (
-                sa.select(*[m.c[k] for k in keys], m.c.seq)
-                .where(m.c.seq > wm, m.c.delete_ts.is_(None))
-                .cte(f"out_{role.dt.name}")
-                .prefix_with("MATERIALIZED")
-            )
-            on = sa.and_(*[fresh.c[k] == t.c[k] for k in keys])
-            stmt = (
-                sa.select(*[fresh.c[k] for k in keys], sa.func.min(fresh.c.seq))
-                .select_from(fresh.outerjoin(t, on))
-                .where(t.c[keys[0]].is_(None))
-                .group_by(*[fresh.c[k] for k in keys])
-            )
-        elif role.kind in ("full", "partial", "factor"):
-            # The rows above the watermark come first, from the seq index, materialised: left to itself,
-            # SQLite would walk the whole table in key order to serve the GROUP BY.
-            changed = (
-                sa.select(*role.key_columns(m), m.c.seq, m.c.delete_ts)
-                .where(m.c.seq > wm)
-                .cte(f"changed_{role.dt.name}")
-                .prefix_with("MATERIALIZED")
-            )
-            on = sa.and_(*[changed.c[k] == t.c[k] for k in role.shared])
-            if role.kind == "factor":
-                stmt = sa.union_all(
-                    _factor_processed(changed, t, on, keys), _factor_new(roles, role, changed, t, keys)
-                )
-            elif role.kind == "full":
-                stmt = (
-                    sa.select(*[changed.c[k] for k in keys], sa.func.min(changed.c.seq))
-                    .select_from(changed.outerjoin(t, on))
-                    # A deleted row of a key never processed counts too: a processor may be computing
-                    # that key from the row right now, and its commit (marked below the delete) must
-                    # be overtaken, or the key's outputs would outlive its inputs.
-                    .where(sa.or_(t.c[keys[0]].is_(None), changed.c.seq > t.c.processed_seq))
-                    .group_by(*[changed.c[k] for k in keys])
-                )
-            else:
-                stmt = _factor_processed(changed, t, on, keys)
-        else:
-            top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
-            if top is None:
-                new_marks[role.mark] = current
-                continue
-            stmt = sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(t.c.processed_seq < top)
         df = fetch_frame(conn, stmt, keys + ["min_seq"])
         new_marks[role.mark] = int(df["min_seq"].min()) - 1 if len(df) else current
         frames.append(df[keys])
     if include_failed:
-        failed = fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys)
-        frames.append(failed)
+        frames.append(fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys))
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({k: [] for k in keys}), new_marks
-    out = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
-    return out, new_marks
+    return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True), new_marks
+
+
+def role_stale_query(
+    conn: sa.Connection, role: InputRole, roles: list[InputRole], t: sa.Table, keys: list[str], wm: int
+) -> sa.Select | sa.CompoundSelect | None:
+    """The keys one input (or swept output) makes stale above its watermark ``wm``, with ``min_seq``, the
+    oldest row that makes each stale; None when nothing of it changed (a keyless input asked directly)."""
+    if role.kind == "output":
+        return _orphan_outputs(role, t, keys, wm)
+    if role.kind == "keyless":
+        return _keyless_changed(conn, role, t, keys, wm)
+    changed = _changed_rows(role, wm)
+    on = sa.and_(*[changed.c[k] == t.c[k] for k in role.shared])
+    if role.kind == "factor":
+        return sa.union_all(_factor_processed(changed, t, on, keys), _factor_new(roles, role, changed, t, keys))
+    if role.kind == "full":
+        return _full_changed(changed, t, on, keys)
+    return _factor_processed(changed, t, on, keys)  # partial: the processed keys sharing its values
+
+
+def _changed_rows(role: InputRole, wm: int) -> sa.CTE:
+    """An input's rows above the watermark, taken from the seq index and materialised: left to itself,
+    SQLite would walk the whole table in key order to serve the GROUP BY."""
+    m = role.dt.meta.table
+    return (
+        sa.select(*role.key_columns(m), m.c.seq, m.c.delete_ts)
+        .where(m.c.seq > wm)
+        .cte(f"changed_{role.dt.name}")
+        .prefix_with("MATERIALIZED")
+    )
+
+
+def _full_changed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], keys: list[str]) -> sa.Select:
+    """Keys of a full input's changed rows that were never processed or processed before the change."""
+    return (
+        sa.select(*[changed.c[k] for k in keys], sa.func.min(changed.c.seq))
+        .select_from(changed.outerjoin(t, on))
+        # A deleted row of a key never processed counts too: a processor may be computing that key from
+        # the row right now, and its commit (marked below the delete) must be overtaken, or the key's
+        # outputs would outlive its inputs.
+        .where(sa.or_(t.c[keys[0]].is_(None), changed.c.seq > t.c.processed_seq))
+        .group_by(*[changed.c[k] for k in keys])
+    )
+
+
+def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: int) -> sa.Select:
+    """Keys of live output rows above the watermark that the transform never processed."""
+    m = role.dt.meta.table
+    fresh = (
+        sa.select(*[m.c[k] for k in keys], m.c.seq)
+        .where(m.c.seq > wm, m.c.delete_ts.is_(None))
+        .cte(f"out_{role.dt.name}")
+        .prefix_with("MATERIALIZED")
+    )
+    on = sa.and_(*[fresh.c[k] == t.c[k] for k in keys])
+    return (
+        sa.select(*[fresh.c[k] for k in keys], sa.func.min(fresh.c.seq))
+        .select_from(fresh.outerjoin(t, on))
+        .where(t.c[keys[0]].is_(None))
+        .group_by(*[fresh.c[k] for k in keys])
+    )
+
+
+def _keyless_changed(conn: sa.Connection, role: InputRole, t: sa.Table, keys: list[str], wm: int) -> sa.Select | None:
+    """Every key processed before a keyless input's newest change (None: it did not change)."""
+    m = role.dt.meta.table
+    top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
+    if top is None:
+        return None
+    return sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(t.c.processed_seq < top)
 
 
 def _factor_processed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], keys: list[str]) -> sa.Select:
