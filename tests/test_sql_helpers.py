@@ -52,3 +52,47 @@ def test_many_keys_fetch_and_delete_through_one_statement(dbconn) -> None:
         assert sorted(got["a"]) == list(range(1, n))
         delete_by_keys(conn, t, ["a", "b"], rows.iloc[5:])
         assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == 5
+
+
+def test_few_keys_fetch_once_per_key_and_in_bounded_batches(dbconn) -> None:
+    """Up to ``SMALL_KEYS`` keys: duplicates asked once, two-column keys in IN lists of ``MAX_TUPLES``."""
+    import pandas as pd
+
+    from datapipe_dagster.store.sql import MAX_TUPLES, SMALL_KEYS, fetch_by_keys
+
+    t = sa.Table(
+        "few", sa.MetaData(schema=dbconn.schema),
+        sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.Integer, primary_key=True), sa.Column("v", sa.Integer),
+    )
+    dbconn.ensure_table(t)
+    n = MAX_TUPLES * 2 + 7
+    assert n <= SMALL_KEYS
+    with dbconn.begin_write() as conn:
+        conn.execute(t.insert(), [{"a": f"k{i % 3}", "b": i, "v": i * 10} for i in range(n)])
+    statements: list[str] = []
+    sa.event.listen(dbconn.engine, "before_cursor_execute", lambda *a: statements.append(a[2]) if a[2].startswith("SELECT") else None)
+    base = sa.select(t.c.a, t.c.b, t.c.v)
+    with dbconn.connect() as conn:
+        one = fetch_by_keys(conn, base, t, ["a", "b"], pd.DataFrame({"a": ["k1", "k1", "k0"], "b": [1, 1, 5]}), ["a", "b", "v"])
+        assert sorted(one["v"]) == [10], "(k1, 1) once, (k0, 5) does not exist"
+        assert len(statements) == 1
+        idx = pd.DataFrame({"a": [f"k{i % 3}" for i in range(n)] * 2, "b": list(range(n)) * 2})
+        many = fetch_by_keys(conn, base, t, ["a", "b"], idx, ["a", "b", "v"])
+        assert sorted(many["v"]) == [i * 10 for i in range(n)]
+        assert len(statements) == 1 + 3, "1,014 distinct two-column keys: three IN lists of at most 500"
+        none = fetch_by_keys(conn, base, t, ["a"], pd.DataFrame({"a": pd.Series([], dtype=object)}), ["a", "b", "v"])
+        assert list(none.columns) == ["a", "b", "v"] and len(none) == 0
+
+
+def test_key_positions_match_pandas_for_multi_column_keys() -> None:
+    """The dict path for several key columns finds what pandas' index finds, missing values included."""
+    import numpy as np
+    import pandas as pd
+
+    from datapipe_dagster.frames import key_positions
+
+    table = pd.DataFrame({"a": ["x", "y", "x", "z"], "b": [1, 1, 2, 3]})
+    probe = pd.DataFrame({"a": ["x", "q", "z", "y", "x"], "b": [2.0, 1.0, 3.0, 1.0, 9.0]})
+    assert key_positions(table, probe, ["a", "b"]).tolist() == [2, -1, 3, 1, -1]
+    with_nan = pd.DataFrame({"a": ["x", "y"], "b": [1.0, np.nan]})
+    assert key_positions(with_nan, pd.DataFrame({"a": ["y", "x"], "b": [np.nan, 1.0]}), ["a", "b"]).tolist() == [1, 0]
