@@ -86,6 +86,10 @@ class Driver:
             raise DemoError(f"sensor {name} returned {type(res).__name__}, expected a SensorResult")
         if res.cursor is not None:
             self.cursors[name] = res.cursor
+        # The daemon records a tick's observations (source tables that changed): so does the driver,
+        # so Dagster's staleness ("Unsynced") reads the same history as under `dagster dev`.
+        for ev in res.asset_events:
+            self.instance.report_runless_asset_event(ev)
         return res
 
     def partitions_of(self, req: dg.RunRequest) -> list[str]:

@@ -20,6 +20,11 @@ from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.steps import KeyedStep, PartitionKeyedStep, Step
 from datapipe_dagster.dagster import constants as c
+from datapipe_dagster.dagster._provenance import (
+    input_pointer_tags,
+    output_reported_by_body,
+    partition_materialization,
+)
 from datapipe_dagster.dagster.metadata import (
     check_metadata,
     failed_with_partitions,
@@ -28,6 +33,12 @@ from datapipe_dagster.dagster.metadata import (
 )
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
+from datapipe_dagster.dagster.versions import (
+    latest_observation_ids,
+    never_observed,
+    output_version,
+    source_observations,
+)
 from datapipe_dagster.errors import DatapipeError
 
 
@@ -154,6 +165,7 @@ def build_step_asset(
     runner = StepRunner(step, props, parts) if isinstance(step, KeyedStep) else None
     partitioned = runner is not None and runner.parts is not None
     kind = "keyed by " + ", ".join(props.transform_keys) if props.transform_keys else "unpartitioned"
+    source_keys = [specs.key(t) for t in props.inputs if t in specs.partitioned_sources]
     description = f"{props.kind} `{props.name}`: {', '.join(props.inputs) or '(no inputs)'} -> {', '.join(props.outputs)} ({kind})."
 
     @dg.multi_asset(
@@ -169,6 +181,13 @@ def build_step_asset(
         tags = context.run.tags
         mode = run_mode(tags)
         partitions = list(context.partition_keys) if partitioned else None
+        # A source table never observed gives the run no event to point to, and Dagster could then never
+        # tell that the table changed after it: observe it first (in the run's partitions) and record
+        # that observation as what the run read.
+        baseline = never_observed(context.instance, source_keys) if partitions else []
+        if baseline and partitions:
+            yield from source_observations(baseline, partitions, ds.current_seq())
+        pointers = latest_observation_ids(context.instance, baseline)
         try:
             if runner is None:
                 outcomes = [PartitionOutcome(None, step.run_full(ds), 0)]
@@ -185,6 +204,7 @@ def build_step_asset(
         context.log.info("%s: %s (%s)", props.name, summary, mode)
         _tag_run(context, summary)
         run_failed = [o.result.failed for o in outcomes if o.result.keys_failed]
+        seq = ds.current_seq()  # the data version of every output partition this run changed
         for spec, dt in zip(out_specs, step.output_dts, strict=True):
             per_partition = {
                 o.partition: output_metadata(
@@ -199,16 +219,28 @@ def build_step_asset(
                 )
                 for o in outcomes
             }
+            versions = {
+                o.partition: output_version(
+                    context.instance, spec.key, o.partition, o.result.outputs.get(dt.name, OutputStats()), seq
+                )
+                for o in outcomes
+            }
             if len(outcomes) == 1:
-                yield dg.MaterializeResult(asset_key=spec.key, metadata=per_partition[outcomes[0].partition])
+                p0 = outcomes[0].partition
+                yield dg.MaterializeResult(
+                    asset_key=spec.key,
+                    metadata=per_partition[p0],
+                    data_version=versions[p0],
+                    tags=input_pointer_tags(pointers) or None,
+                )
                 continue
-            for p, md in per_partition.items():
-                context.add_asset_metadata(md, asset_key=spec.key, partition_key=p)
+            # A range run: each partition gets its own data version (Dagster would give them all one).
             assert partitions is not None
-            yield dg.MaterializeResult(
-                asset_key=spec.key,
-                metadata={c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"},
-            )
+            run_md = {c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"}
+            yield dg.MaterializeResult(asset_key=spec.key, metadata=output_reported_by_body(run_md))
+            for p, md in per_partition.items():
+                assert p is not None
+                yield partition_materialization(context, spec.key, p, md, versions[p], pointers)
         if runner is not None:  # checks are declared for keyed steps only
             for cs in check_specs:
                 yield failed_keys_check(runner.step, cs, key_cols, runner.parts)
