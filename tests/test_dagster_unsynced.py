@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 from test_dagster_support import build, execute, make_events, materialize, tick
@@ -35,7 +36,9 @@ def unsynced(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKe
     return out
 
 
-def sensor_round(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, cursor: str | None) -> str | None:
+def sensor_round(
+    defs: dg.Definitions, instance: dg.DagsterInstance, name: str, cursor: str | None
+) -> str | None:
     """One tick as the daemon does it: record its observations, then execute its run requests."""
     res = tick(defs, instance, name, cursor)
     for ev in res.asset_events:
@@ -50,7 +53,9 @@ def part_of(user: int) -> str:
 
 
 def new_event(user: int, event_id: int) -> pd.DataFrame:
-    return pd.DataFrame([{"user_id": user, "event_id": event_id, "event_type": "click", "ip": f"10.0.0.{event_id}"}])
+    return pd.DataFrame(
+        [{"user_id": user, "event_id": event_id, "event_type": "click", "ip": f"10.0.0.{event_id}"}]
+    )
 
 
 def test_sensor_runs_leave_nothing_unsynced_and_one_event_marks_exactly_its_partition(tmp_path) -> None:
@@ -81,7 +86,10 @@ def test_backfill_first_then_one_event(tmp_path) -> None:
     ds, catalog, defs = build(_sqlite(tmp_path), partitions=N)
     events = catalog.get_datatable(ds, "events")
     events.store_chunk(make_events(12))
-    tags = {"dagster/asset_partition_range_start": PARTS.keys[0], "dagster/asset_partition_range_end": PARTS.keys[-1]}
+    tags = {
+        "dagster/asset_partition_range_start": PARTS.keys[0],
+        "dagster/asset_partition_range_end": PARTS.keys[-1],
+    }
     with dg.instance_for_test() as instance:
         materialize(defs, instance, KEYS, tags={**tags, "dagster/backfill": "bf1"})
         for key in KEYS:
@@ -112,7 +120,7 @@ def events_copy(events: pd.DataFrame) -> pd.DataFrame:
     return events[["user_id", "event_id", "event_type"]]
 
 
-def _location(tmp_path, extra: str):
+def _location(tmp_path, extra: str, **kw):
     """The seed location plus a second step: ``report`` (keyed by user_id too, reading clicks_ip's
     outputs) or ``copy`` (keyed by user_id and event_id, reading events: events is then unpartitioned)."""
     import sqlalchemy as sa
@@ -136,11 +144,18 @@ def _location(tmp_path, extra: str):
         step = BatchTransform(events_copy, ["events"], ["copy"])
     catalog.add_datatable(extra, Table(TableStoreDB(extra, dbconn, cols)))
     pipeline = Pipeline([*seed_pipeline().steps, step])
-    return ds, catalog, build_definitions(catalog, pipeline, ds, partitions=N, max_upstream_wait_seconds=0)
+    return (
+        ds,
+        catalog,
+        build_definitions(catalog, pipeline, ds, partitions=N, max_upstream_wait_seconds=0, **kw),
+    )
 
 
-def test_downstream_partitions_follow_the_rows_their_upstream_partition_changed(tmp_path) -> None:
-    ds, catalog, defs = _location(tmp_path, "report")
+@pytest.mark.parametrize("fan_out", [False, True], ids=["one-step", "fan-out"])
+def test_downstream_partitions_follow_the_rows_their_upstream_partition_changed(
+    tmp_path, fan_out: bool
+) -> None:
+    ds, catalog, defs = _location(tmp_path, "report", fan_out_partitions=fan_out)
     events = catalog.get_datatable(ds, "events")
     events.store_chunk(make_events(12))
     rep = dg.AssetKey("report")
@@ -157,7 +172,10 @@ def test_downstream_partitions_follow_the_rows_their_upstream_partition_changed(
         assert unsynced(defs, instance, rep) == {}
         # A backfill of the upstream step (one range run over every partition) rewrites no row: its
         # partitions keep their data versions, so nothing downstream becomes Unsynced.
-        tags = {"dagster/asset_partition_range_start": PARTS.keys[0], "dagster/asset_partition_range_end": PARTS.keys[-1]}
+        tags = {
+            "dagster/asset_partition_range_start": PARTS.keys[0],
+            "dagster/asset_partition_range_end": PARTS.keys[-1],
+        }
         materialize(defs, instance, KEYS, tags={**tags, "dagster/backfill": "bf"})
         for key in [*KEYS, rep]:
             assert unsynced(defs, instance, key) == {}
