@@ -26,6 +26,7 @@ import pandas as pd
 from benchmarks.workload import build, make_events
 from datapipe_dagster import DBConn, build_compute, run_steps
 from datapipe_dagster.dagster import build_definitions
+from datapipe_dagster.dagster.inprocess import materialize, tick_sensor
 
 SENSOR = "clicks_ip_stale_sensor"
 OUTPUTS = [dg.AssetKey("click_count"), dg.AssetKey("ip")]
@@ -40,18 +41,11 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 def tick(
     defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
 ) -> tuple[float, dg.SensorResult]:
-    sensor = defs.resolve_sensor_def(SENSOR)
-    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as ctx:
-        return timed(lambda: sensor(ctx))
+    return timed(lambda: tick_sensor(defs, instance, SENSOR, cursor))
 
 
 def execute(defs: dg.Definitions, instance: dg.DagsterInstance, req: dg.RunRequest) -> None:
-    job = defs.resolve_implicit_job_def_def_for_assets(OUTPUTS)
-    res = job.execute_in_process(
-        instance=instance, partition_key=req.partition_key, asset_selection=OUTPUTS, tags=dict(req.tags)
-    )
-    if not res.success:
-        raise RuntimeError(f"run failed: {req}")
+    materialize(defs, instance, OUTPUTS, partition_key=req.partition_key, tags=dict(req.tags))
 
 
 def store_events(events: Any, df: pd.DataFrame) -> float:

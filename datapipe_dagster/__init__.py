@@ -26,7 +26,7 @@ from datapipe_dagster.errors import (
     StepFailedError,
     UnknownTableError,
 )
-from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.base import FileListing, SQLTable, TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
 from datapipe_dagster.store.filedir import BytesFile, FileAdapter, JSONFile, TableStoreFiledir, TextFile
 from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine
@@ -50,6 +50,7 @@ __all__ = [
     "DatapipeError",
     "EvalResult",
     "FileAdapter",
+    "FileListing",
     "GeneratingStep",
     "ImageFile",
     "JSONFile",
@@ -62,6 +63,7 @@ __all__ = [
     "PipelineStep",
     "RowTransform",
     "RunSummary",
+    "SQLTable",
     "ScanningStep",
     "SchemaError",
     "SkipRow",

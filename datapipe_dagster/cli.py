@@ -22,10 +22,11 @@ import click
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.partition_runner import stale_by_partition
 from datapipe_dagster.compute.result import RunSummary, StepResult
 from datapipe_dagster.compute.run import build_compute
 from datapipe_dagster.compute.steps import KeyedStep, Step
-from datapipe_dagster.errors import _plain
+from datapipe_dagster.frames import plain as _plain
 
 EXAMPLE = "example_project.definitions:datapipe_target"
 
@@ -172,7 +173,7 @@ def status(target: str, as_json: bool) -> None:
     for s in steps:
         if isinstance(s, KeyedStep):
             keys = s.transform_keys
-            stale = len(s.get_stale_keys(advance_watermark=False))
+            stale = stale_by_partition(s, None, include_failed=True, advance_watermark=False).total
             failed = s.count_failed()
             rows.append({"step": s.name, "kind": type(s).__name__, "transform_keys": list(keys), "stale": stale, "failed": failed})
             if not as_json:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from datapipe_dagster.frames import plain as _plain
+
 
 class DatapipeError(Exception):
     """Base class of every error raised by datapipe_dagster.
@@ -79,21 +81,6 @@ class SchemaError(DatapipeError, ValueError):
         if self.key is not None:
             parts.append("key " + ", ".join(f"{k}={v!r}" for k, v in self.key.items()))
         super().__init__(f"{'; '.join(parts)}: {message}")
-
-
-def _plain(v: Any) -> Any:
-    """A value as a user wrote it: numpy scalars as Python values, NaN/NA as None."""
-    if hasattr(v, "item") and callable(v.item):
-        try:
-            v = v.item()
-        except (ValueError, TypeError):
-            pass
-    try:
-        if v != v:  # NaN
-            return None
-    except (TypeError, ValueError):
-        pass
-    return None if v is not None and type(v).__name__ in ("NAType", "NaTType") else v
 
 
 class StepFailedError(DatapipeError):

@@ -46,7 +46,7 @@ from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.compute.result import StepResult
 from datapipe_dagster.compute.steps import GeneratingStep, KeyedStep, ScanningStep, Step, is_keyed
 from datapipe_dagster.errors import SchemaError
-from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.base import FileListing, TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
 from datapipe_dagster.store.filedir import BytesFile, JSONFile, TableStoreFiledir, TextFile
 from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine
@@ -168,6 +168,36 @@ class StoreConformance:
         store.delete_rows(store.empty()[store.primary_keys])
         assert len(store.read_rows()) == 0
         assert len(store.read_rows(store.empty()[store.primary_keys])) == 0
+
+    def test_declared_capabilities(self, store: TableStore) -> None:
+        """What a store declares (``kind``, ``sql_table``, ``FileListing``) is true of it."""
+        assert isinstance(store.kind, str) and store.kind, "kind names where the rows live"
+        store.prepare()
+        store.prepare()  # idempotent
+        sql = store.sql_table()
+        if sql is not None:
+            assert {c.name for c in sql.table.columns} == {c.name for c in store.get_schema()}
+            df = store.validate(sample_frame(store, range(2)))
+
+            class _Rollback(Exception):
+                pass
+
+            try:
+                with sql.dbconn.begin_write() as conn:
+                    store.write_rows(df, conn=conn)
+                    assert len(store.read_rows(conn=conn)) == 2, "rows written on conn are read on conn"
+                    raise _Rollback
+            except _Rollback:
+                pass
+            assert len(store.read_rows()) == 0, "a write on the caller's connection rolls back with it"
+        if isinstance(store, FileListing):
+            assert store.root_exists() or len(store.list_files()) == 0
+            store.write_rows(store.validate(sample_frame(store, range(3))))
+            listing = store.list_files()
+            assert {"_path", "_size", "_mtime_ns"} <= set(listing.columns)
+            assert sorted(map(str, listing[store.primary_keys[0]])) == sorted(
+                map(str, store.read_rows()[store.primary_keys[0]])
+            )
 
     # ------------------------------------------------------------ through the row metadata
 

@@ -30,6 +30,7 @@ import pandas as pd
 
 from datapipe_dagster.dagster import BucketPartitions
 from datapipe_dagster.dagster.constants import BACKFILL_TAG, RANGE_END_TAG, RANGE_START_TAG
+from datapipe_dagster.dagster.inprocess import SensorDriver, materialize
 from example_project.catalog import DB_ENV_VAR, REPO_ROOT, ExampleStore, open_store
 from example_project.definitions import make_definitions
 from example_project.generate import make_events
@@ -60,37 +61,11 @@ class RunRecord:
 
 
 @dataclass
-class Driver:
-    """Evaluates sensors and executes their run requests in process, as the Dagster daemon would.
+class Driver(SensorDriver):
+    """Evaluates sensors and executes their run requests in process, as the Dagster daemon would."""
 
-    Keeps each sensor's cursor between ticks, like the daemon's instigator state.
-    """
-
-    defs: dg.Definitions
-    instance: dg.DagsterInstance
-    parts: BucketPartitions
-    cursors: dict[str, str | None] = field(default_factory=dict)
+    parts: BucketPartitions = field(default_factory=lambda: BucketPartitions(16))
     runs: list[RunRecord] = field(default_factory=list)
-
-    @property
-    def sensor_names(self) -> list[str]:
-        return sorted(s.name for s in self.defs.get_repository_def().sensor_defs)
-
-    def tick(self, name: str) -> dg.SensorResult:
-        """Evaluate one sensor once, advancing its cursor."""
-        with dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursors.get(name), definitions=self.defs, sensor_name=name
-        ) as ctx:
-            res = self.defs.resolve_sensor_def(name)(ctx)
-        if not isinstance(res, dg.SensorResult):
-            raise DemoError(f"sensor {name} returned {type(res).__name__}, expected a SensorResult")
-        if res.cursor is not None:
-            self.cursors[name] = res.cursor
-        # The daemon records a tick's observations (source tables that changed): so does the driver,
-        # so Dagster's staleness ("Unsynced") reads the same history as under `dagster dev`.
-        for ev in res.asset_events:
-            self.instance.report_runless_asset_event(ev)
-        return res
 
     def partitions_of(self, req: dg.RunRequest) -> list[str]:
         """The partitions a run request covers (one key, a range in tags, or none)."""
@@ -111,16 +86,13 @@ class Driver:
     ) -> dg.ExecuteInProcessResult:
         """Materialize ``keys`` in process (one run), raising if the run fails."""
         keys = list(keys)
-        job = self.defs.resolve_implicit_job_def_def_for_assets(keys)
-        if job is None:
-            raise DemoError(f"no job can materialize {keys}")
-        res = job.execute_in_process(
-            instance=self.instance,
+        res = materialize(
+            self.defs,
+            self.instance,
+            keys,
             partition_key=partition_key,
-            asset_selection=keys,
-            tags=tags or {},
+            tags=tags,
             run_config={**QUIET_RUN_CONFIG, **(run_config or {})},
-            raise_on_error=True,
         )
         expect(res.success, f"run of {keys} failed")
         return res
@@ -199,7 +171,7 @@ def run_demo(
     events_dt = st.catalog.get_datatable(st.ds, "events")
     summary: dict[str, Any] = {}
     with dg.DagsterInstance.local_temp(tempdir=str(workdir / "dagster_home")) as instance:
-        drv = Driver(defs, instance, parts)
+        drv = Driver(defs, instance, parts=parts)
         say(f"datapipe_dagster demo: data in {st.dbconn.safe_url}, Dagster instance in {workdir / 'dagster_home'}")
         say(
             f"  assets: {', '.join(sorted(k.to_user_string() for k in defs.get_repository_def().asset_graph.get_all_asset_keys()))}"
@@ -354,7 +326,7 @@ def seed_dev(
                 say(f"make dev: the Dagster instance in {dagster_home} already has runs: not seeding again")
                 return {"seeded": False}
             defs = make_definitions(st, partitions=partitions)
-            drv = Driver(defs, instance, BucketPartitions(partitions))
+            drv = Driver(defs, instance, parts=BucketPartitions(partitions))
             events_dt = st.catalog.get_datatable(st.ds, "events")
             if st.catalog.get_datatable(st.ds, "user_profiles").get_size() == 0:
                 drv.execute([dg.AssetKey("user_profiles")], run_config=profiles_config(n_users, 0))

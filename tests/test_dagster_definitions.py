@@ -26,6 +26,7 @@ from datapipe_dagster import (
 )
 from datapipe_dagster.compute.partitioning import key_buckets
 from datapipe_dagster.dagster import BucketPartitions, datapipe_specs
+from datapipe_dagster.dagster.inprocess import tick_sensor
 from datapipe_dagster.errors import ConfigurationError
 
 
@@ -183,9 +184,7 @@ def test_whole_chain_runs(tmp_path) -> None:
         materialize(defs, instance, [K("ip_users")], tags=rng)
         materialize(defs, instance, [K("totals")])
         # A step that is not a BatchTransform: its sensor sees its input change, its run calls run_full.
-        res = defs.resolve_sensor_def("copy_users_stale_sensor")(
-            dg.build_sensor_context(instance=instance, definitions=defs)
-        )
+        res = tick_sensor(defs, instance, "copy_users_stale_sensor")
         assert len(res.run_requests) == 1
         materialize(defs, instance, [K("click_copy")])
     got = catalog.get_datatable(ds, "ip_users").get_data().sort_values("ip").reset_index(drop=True)

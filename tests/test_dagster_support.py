@@ -12,6 +12,8 @@ import sqlalchemy as sa
 
 from datapipe_dagster import BatchTransform, Catalog, DataStore, DBConn, Pipeline, Table, TableStoreDB
 from datapipe_dagster.dagster import build_definitions
+from datapipe_dagster.dagster.inprocess import execute_request, tick_sensor
+from datapipe_dagster.dagster.inprocess import materialize as run_in_process
 
 
 def clicks_ip(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -76,25 +78,14 @@ def table(ds: DataStore, catalog: Catalog, name: str) -> pd.DataFrame:
 def tick(
     defs: dg.Definitions, instance: dg.DagsterInstance, name: str, cursor: str | None
 ) -> dg.SensorResult:
-    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, sensor_name=name) as ctx:
-        res = defs.resolve_sensor_def(name)(ctx)
-    assert isinstance(res, dg.SensorResult)
-    return res
+    return tick_sensor(defs, instance, name, cursor)
 
 
 def execute(
     defs: dg.Definitions, instance: dg.DagsterInstance, req: dg.RunRequest, success: bool = True
 ) -> dg.ExecuteInProcessResult:
     """Execute a run request in process; ``success=False``: the run must fail (e.g. failed keys)."""
-    job = defs.resolve_implicit_job_def_def_for_assets(list(req.asset_selection or []))
-    assert job is not None
-    res = job.execute_in_process(
-        instance=instance,
-        partition_key=req.partition_key,
-        asset_selection=list(req.asset_selection or []),
-        tags=dict(req.tags),
-        raise_on_error=success,
-    )
+    res = execute_request(defs, instance, req, raise_on_error=success)
     assert res.success == success
     return res
 
@@ -107,15 +98,7 @@ def materialize(
     partition_key: str | None = None,
     success: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    job = defs.resolve_implicit_job_def_def_for_assets(keys)
-    assert job is not None
-    res = job.execute_in_process(
-        instance=instance,
-        asset_selection=keys,
-        tags=tags or {},
-        partition_key=partition_key,
-        raise_on_error=success,
-    )
+    res = run_in_process(defs, instance, keys, tags=tags, partition_key=partition_key, raise_on_error=success)
     assert res.success == success
     return res
 

@@ -15,6 +15,7 @@ import pytest
 from test_dagster_support import build, expected, make_events, table
 
 from datapipe_dagster import DataStore, DBConn
+from datapipe_dagster.dagster.inprocess import tick_sensor
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from tests import scale_location
 from tests.test_dagster_support import make_catalog
@@ -86,8 +87,7 @@ def test_max_partitions_per_run_splits_backfills_and_sensor_requests(tmp_path) -
     assert assets_def.backfill_policy == dg.BackfillPolicy.multi_run(5)
     catalog.get_datatable(ds, "events").store_chunk(make_events(200, per_user=1))
     with dg.instance_for_test() as instance:
-        with dg.build_sensor_context(instance=instance, definitions=defs, sensor_name="clicks_ip_stale_sensor") as ctx:
-            res = defs.resolve_sensor_def("clicks_ip_stale_sensor")(ctx)
+        res = tick_sensor(defs, instance, "clicks_ip_stale_sensor")
     sizes = []
     for req in res.run_requests:
         if req.partition_key is not None:

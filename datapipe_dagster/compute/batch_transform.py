@@ -6,7 +6,6 @@ import hashlib
 import inspect
 import logging
 import time
-import traceback as tb
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +15,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
-from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult, analyze, key_positions
+from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult
 from datapipe_dagster.compute.partitioning import bucket_ranges, key_buckets
-from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.result import OutputStats, StepResult, failed_frame
 from datapipe_dagster.compute.stale import (
     InputRole,
     all_keys_query,
@@ -27,9 +26,11 @@ from datapipe_dagster.compute.stale import (
     output_roles,
     stale_keys_query,
 )
-from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, _plain
+from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError
+from datapipe_dagster.frames import anti_join, plain
 from datapipe_dagster.meta.tables import TransformMetaTable
 from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.sql import AnalyzeOnGrowth
 from datapipe_dagster.types import ChangeList
 
 log = logging.getLogger("datapipe_dagster")
@@ -162,8 +163,7 @@ class BatchTransformStep(ComputeStep):
         self.roles = classify_inputs(input_dts, keys)
         self._tmeta: TransformMetaTable | None = None
         self._stopped = False  # the last process_keys stopped before its last chunk
-        self._marked = 0  # keys marked since this object was made, and at the last ANALYZE
-        self._marked_analyzed = 0
+        self._statistics = AnalyzeOnGrowth()  # of the state table: a key per key processed
 
     def _check_keys(self, keys: list[str]) -> None:
         where = f"transform {self.name!r}"
@@ -400,10 +400,10 @@ class BatchTransformStep(ComputeStep):
         if self.keyless or len(df) == 0:
             return
         tk = self.transform_keys
-        foreign = df.loc[key_positions(keys, df, tk) < 0, tk].drop_duplicates()
+        foreign = anti_join(df[tk], keys, tk).drop_duplicates()
         if len(foreign):
             shown = ", ".join(
-                "(" + ", ".join(f"{k}={_plain(v)!r}" for k, v in r.items()) + ")" for r in to_records(foreign.head(3))
+                "(" + ", ".join(f"{k}={plain(v)!r}" for k, v in r.items()) + ")" for r in to_records(foreign.head(3))
             )
             raise SchemaError(
                 dt.name,
@@ -500,10 +500,10 @@ class BatchTransformStep(ComputeStep):
             self.meta.lock(conn)
             newer = self.meta.newer_than(conn, keys[kc], read_seq)
             if len(newer):
-                keys = keys.loc[key_positions(newer, keys, kc) < 0].reset_index(drop=True)
-                failed = failed.loc[key_positions(newer, failed, kc) < 0].reset_index(drop=True)
-                outs = [o.loc[key_positions(newer, o, kc) < 0] for o in outs] if not self.keyless else []
-            ok = keys.loc[key_positions(failed, keys, kc) < 0, kc].reset_index(drop=True) if len(failed) else keys[kc]
+                keys = anti_join(keys, newer, kc)
+                failed = anti_join(failed, newer, kc)
+                outs = [anti_join(o, newer, kc) for o in outs] if not self.keyless else []
+            ok = anti_join(keys[kc], failed, kc)
             stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             if len(ok):
                 for i, (dt, df) in enumerate(zip(self.output_dts, outs, strict=True)):
@@ -515,17 +515,8 @@ class BatchTransformStep(ComputeStep):
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
         for dt in self.output_dts:
             dt.maybe_analyze()
-        self._maybe_analyze_meta(len(keys))
+        self._statistics.grew(self.ds.meta_dbconn, len(keys), [self.meta.table])
         return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
-
-    def _maybe_analyze_meta(self, n: int) -> None:
-        """The transform state table grows by a key per key processed: refresh its statistics as it grows
-        (see ``DataTable.maybe_analyze``)."""
-        self._marked += n
-        done = self._marked_analyzed
-        if self.ds.meta_dbconn.backend == "postgresql" and self._marked - done >= max(10_000, done):
-            self._marked_analyzed = self._marked
-            analyze(self.ds.meta_dbconn, [self.meta.table])
 
     def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
         return keys[self.key_cols]
@@ -533,9 +524,7 @@ class BatchTransformStep(ComputeStep):
     def _mark_failed(self, keys: pd.DataFrame, e: BaseException, read_seq: int, result: StepResult) -> None:
         """Record ``keys`` as failed with ``e``, as of the inputs read at ``read_seq`` (so a row written
         after that read makes them stale again)."""
-        failed = keys[self.key_cols].copy()
-        failed["error"] = f"{type(e).__name__}: {e}"
-        failed["traceback"] = "".join(tb.format_exception(type(e), e, e.__traceback__))
+        failed = failed_frame(keys[self.key_cols], e)
         self._count(result, self._commit(keys, [dt.store.empty() for dt in self.output_dts], read_seq, failed))
         if isinstance(e, SchemaError):
             log.debug("transform %s produced bad output: %s", self.name, e)

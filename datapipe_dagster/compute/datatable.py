@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,27 +12,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
+from datapipe_dagster.frames import key_positions
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
-from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.database import DBConn, TableStoreDB
-from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
-
-
-def key_positions(table: pd.DataFrame, probe: pd.DataFrame, keys: list[str]) -> np.ndarray:
-    """For each row of ``probe``, the position of the row of ``table`` with the same ``keys`` (or -1)."""
-    if len(keys) == 1:
-        index = pd.Index(table[keys[0]])
-        return index.get_indexer(pd.Index(probe[keys[0]]))
-    index = pd.MultiIndex.from_frame(table[keys])
-    return index.get_indexer(pd.MultiIndex.from_frame(probe[keys]))
-
-
-def analyze(dbconn: DBConn, tables: list[sa.Table]) -> None:
-    """``ANALYZE`` the tables (PostgreSQL), outside any write transaction."""
-    with dbconn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for t in tables:
-            name = conn.dialect.identifier_preparer.format_table(t)
-            conn.exec_driver_sql(f"ANALYZE {name}")
+from datapipe_dagster.store.base import SQLTable, TableStore
+from datapipe_dagster.store.database import DBConn
+from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame
 
 
 class DataStore:
@@ -85,6 +70,14 @@ class DataStore:
         with self.meta_dbconn.connect() as conn:
             return self.seq.current(conn)
 
+    def last_seqs(self, tables: Iterable[DataTable]) -> dict[str, int]:
+        """The highest write sequence of each table (0: never written); an index lookup each, one connection."""
+        tables = list(tables)
+        for dt in tables:
+            dt.ensure_ready()
+        with self.meta_dbconn.connect() as conn:
+            return {dt.name: dt.meta.max_seq(conn) for dt in tables}
+
 
 @dataclass
 class WriteResult:
@@ -118,10 +111,14 @@ class DataTable:
         self.primary_schema = store.get_primary_schema()
         self.primary_keys = [c.name for c in self.primary_schema]
         self.meta = MetaTable(ds.meta_dbconn, name, self.primary_schema)
-        self._shared = isinstance(store, TableStoreDB) and store.dbconn.same_database(ds.meta_dbconn)
+        sql = store.sql_table()
+        # A SQL table in the metadata database joins the chunk's transaction and is read with one join.
+        self._sql: SQLTable | None = sql if sql is not None and sql.dbconn.same_database(ds.meta_dbconn) else None
+        self._shared = self._sql is not None
         self._ready = False
         self._written = 0  # rows written (and deleted) through this object
-        self._analyzed_at = 0
+        self._analyzed = 0  # of the rows written, those counted by the last statistics check
+        self._statistics = AnalyzeOnGrowth()
 
     @property
     def store(self) -> TableStore:
@@ -134,8 +131,7 @@ class DataTable:
         if not self._ready:
             self.ds.ensure_ready()
             self.meta.create()
-            if isinstance(self.table_store, TableStoreDB):
-                self.table_store._ensure()
+            self.table_store.prepare()
             self._ready = True
 
     def _data_conn(self, conn: sa.Connection) -> sa.Connection | None:
@@ -270,16 +266,10 @@ class DataTable:
 
     def maybe_analyze(self) -> None:
         """Refresh PostgreSQL's planner statistics of this table (metadata and data) once it has grown
-        enough since the last time (10,000 rows, then each doubling). Without statistics a freshly
-        loaded table gets generic estimates, and the planner scans whole tables where an index serves."""
-        grown = self._written - self._analyzed_at
-        if grown < max(10_000, self._analyzed_at) or self.ds.meta_dbconn.backend != "postgresql":
-            return
-        self._analyzed_at = self._written
-        tables = [self.meta.table]
-        if self._shared and isinstance(self.table_store, TableStoreDB):
-            tables.append(self.table_store.data_table)
-        analyze(self.ds.meta_dbconn, tables)
+        enough since the last time (``AnalyzeOnGrowth``)."""
+        grown, self._analyzed = self._written - self._analyzed, self._written
+        tables = [self.meta.table] + ([self._sql.table] if self._sql is not None else [])
+        self._statistics.grew(self.ds.meta_dbconn, grown, tables)
 
     def _mark_deleted(self, conn: sa.Connection, keys: pd.DataFrame, first_seq: int, now: float) -> None:
         t = self.meta.table
@@ -311,8 +301,8 @@ class DataTable:
 
     def read(self, conn: sa.Connection, idx: pd.DataFrame | None = None) -> pd.DataFrame:
         """``get_data`` on the caller's connection."""
-        if self._shared and isinstance(self.table_store, TableStoreDB):
-            return self._read_joined(conn, idx)
+        if self._sql is not None:
+            return self._read_joined(conn, self._sql.table, idx)
         data = self.table_store.read_rows(idx)
         if len(data) == 0:
             return data.reset_index(drop=True)
@@ -321,12 +311,11 @@ class DataTable:
         data = data.sort_values("seq", kind="stable", na_position="last").drop(columns=["seq"])
         return data.reset_index(drop=True)
 
-    def _read_joined(self, conn: sa.Connection, idx: pd.DataFrame | None) -> pd.DataFrame:
+    def _read_joined(self, conn: sa.Connection, d: sa.Table, idx: pd.DataFrame | None) -> pd.DataFrame:
         from datapipe_dagster.store.schema import conform_types
 
         store = self.table_store
-        assert isinstance(store, TableStoreDB)
-        d, m = store.data_table, self.meta.table
+        m = self.meta.table
         cols = [c.name for c in store.get_schema()]
         on = sa.and_(*[d.c[k] == m.c[k] for k in self.primary_keys])
         base = sa.select(*[d.c[c] for c in cols], m.c.seq).select_from(d.join(m, on))

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.compute.datatable import key_positions
 from datapipe_dagster.errors import ConfigurationError, SchemaError
+from datapipe_dagster.frames import has_key, key_positions
 from datapipe_dagster.store.schema import coerce_frame, to_records
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def diff_output(dt: DataTable, conn: sa.Connection, df: pd.DataFrame, scope: pd.
     if len(scope):
         alive_keys = dt.meta.get_alive_keys(conn, scope)
         if len(alive_keys):
-            gone = key_positions(df, alive_keys, pks) < 0 if len(df) else np.ones(len(alive_keys), dtype=bool)
+            gone = ~has_key(alive_keys, df, pks)
             gone_keys = alive_keys.loc[gone, pks].reset_index(drop=True)
             if len(gone_keys):
                 deleted = dt.read(conn, gone_keys)

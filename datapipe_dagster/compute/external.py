@@ -4,7 +4,7 @@ Another service inserts into a PostgreSQL table, or drops files into a folder; a
 there with the row metadata and records inserts, changes and deletes, so transforms downstream see
 exactly what changed. The data itself is never rewritten. Three modes:
 
-- **Folder of files** (``TableStoreFiledir``): the folder is listed with each file's size and mtime
+- **Folder of files** (a store that lists its files, ``FileListing``: ``TableStoreFiledir``): the folder is listed with each file's size and mtime
   (no file opened); only files whose size or mtime differ from the last scan are read and hashed. New,
   changed, renamed (a delete plus an insert) and deleted files are all seen. A touched file whose
   content is the same changes nothing downstream. A rewrite that keeps both the size and the mtime
@@ -12,7 +12,7 @@ exactly what changed. The data itself is never rewritten. Three modes:
   ``scan(full=True)`` re-reads every file.
 - **Full scan** (any other store): every row is read and hashed, and compared with the metadata.
   Deletes are seen. Cost: the whole table, every scan.
-- **Updated-at** (``TableStoreDB`` with ``updated_at_column=``, a timestamp set on every insert/update
+- **Updated-at** (a store that is a SQL table, ``TableStore.sql_table``, with ``updated_at_column=``, a timestamp set on every insert/update
   or a monotonically increasing id): a scan reads only the rows whose column is at or past the highest
   value seen before (``>=``, so rows sharing the last value are not missed; re-reading them is harmless
   since unchanged rows hash the same). **Deletes are not seen in this mode**, nor are rows committed
@@ -29,22 +29,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import traceback as tb
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore, DataTable
-from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.result import OutputStats, StepResult, failed_frame
 from datapipe_dagster.errors import ConfigurationError, SchemaError
-from datapipe_dagster.meta.tables import key_columns_copy
-from datapipe_dagster.store.database import TableStoreDB
-from datapipe_dagster.store.filedir import TableStoreFiledir
-from datapipe_dagster.store.schema import conform_types, to_records
-from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+from datapipe_dagster.frames import anti_join, plain
+from datapipe_dagster.meta.external import ExternalScanState, FileFingerprints, live_hashes
+from datapipe_dagster.store.base import FileListing, SQLTable, TableStore
+from datapipe_dagster.store.schema import conform_types
+from datapipe_dagster.store.sql import fetch_frame
 from datapipe_dagster.types import ChangeList
 
 
@@ -103,33 +101,20 @@ class UpdateExternalTableStep(ComputeStep):
         self.updated_at_column = updated_at_column
         self.full_scan_interval = full_scan_interval
         store = dt.store
+        self._sql: SQLTable | None = None
         if updated_at_column is not None:
-            if not isinstance(store, TableStoreDB):
+            self._sql = store.sql_table()
+            if self._sql is None:
                 raise ConfigurationError(
                     f"step {name!r}: updated_at_column needs a SQL table (TableStoreDB); {dt.name!r} is {store!r}"
                 )
-            if updated_at_column not in store.data_table.c:
+            if updated_at_column not in self._sql.table.c:
                 raise ConfigurationError(
                     f"step {name!r}: table {dt.name!r} has no column {updated_at_column!r} "
-                    f"(columns: {', '.join(store.data_table.c.keys())})"
+                    f"(columns: {', '.join(self._sql.table.c.keys())})"
                 )
-        meta = ds.meta_dbconn.metadata
-        self._state = sa.Table(
-            "datapipe_external_state",
-            meta,
-            sa.Column("step", sa.String(255), primary_key=True),
-            sa.Column("last_value", sa.Text, nullable=True),
-            sa.Column("last_full_ts", sa.Float, nullable=True),
-            extend_existing=True,
-        )
-        self._files = sa.Table(
-            ds.meta_dbconn.identifier(f"{dt.name}_meta_files"),
-            meta,
-            *key_columns_copy(dt.primary_schema),
-            sa.Column("size", sa.BigInteger, nullable=False),
-            sa.Column("mtime_ns", sa.BigInteger, nullable=False),
-            extend_existing=True,
-        )
+        self._state = ExternalScanState(ds.meta_dbconn)
+        self._files = FileFingerprints(ds.meta_dbconn, dt.name, dt.primary_schema)
         self.files_read = 0
         """Files the last folder scan opened (only new or changed ones)."""
         self._ready = False
@@ -140,16 +125,16 @@ class UpdateExternalTableStep(ComputeStep):
     def _ensure(self) -> None:
         if not self._ready:
             self.dt.ensure_ready()
-            self.ds.meta_dbconn.ensure_table(self._state)
-            if isinstance(self.dt.store, TableStoreFiledir):
-                self.ds.meta_dbconn.ensure_table(self._files)
+            self._state.create()
+            if isinstance(self.dt.store, FileListing):
+                self._files.create()
             self._ready = True
 
     @property
     def incremental_scan(self) -> bool:
         """A folder listing (size + mtime) and an updated-at scan read only what changed; a full scan of a
         table without an updated-at column reads and hashes every row."""
-        return self.updated_at_column is not None or isinstance(self.dt.store, TableStoreFiledir)
+        return self.updated_at_column is not None or isinstance(self.dt.store, FileListing)
 
     def run_full(self, ds: DataStore | None = None) -> StepResult:
         return self.scan()
@@ -169,8 +154,8 @@ class UpdateExternalTableStep(ComputeStep):
         started = time.perf_counter()
         self._ensure()
         result = StepResult(self.name, outputs={self.dt.name: OutputStats()})
-        if isinstance(self.dt.store, TableStoreFiledir):
-            self._scan_folder(result, reread_all=bool(full))
+        if isinstance(self.dt.store, FileListing):
+            self._scan_folder(self.dt.store, result, reread_all=bool(full))
         elif self.updated_at_column is None:
             self._scan_full(result)
         else:
@@ -193,9 +178,7 @@ class UpdateExternalTableStep(ComputeStep):
 
     # ------------------------------------------------------------ folder mode
 
-    def _scan_folder(self, result: StepResult, reread_all: bool = False) -> None:
-        store = self.dt.store
-        assert isinstance(store, TableStoreFiledir)
+    def _scan_folder(self, store: FileListing, result: StepResult, reread_all: bool = False) -> None:
         if not store.root_exists():
             raise ConfigurationError(
                 f"step {self.name!r}: folder {store.root!r} of table {self.dt.name!r} does not exist "
@@ -204,18 +187,8 @@ class UpdateExternalTableStep(ComputeStep):
         pks = self.dt.primary_keys
         listing = store.list_files()
         with self.ds.meta_dbconn.connect() as conn:
-            known = fetch_frame(conn, sa.select(self._files), pks + ["size", "mtime_ns"])
-            # Live rows without a fingerprint (written through the pipeline, or before the first scan):
-            # usually none, found by an indexed anti-join instead of fetching every live key.
-            m_t, f_t = self.dt.meta.table, self._files
-            on = sa.and_(*[m_t.c[k] == f_t.c[k] for k in pks])
-            unfingerprinted = fetch_frame(
-                conn,
-                sa.select(*[m_t.c[k] for k in pks])
-                .select_from(m_t.outerjoin(f_t, on))
-                .where(m_t.c.delete_ts.is_(None), f_t.c[pks[0]].is_(None)),
-                pks,
-            )
+            known = self._files.read(conn)
+            unfingerprinted = self._files.missing(conn, self.dt.meta.table)
         known = conform_types(known, self.dt.primary_schema)
         # Nullable ints survive the merge: nanosecond mtimes do not fit a float64.
         known = known.astype({"size": "Int64", "mtime_ns": "Int64"})
@@ -225,10 +198,10 @@ class UpdateExternalTableStep(ComputeStep):
             m["mtime_ns"].fillna(-1).astype("int64").to_numpy() == m["_mtime_ns"].astype("int64").to_numpy()
         )
         touched = listing if reread_all else listing.loc[~same].reset_index(drop=True)
-        gone_files = _anti_join(known[pks], listing[pks], pks)
+        gone_files = anti_join(known[pks], listing[pks], pks)
         # Writing with these keys as the processed scope marks deleted only those still alive.
-        gone = pd.concat([gone_files, _anti_join(unfingerprinted, listing[pks], pks)], ignore_index=True)
-        data = self._read_files(store, touched[pks], result)
+        gone = pd.concat([gone_files, anti_join(unfingerprinted, listing[pks], pks)], ignore_index=True)
+        data = self._read_files(self.dt.store, touched[pks], result)
         # A file removed between listing and reading is seen as deleted on the next scan.
         fresh = touched.merge(data[pks], on=pks, how="inner")
         now = time.time()
@@ -237,12 +210,10 @@ class UpdateExternalTableStep(ComputeStep):
             fps = fresh[pks].assign(
                 size=fresh["_size"].astype("int64"), mtime_ns=fresh["_mtime_ns"].astype("int64")
             )
-            self.ds.meta_dbconn.upsert(conn, self._files, to_records(fps), pks)
-            for b in key_batches(gone_files, pks):
-                conn.execute(sa.delete(self._files).where(key_clause(self._files, pks, b)))
+            self._files.save(conn, fps, gone_files)
         self.files_read = len(data)
 
-    def _read_files(self, store: TableStoreFiledir, keys: pd.DataFrame, result: StepResult) -> pd.DataFrame:
+    def _read_files(self, store: TableStore, keys: pd.DataFrame, result: StepResult) -> pd.DataFrame:
         """Read the files of ``keys``; a file that cannot be read (half-written, not JSON, wrong types) is
         reported in ``result.failed`` and left unfingerprinted, so the next scan tries it again."""
         if len(keys) == 0:
@@ -257,10 +228,7 @@ class UpdateExternalTableStep(ComputeStep):
             try:
                 frames.append(store.read_rows(one))
             except SchemaError as e:
-                failed = one.reset_index(drop=True).assign(
-                    error=f"{type(e).__name__}: {e}", traceback="".join(tb.format_exception(e))
-                )
-                result.add_failed(failed)
+                result.add_failed(failed_frame(one.reset_index(drop=True), e))
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else store.empty()
 
@@ -271,17 +239,12 @@ class UpdateExternalTableStep(ComputeStep):
         pks = dt_.primary_keys
         data = dt_.store.validate(dt_.store.read_rows())
         hashes = dt_.store.hash_rows(data, dt_.name)
-        t = dt_.meta.table
         with self.ds.meta_dbconn.connect() as conn:
-            meta = fetch_frame(
-                conn,
-                sa.select(*[t.c[k] for k in pks], t.c.hash).where(t.c.delete_ts.is_(None)),
-                pks + ["hash"],
-            )
+            meta = live_hashes(conn, dt_.meta.table, pks)
         meta = conform_types(meta, dt_.primary_schema)
         m = data[pks].assign(_hash=hashes).merge(meta, on=pks, how="left")
         changed = (m["hash"].isna() | (m["hash"].astype("Int64") != m["_hash"]).fillna(True)).to_numpy()
-        gone = _anti_join(meta[pks], data[pks], pks)
+        gone = anti_join(meta[pks], data[pks], pks)
         now = time.time()
         with self.ds.meta_dbconn.begin_write() as conn:
             self._record(
@@ -294,10 +257,10 @@ class UpdateExternalTableStep(ComputeStep):
 
     def _scan_since(self, result: StepResult, last: Any) -> None:
         store = self.dt.store
-        assert isinstance(store, TableStoreDB) and self.updated_at_column is not None
-        d = store.data_table
+        assert self._sql is not None and self.updated_at_column is not None  # checked in __init__
+        d = self._sql.table
         cols = [c.name for c in store.get_schema()]
-        with store.dbconn.connect() as conn:
+        with self._sql.dbconn.connect() as conn:
             df = fetch_frame(conn, sa.select(d).where(d.c[self.updated_at_column] >= last), cols)
         data = store.validate(conform_types(df, store.get_schema()))
         now = time.time()
@@ -331,33 +294,17 @@ class UpdateExternalTableStep(ComputeStep):
     # ------------------------------------------------------------ state
 
     def _load_state(self) -> tuple[str | None, float | None] | None:
-        with self.ds.meta_dbconn.connect() as conn:
-            row = conn.execute(
-                sa.select(self._state.c.last_value, self._state.c.last_full_ts).where(
-                    self._state.c.step == self.name
-                )
-            ).first()
-        return None if row is None else (row[0], row[1])
+        return self._state.load(self.name)
 
     def _save_state(self, conn: sa.Connection, value: str | None, full_ts: float | None = None) -> None:
-        rec: dict[str, Any] = {"step": self.name, "last_value": value}
-        if full_ts is not None:
-            rec["last_full_ts"] = full_ts
-        else:
-            old = conn.execute(
-                sa.select(self._state.c.last_full_ts).where(self._state.c.step == self.name)
-            ).scalar()
-            rec["last_full_ts"] = old
-        self.ds.meta_dbconn.upsert(conn, self._state, [rec], ["step"])
+        self._state.save(conn, self.name, value, full_ts)
 
     def _column_type(self) -> sa.types.TypeEngine[Any]:
-        store = self.dt.store
-        assert isinstance(store, TableStoreDB) and self.updated_at_column is not None
-        return store.data_table.c[self.updated_at_column].type
+        assert self._sql is not None and self.updated_at_column is not None  # checked in __init__
+        return self._sql.table.c[self.updated_at_column].type
 
     def _encode(self, v: Any) -> str:
-        if isinstance(v, np.generic):
-            v = v.item()
+        v = plain(v)
         if isinstance(v, pd.Timestamp):
             v = v.to_pydatetime()
         return json.dumps(v.isoformat() if hasattr(v, "isoformat") else v)
@@ -372,9 +319,3 @@ class UpdateExternalTableStep(ComputeStep):
         return v
 
 
-def _anti_join(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Rows of ``left`` (key columns) whose key is not in ``right``."""
-    if len(left) == 0 or len(right) == 0:
-        return left[keys].reset_index(drop=True)
-    m = left[keys].merge(right[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    return m.loc[m["_merge"] == "left_only", keys].reset_index(drop=True)

@@ -13,7 +13,6 @@ it alone, since nothing upstream of a source can change.
 from __future__ import annotations
 
 import time
-import traceback as tb
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,8 +21,9 @@ import pandas as pd
 from datapipe_dagster.compute.batch_transform import code_version_of
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore, DataTable
-from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.result import OutputStats, StepResult, failed_frame
 from datapipe_dagster.errors import ConfigurationError
+from datapipe_dagster.frames import anti_join
 from datapipe_dagster.types import ChangeList
 
 
@@ -142,8 +142,7 @@ class BatchGenerateStep(ComputeStep):
                     result.add_write(dt.name, dt.primary_keys, st)
                 result.rows_read += sum(len(f) for f in frames)
         except Exception as e:  # noqa: BLE001 - a source failing is reported, the rest of the run goes on
-            trace = "".join(tb.format_exception(type(e), e, e.__traceback__))
-            result.add_failed(pd.DataFrame({"error": [f"{type(e).__name__}: {e}"], "traceback": [trace]}))
+            result.add_failed(failed_frame(pd.DataFrame(index=range(1)), e))
         else:
             if self.delete_stale:
                 self._delete_unproduced(produced, result, now)
@@ -160,9 +159,8 @@ class BatchGenerateStep(ComputeStep):
                 alive = dt.meta.get_metadata(conn)[dt.primary_keys]
                 frames = [f for f in produced[dt.name] if len(f)]
                 seen = pd.concat(frames, ignore_index=True) if frames else None
-                if seen is not None and len(seen) and len(alive):
-                    m = alive.merge(seen.drop_duplicates(), on=dt.primary_keys, how="left", indicator=True)
-                    alive = m.loc[m["_merge"] == "left_only", dt.primary_keys]
+                if seen is not None:
+                    alive = anti_join(alive, seen, dt.primary_keys)
                 if len(alive):
                     st = dt.write(
                         conn,

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from datapipe_dagster.errors import _plain
+from datapipe_dagster.frames import plain as _plain
 from datapipe_dagster.types import ChangeList
+
+
+def error_text(e: BaseException) -> tuple[str, str]:
+    """What a failed key records of its exception: ``"Type: message"`` and the formatted traceback."""
+    return f"{type(e).__name__}: {e}", "".join(traceback.format_exception(type(e), e, e.__traceback__))
+
+
+def failed_frame(keys: pd.DataFrame, e: BaseException) -> pd.DataFrame:
+    """``keys`` with the ``error`` and ``traceback`` columns of ``e`` (the shape of ``StepResult.failed``)."""
+    error, trace = error_text(e)
+    return keys.assign(error=error, traceback=trace)
 
 
 @dataclass

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import traceback as tb
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -41,8 +40,9 @@ from datapipe_dagster.compute.batch_transform import (
 )
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore
-from datapipe_dagster.compute.result import StepResult
+from datapipe_dagster.compute.result import StepResult, error_text
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, SkipRow
+from datapipe_dagster.frames import anti_join
 from datapipe_dagster.store.schema import to_records
 
 log = logging.getLogger("datapipe_dagster")
@@ -290,10 +290,7 @@ class RowTransformStep(BatchTransformStep):
                 except (PipeBreak, PipeError):
                     raise
                 except Exception as e:  # noqa: BLE001 - user code: record this row, go on with the others
-                    failed[key] = (
-                        f"{type(e).__name__}: {e}",
-                        "".join(tb.format_exception(type(e), e, e.__traceback__)),
-                    )
+                    failed[key] = error_text(e)
                 reached.append(key)
         except PipeBreak as e:
             broke = str(e) or "PipeBreak"
@@ -309,9 +306,7 @@ class RowTransformStep(BatchTransformStep):
             done = pd.DataFrame([dict(zip(tk, k, strict=True)) for k in reached], columns=tk)
             ok_keys = ok_keys.merge(done.drop_duplicates(), on=tk, how="inner") if len(done) else ok_keys.iloc[0:0]
         if failed:
-            marker = pd.DataFrame([dict(zip(tk, k, strict=True)) for k in failed], columns=tk).assign(_failed=True)
-            merged = ok_keys.merge(marker, on=tk, how="left")
-            ok_keys = ok_keys.loc[merged["_failed"].isna().to_numpy()]
+            ok_keys = anti_join(ok_keys, pd.DataFrame([dict(zip(tk, k, strict=True)) for k in failed], columns=tk), tk)
         return outs, ok_keys.reset_index(drop=True), failed, broke
 
     def _try_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
@@ -384,7 +379,4 @@ class RowTransformStep(BatchTransformStep):
                 if key is None or key not in produced:
                     raise  # not attributable to one row: the chunk is split to isolate it
                 del produced[key]
-                failed[key] = (
-                    f"{type(e).__name__}: {e}",
-                    "".join(tb.format_exception(type(e), e, e.__traceback__)),
-                )
+                failed[key] = error_text(e)

@@ -9,7 +9,6 @@ partition's own counts, failed keys and preview.
 
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -17,8 +16,10 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.partition_runner import PartitionOutcome, PartitionRunner
+from datapipe_dagster.compute.partitioning import Buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult
-from datapipe_dagster.compute.steps import KeyedStep, PartitionKeyedStep, Step
+from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster._provenance import (
     input_pointer_tags,
@@ -57,67 +58,6 @@ def run_mode(tags: Mapping[str, str]) -> str:
     return c.MODE_REPARSE
 
 
-@dataclass
-class PartitionOutcome:
-    """What a run did in one partition (``partition`` None: the whole unpartitioned step)."""
-
-    partition: str | None
-    result: StepResult
-    stale_remaining: int
-
-
-class StepRunner:
-    """Runs a keyed step (``get_stale_keys`` / ``get_all_keys`` / ``process_keys``) over partitions."""
-
-    def __init__(self, step: KeyedStep, props: StepProps, parts: BucketPartitions | None):
-        self.step = step
-        self.props = props
-        self.parts = parts if props.partitioned else None
-
-    @property
-    def key_cols(self) -> list[str]:
-        return list(self.step.key_cols)
-
-    @property
-    def _tk(self) -> list[str]:
-        return list(self.props.transform_keys or ())
-
-    def _in(self, keys: pd.DataFrame, partitions: list[str] | None) -> pd.DataFrame:
-        if self.parts is None or partitions is None:
-            return keys
-        return self.parts.select(keys, self._tk, partitions)
-
-    def keys_for(self, mode: str, partitions: list[str] | None, retry_failed: bool = False) -> pd.DataFrame:
-        """The keys a run processes: stale keys, or every key (reparse), of ``partitions``.
-
-        In stale mode a failed key is included only when an input row of it changed since its failed
-        attempt, or when ``retry_failed`` (the step's code changed).
-        """
-        if mode == c.MODE_STALE:
-            keys = self.step.get_stale_keys(include_failed=retry_failed)
-        elif self.parts is not None and partitions is not None and isinstance(self.step, PartitionKeyedStep):
-            # A reparse reads only its partitions' hash ranges from the state's index (no key-space scan).
-            return self.step.get_partition_keys(self.parts.n, [self.parts.bucket_of(p) for p in partitions])
-        else:
-            keys = self.step.get_all_keys()
-        return self._in(keys, partitions)
-
-    def run(self, mode: str, partitions: list[str] | None, retry_failed: bool = False) -> list[PartitionOutcome]:
-        """Process the run's keys, one partition after the other, and report each partition's outcome."""
-        keys = self.keys_for(mode, partitions, retry_failed)
-        if self.parts is None or partitions is None:
-            result = self.step.process_keys(keys)
-            left = len(self.step.get_stale_keys(advance_watermark=True, include_failed=False))
-            return [PartitionOutcome(None, result, left)]
-        buckets = self.parts.buckets(keys, self._tk)
-        results = {p: self.step.process_keys(keys.loc[buckets == p].reset_index(drop=True)) for p in partitions}
-        # Advancing the watermarks here (only past rows no key needs any more) spares the next sensor
-        # tick from rescanning what this run just processed.
-        left = self.step.get_stale_keys(advance_watermark=True, include_failed=False)
-        counts = self.parts.buckets(left, self._tk).value_counts() if len(left) else pd.Series(dtype=int)
-        return [PartitionOutcome(p, results[p], int(counts.get(p, 0))) for p in partitions]
-
-
 def _preview(result: StepResult, dt: Any) -> pd.DataFrame | None:
     changed = result.changed.get(dt.name)
     if changed is None or len(changed) == 0:
@@ -145,6 +85,105 @@ def failure_message(name: str, failed: pd.DataFrame, key_cols: list[str], total:
     return "\n".join(lines)
 
 
+def describe_step(props: StepProps) -> str:
+    """The multi-asset's description: kind, name, inputs -> outputs and how it is keyed."""
+    kind = "keyed by " + ", ".join(props.transform_keys) if props.transform_keys else "unpartitioned"
+    inputs = ", ".join(props.inputs) or "(no inputs)"
+    return f"{props.kind} `{props.name}`: {inputs} -> {', '.join(props.outputs)} ({kind})."
+
+
+def run_step(
+    step: Step,
+    runner: PartitionRunner | None,
+    ds: DataStore,
+    props: StepProps,
+    mode: str,
+    partitions: list[str] | None,
+    tags: Mapping[str, str],
+) -> list[PartitionOutcome]:
+    """Run the engine for one run; a DatapipeError (it names table, column and key) becomes the run's
+    ``dg.Failure``."""
+    try:
+        if runner is None:
+            return [PartitionOutcome(None, step.run_full(ds), 0)]
+        return runner.run(mode, partitions, retry_failed=tags.get(c.TAG_RETRY_FAILED) == "true")
+    except DatapipeError as e:
+        raise dg.Failure(description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}) from e
+
+
+def materializations(
+    context: AssetExecutionContext,
+    step: Step,
+    out_specs: list[dg.AssetSpec],
+    outcomes: list[PartitionOutcome],
+    mode: str,
+    partitions: list[str] | None,
+    runner: PartitionRunner | None,
+    ds: DataStore,
+    pointers: Mapping[dg.AssetKey, int] | None = None,
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+    """One ``MaterializeResult`` per output, each partition with its own data version (``versions``).
+
+    A run over several partitions gives the result only the run's range and yields one materialization
+    per partition itself, with that partition's metadata and data version (Dagster would give every
+    partition of the run the same one). ``pointers``: source observations the run read, when Dagster
+    found none at step start.
+    """
+    key_cols = runner.key_cols if runner is not None else []
+    seq = ds.current_seq()  # the data version of every output partition this run changed
+    for spec, dt in zip(out_specs, step.output_dts, strict=True):
+        per_partition = {
+            o.partition: output_metadata(
+                result=o.result,
+                stats=o.result.outputs.get(dt.name, OutputStats()),
+                mode=mode,
+                partition=o.partition,
+                key_cols=key_cols,
+                stale_remaining=o.stale_remaining,
+                preview=_preview(o.result, dt),
+                parts=runner.parts if runner is not None else None,
+            )
+            for o in outcomes
+        }
+        versions = {
+            o.partition: output_version(
+                context.instance, spec.key, o.partition, o.result.outputs.get(dt.name, OutputStats()), seq
+            )
+            for o in outcomes
+        }
+        if len(outcomes) == 1 or not partitions:
+            p0 = outcomes[0].partition
+            yield dg.MaterializeResult(
+                asset_key=spec.key,
+                metadata=per_partition[p0],
+                data_version=versions[p0],
+                tags=input_pointer_tags(pointers or {}) or None,
+            )
+            continue
+        run_md = {c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"}
+        yield dg.MaterializeResult(asset_key=spec.key, metadata=output_reported_by_body(run_md))
+        for p, md in per_partition.items():
+            assert p is not None
+            yield partition_materialization(context, spec.key, p, md, versions[p], pointers)
+
+
+def fail_on_failed_keys(props: StepProps, outcomes: list[PartitionOutcome], runner: PartitionRunner | None) -> None:
+    """Raise the run's ``dg.Failure`` naming the failed keys and their partitions, if any failed."""
+    run_failed = [o.result.failed for o in outcomes if o.result.keys_failed]
+    if not run_failed:
+        return
+    key_cols = runner.key_cols if runner is not None else []
+    failed = failed_with_partitions(
+        pd.concat(run_failed, ignore_index=True),
+        runner.parts if runner is not None else None,
+        list(props.transform_keys or ()),
+    )
+    raise dg.Failure(
+        description=failure_message(props.name, failed, key_cols, len(failed)),
+        metadata={c.META_TRANSFORM: props.name, c.META_KEYS_FAILED: len(failed)},
+    )
+
+
 def build_step_asset(
     step: Step,
     props: StepProps,
@@ -162,24 +201,21 @@ def build_step_asset(
     """
     out_specs = specs.step_specs[props.name]
     check_specs = specs.check_specs.get(props.name, [])
-    runner = StepRunner(step, props, parts) if isinstance(step, KeyedStep) else None
+    runner = PartitionRunner(step, parts) if isinstance(step, KeyedStep) else None
     partitioned = runner is not None and runner.parts is not None
-    kind = "keyed by " + ", ".join(props.transform_keys) if props.transform_keys else "unpartitioned"
     source_keys = [specs.key(t) for t in props.inputs if t in specs.partitioned_sources]
-    description = f"{props.kind} `{props.name}`: {', '.join(props.inputs) or '(no inputs)'} -> {', '.join(props.outputs)} ({kind})."
 
     @dg.multi_asset(
         name=c.op_name(props.name),
         specs=out_specs,
         check_specs=check_specs or None,
-        backfill_policy=runner.parts.backfill_policy() if runner is not None and runner.parts is not None else None,
+        backfill_policy=parts.backfill_policy() if partitioned and parts is not None else None,
         can_subset=False,  # the engine writes all outputs of a key in one transaction
-        description=description,
+        description=describe_step(props),
         op_tags={"datapipe/step": props.name},
     )
     def _step_asset(context: AssetExecutionContext) -> Iterator[Any]:
-        tags = context.run.tags
-        mode = run_mode(tags)
+        mode = run_mode(context.run.tags)
         partitions = list(context.partition_keys) if partitioned else None
         # A source table never observed gives the run no event to point to, and Dagster could then never
         # tell that the table changed after it: observe it first (in the run's partitions) and record
@@ -188,75 +224,21 @@ def build_step_asset(
         if baseline and partitions:
             yield from source_observations(baseline, partitions, ds.current_seq())
         pointers = latest_observation_ids(context.instance, baseline)
-        try:
-            if runner is None:
-                outcomes = [PartitionOutcome(None, step.run_full(ds), 0)]
-            else:
-                outcomes = runner.run(mode, partitions, retry_failed=tags.get(c.TAG_RETRY_FAILED) == "true")
-        except DatapipeError as e:
-            # Configuration and schema errors name the table, column and key: show them as the failure.
-            raise dg.Failure(
-                description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}
-            ) from e
-        key_cols = runner.key_cols if runner is not None else []
-        runner_tk = list(props.transform_keys or ())
+        outcomes = run_step(step, runner, ds, props, mode, partitions, context.run.tags)
         summary = run_summary(partitions, [o.result for o in outcomes])
         context.log.info("%s: %s (%s)", props.name, summary, mode)
-        _tag_run(context, summary)
-        run_failed = [o.result.failed for o in outcomes if o.result.keys_failed]
-        seq = ds.current_seq()  # the data version of every output partition this run changed
-        for spec, dt in zip(out_specs, step.output_dts, strict=True):
-            per_partition = {
-                o.partition: output_metadata(
-                    result=o.result,
-                    stats=o.result.outputs.get(dt.name, OutputStats()),
-                    mode=mode,
-                    partition=o.partition,
-                    key_cols=key_cols,
-                    stale_remaining=o.stale_remaining,
-                    preview=_preview(o.result, dt),
-                    parts=runner.parts if runner is not None else None,
-                )
-                for o in outcomes
-            }
-            versions = {
-                o.partition: output_version(
-                    context.instance, spec.key, o.partition, o.result.outputs.get(dt.name, OutputStats()), seq
-                )
-                for o in outcomes
-            }
-            if len(outcomes) == 1:
-                p0 = outcomes[0].partition
-                yield dg.MaterializeResult(
-                    asset_key=spec.key,
-                    metadata=per_partition[p0],
-                    data_version=versions[p0],
-                    tags=input_pointer_tags(pointers) or None,
-                )
-                continue
-            # A range run: each partition gets its own data version (Dagster would give them all one).
-            assert partitions is not None
-            run_md = {c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"}
-            yield dg.MaterializeResult(asset_key=spec.key, metadata=output_reported_by_body(run_md))
-            for p, md in per_partition.items():
-                assert p is not None
-                yield partition_materialization(context, spec.key, p, md, versions[p], pointers)
+        tag_run(context, summary)
+        yield from materializations(context, step, out_specs, outcomes, mode, partitions, runner, ds, pointers)
         if runner is not None:  # checks are declared for keyed steps only
             for cs in check_specs:
-                yield failed_keys_check(runner.step, cs, key_cols, runner.parts)
-        if run_failed and fail_run_on_failed_keys:
-            failed = failed_with_partitions(
-                pd.concat(run_failed, ignore_index=True), runner.parts if runner else None, runner_tk
-            )
-            raise dg.Failure(
-                description=failure_message(props.name, failed, key_cols, len(failed)),
-                metadata={c.META_TRANSFORM: props.name, c.META_KEYS_FAILED: len(failed)},
-            )
+                yield failed_keys_check(runner.step, cs, runner.key_cols, runner.parts)
+        if fail_run_on_failed_keys:
+            fail_on_failed_keys(props, outcomes, runner)
 
     return _step_asset
 
 
-def _tag_run(context: AssetExecutionContext, summary: str) -> None:
+def tag_run(context: AssetExecutionContext | dg.OpExecutionContext, summary: str) -> None:
     """Show what the run did in the runs list (a tag; descriptions are not editable after launch)."""
     try:
         context.instance.add_run_tags(context.run.run_id, {c.TAG_SUMMARY: summary})
@@ -265,7 +247,7 @@ def _tag_run(context: AssetExecutionContext, summary: str) -> None:
 
 
 def failed_keys_check(
-    step: KeyedStep, spec: dg.AssetCheckSpec, key_cols: list[str], parts: BucketPartitions | None = None
+    step: KeyedStep, spec: dg.AssetCheckSpec, key_cols: list[str], parts: Buckets | None = None
 ) -> dg.AssetCheckResult:
     """Red while any key of ``step`` is failing (whichever partition it is in), with keys, their
     partitions and errors."""

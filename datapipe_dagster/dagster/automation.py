@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+from datapipe_dagster.compute.partition_runner import stale_by_partition
 from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import StepProps
@@ -50,10 +51,10 @@ class StalePartitionsCondition(dg.AutomationCondition):
 
     def stale_partitions(self) -> list[str] | None:
         """The partitions holding stale keys; for an unpartitioned step ``[]`` or None (all)."""
-        stale = self.step.get_stale_keys(advance_watermark=False, include_failed=False)
-        if self.parts is None:
-            return None if len(stale) else []
-        return self.parts.stale_partitions(stale, list(self.props.transform_keys or ()))
+        stale = stale_by_partition(self.step, self.parts, advance_watermark=False)
+        if not stale.partitioned:
+            return None if stale.total else []
+        return stale.partitions
 
     def evaluate(self, context: Any) -> dg.AutomationResult:
         parts = self.stale_partitions()

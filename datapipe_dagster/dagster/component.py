@@ -17,7 +17,6 @@ from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import dagster as dg
-import sqlalchemy as sa
 from dagster.components.utils.translation import TranslationFn, TranslationFnResolver
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -377,7 +376,7 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
         )
         if dbconn.backend == "sqlite":
             # A folder, not a connection: SQLite cannot create the file's parent on the first run.
-            database = sa.engine.make_url(dbconn.url).database
+            database = dbconn.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         return defs

@@ -6,6 +6,8 @@ Every key we attach lives under the ``datapipe/`` namespace, so it never collide
 
 from __future__ import annotations
 
+from datapipe_dagster.compute.partition_runner import REPARSE, STALE
+
 # ---------------------------------------------------------------- definition metadata
 META_TABLE = "datapipe/table"
 """On every table asset: the catalog table name."""
@@ -43,8 +45,8 @@ META_LAST_SEQ = "datapipe/last_seq"
 # ---------------------------------------------------------------- run tags
 TAG_MODE = "datapipe/mode"
 """Run tag: ``stale`` (sensor run: only stale keys) or ``reparse`` (every key of the partitions)."""
-MODE_STALE = "stale"
-MODE_REPARSE = "reparse"
+MODE_STALE = STALE
+MODE_REPARSE = REPARSE
 TAG_STEP = "datapipe/step"
 """Run tag set by the sensor: the step; limit concurrent runs per step with ``tag_concurrency_limits``."""
 TAG_REASON = "datapipe/reason"

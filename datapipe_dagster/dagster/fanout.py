@@ -17,11 +17,12 @@ import pandas as pd
 from dagster import AssetExecutionContext, OpExecutionContext
 
 from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.partition_runner import PartitionRunner, stale_by_partition
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster._provenance import output_reported_by_body, partition_materialization
-from datapipe_dagster.dagster.assets import StepRunner, failed_keys_check, failure_message, run_mode
+from datapipe_dagster.dagster.assets import failed_keys_check, failure_message, run_mode, tag_run
 from datapipe_dagster.dagster.metadata import failed_with_partitions, output_metadata, run_summary
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
@@ -85,7 +86,7 @@ def build_fanout_step_asset(
     """The graph-backed multi-asset of a partitioned step: a step per partition, then a fan-in."""
     out_specs = specs.step_specs[props.name]
     check_specs = specs.check_specs.get(props.name, [])
-    runner = StepRunner(step, props, parts)
+    runner = PartitionRunner(step, parts)
     key_cols = runner.key_cols
     tk = list(props.transform_keys or ())
     base = c.op_name(props.name)
@@ -141,12 +142,8 @@ def build_fanout_step_asset(
         partitions = list(results)
         summary = run_summary(partitions, list(results.values()))
         context.log.info("%s: %s (%s)", props.name, summary, mode)
-        try:
-            context.instance.add_run_tags(context.run.run_id, {c.TAG_SUMMARY: summary})
-        except Exception as e:  # noqa: BLE001 - a cosmetic tag must never fail a run that committed
-            context.log.debug("could not tag the run: %s", e)
-        left = step.get_stale_keys(advance_watermark=True, include_failed=False)
-        counts = parts.buckets(left, tk).value_counts() if len(left) else pd.Series(dtype=int)
+        tag_run(context, summary)
+        counts = stale_by_partition(step, parts).counts
         by_table = {s["partition"]: s["changed"] for s in summaries}
         seq = ds.current_seq()
         for (name, _), spec, dt in zip(outs.items(), out_specs, step.output_dts, strict=True):
@@ -160,7 +157,7 @@ def build_fanout_step_asset(
                     mode=mode,
                     partition=p,
                     key_cols=key_cols,
-                    stale_remaining=int(counts.get(p, 0)),
+                    stale_remaining=counts.get(p, 0),
                     preview=preview,
                     parts=parts,
                 )

@@ -1,6 +1,6 @@
 """The row-tracking IO manager: a DataFrame returned by a user's ``@asset`` becomes a tracked table.
 
-Writing goes through the engine (``DataTable.write`` inside one write transaction), so every row gets its
+Writing goes through the engine (``compute.table_slice.write_slice``: one write transaction), so every row gets its
 content hash, times and write sequence, unchanged rows are not rewritten, and deletes within the scope
 commit together with the upserts (unlike a delete-then-insert without a transaction, dagster#14091).
 Transforms downstream then recompute only the keys whose rows changed.
@@ -20,24 +20,14 @@ from typing import Any, ClassVar
 
 import dagster as dg
 import pandas as pd
-import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog
-from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.table_slice import TableSlice, read_slice, write_slice
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs
 from datapipe_dagster.errors import ConfigurationError, DatapipeError
-
-
-@dataclass
-class TableSlice:
-    """What to read or write: a catalog table, and optionally the partitions that bound it."""
-
-    table: str
-    partitions: list[str] | None = None
-    partition_column: str | None = None  # rows whose column equals a partition key
-    bucket_columns: list[str] | None = None  # rows whose key hashes into a partition's bucket
 
 
 @dataclass
@@ -117,29 +107,6 @@ class DatapipeIOManager(dg.ConfigurableIOManager):
             )
         return sl
 
-    def _scope(
-        self, dt: DataTable, sl: TableSlice, replace: bool, conn: sa.Connection | None = None
-    ) -> pd.DataFrame | None:
-        """Keys under which rows the frame lacks are deleted (None: delete nothing). With ``conn``, the
-        live keys are read inside the caller's write transaction."""
-        if sl.partition_column is not None:
-            col = next(
-                (x for x in dt.table_store.get_primary_schema() if x.name == sl.partition_column), None
-            )
-            if col is None:
-                raise ConfigurationError(
-                    f"table {dt.name!r}: {c.META_PARTITION_COLUMN} {sl.partition_column!r} is not a primary-key "
-                    f"column (primary key: {dt.primary_keys})"
-                )
-            return _typed_keys(sl.partitions or [], col)
-        parts = self.binding.parts
-        if sl.bucket_columns is None and not replace:
-            return None
-        alive = (dt.meta.get_metadata(conn) if conn is not None else dt.get_metadata())[dt.primary_keys]
-        if sl.bucket_columns is not None and parts is not None:
-            return parts.select(alive, sl.bucket_columns, sl.partitions or [])
-        return alive
-
     # ------------------------------------------------------------------ IO
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -161,11 +128,8 @@ class DatapipeIOManager(dg.ConfigurableIOManager):
         )
         b = self.binding
         dt = b.catalog.get_datatable(b.ds, sl.table)
-        dt.ensure_ready()
         replace = self.replace or bool(md.get(c.META_REPLACE))
-        with b.ds.meta_dbconn.begin_write() as conn:
-            # Deletes within the scope and upserts commit together (no delete-then-insert gap).
-            res = dt.write(conn, obj, processed_idx=self._scope(dt, sl, replace, conn))
+        res = write_slice(dt, sl, obj, b.parts, replace)
         context.add_output_metadata(
             {
                 "dagster/row_count": dg.MetadataValue.int(dt.get_size()),
@@ -192,24 +156,5 @@ class DatapipeIOManager(dg.ConfigurableIOManager):
     def read(self, sl: TableSlice) -> pd.DataFrame:
         """The live rows of a table slice, in the order they were last written."""
         b = self.binding
-        dt = b.catalog.get_datatable(b.ds, sl.table)
-        if sl.partition_column is not None:
-            return dt.get_data(self._scope(dt, sl, False))
-        df = dt.get_data()
-        if sl.bucket_columns is not None and b.parts is not None:
-            df = b.parts.select(df, sl.bucket_columns, sl.partitions or [])
-        return df
+        return read_slice(b.catalog.get_datatable(b.ds, sl.table), sl, b.parts)
 
-
-def _typed_keys(values: list[str], col: sa.Column) -> pd.DataFrame:
-    """Partition keys (always text in Dagster) as values of the key column's type."""
-    s = pd.Series(values, dtype=object)
-    if isinstance(col.type, sa.Integer):
-        s = s.astype("int64")
-    elif isinstance(col.type, (sa.Float, sa.Numeric)):
-        s = s.astype("float64")
-    elif isinstance(col.type, sa.DateTime):
-        s = pd.to_datetime(s)
-    elif isinstance(col.type, sa.Date):
-        s = pd.to_datetime(s).dt.date
-    return pd.DataFrame({col.name: s})

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
+from datapipe_dagster.compute.partitioning import Buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.dagster import constants as c
-from datapipe_dagster.dagster.partitions import BucketPartitions
+from datapipe_dagster.frames import plain
 
 
 def _cell(v: Any) -> str | int | float | bool | None:
-    if v is None or v is pd.NA or v is pd.NaT:
-        return None
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
+    v = plain(v)
+    if v is None:
         return None
     if isinstance(v, (bool, int, float, str)):
         return v
@@ -59,7 +55,7 @@ def errors_markdown(
 
 
 def failed_with_partitions(
-    failed: pd.DataFrame, parts: BucketPartitions | None, transform_keys: list[str]
+    failed: pd.DataFrame, parts: Buckets | None, transform_keys: list[str]
 ) -> pd.DataFrame:
     """``failed`` with a ``partition`` column (the partition of each key) when the step is partitioned."""
     if parts is None or not transform_keys or len(failed) == 0:
@@ -93,7 +89,7 @@ def output_metadata(
     key_cols: list[str],
     stale_remaining: int,
     preview: pd.DataFrame | None,
-    parts: BucketPartitions | None = None,
+    parts: Buckets | None = None,
 ) -> dict[str, Any]:
     """Metadata of one output's materialization in one partition (or of an unpartitioned step): its
     counts, failures, what is still stale, a preview."""

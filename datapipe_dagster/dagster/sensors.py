@@ -24,16 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 from dagster import SensorEvaluationContext
 
 from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.partition_runner import stale_by_partition
 from datapipe_dagster.compute.steps import KeyedStep, ScanningStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
 from datapipe_dagster.dagster.versions import source_observations
 from datapipe_dagster.errors import ConfigurationError
+from datapipe_dagster.store.database import UNREACHABLE_ERRORS
 
 
 @dataclass
@@ -90,19 +91,17 @@ def observe_sources(
     tops: dict[str, int] = {}
     if not sources:
         return events, tops
-    with ds.meta_dbconn.connect() as conn:
-        for name, (key, dt) in sources.items():
-            dt.ensure_ready()
-            top = dt.meta.max_seq(conn)  # an index lookup
-            tops[name] = top
-            if cur.src.get(name) != top and top > 0 and name not in partitioned:
-                events.append(
-                    dg.AssetObservation(
-                        asset_key=key,
-                        metadata={c.META_LAST_SEQ: top},
-                        tags={c.DATA_VERSION_TAG: str(top)},
-                    )
+    tops = ds.last_seqs(dt for _, dt in sources.values())
+    for name, (key, _) in sources.items():
+        top = tops[name]
+        if cur.src.get(name) != top and top > 0 and name not in partitioned:
+            events.append(
+                dg.AssetObservation(
+                    asset_key=key,
+                    metadata={c.META_LAST_SEQ: top},
+                    tags={c.DATA_VERSION_TAG: str(top)},
                 )
+            )
     return events, tops
 
 
@@ -158,10 +157,9 @@ class StaleTick:
             if rng is None or self.parts is None:
                 return {"*"}
             try:
-                lo, hi = self.parts.bucket_of(rng[0]), self.parts.bucket_of(rng[1])
+                out |= set(self.parts.expand(*rng))
             except ConfigurationError:  # a run from before the number of partitions changed
                 continue
-            out |= {self.parts.key_of(i) for i in range(lo, hi + 1)}
         return out
 
     def _free(self, partitions: list[str], pending: set[str]) -> list[str]:
@@ -226,14 +224,12 @@ class StaleTick:
             return dg.SensorResult(run_requests=[req], cursor=Cursor(seq=seq, code=code, src=cur.src).dump())
         # A failed key is retried only when one of its input rows changed (the query finds that by
         # itself) or the code changed; unrelated writes must not rerun it.
-        stale = self.step.get_stale_keys(include_failed=code_changed)
+        stale = stale_by_partition(self.step, self.parts, include_failed=code_changed)
         observations, tops = observe_sources(self.ds, self.sources, cur, self.partitioned_sources)
-        if len(stale) == 0 and not sync_all:
+        if stale.total == 0 and not sync_all:
             cursor = Cursor(seq=seq, code=code, src=tops, wide=cur.wide).dump()
             return dg.SensorResult(skip_reason="no stale keys", cursor=cursor, asset_events=observations)
-        stale_parts = (
-            self.parts.stale_partitions(stale, list(self.props.transform_keys or ())) if self.parts else ["*"]
-        )
+        stale_parts = stale.partitions
         why = upstream() if upstream is not None else None
         if why is not None and (cur.wait is None or now - cur.wait < self.max_upstream_wait):
             # Runs now would read inputs that are about to change and run again right after: wait (the
@@ -357,7 +353,7 @@ class Upstream:
         if runs:
             return f"run {runs[0].run_id[:8]} of an upstream step is {runs[0].status.value.lower()}"
         for name, step in self.steps:
-            if len(step.get_stale_keys(advance_watermark=False, include_failed=False)):
+            if stale_by_partition(step, None, advance_watermark=False).total:
                 return f"upstream step {name!r} has stale keys"
         return None
 
@@ -384,10 +380,7 @@ class InputsTick:
         seq = self.ds.current_seq()
         if cur.seq == seq:
             return dg.SensorResult(skip_reason=f"nothing written since sequence {seq}", cursor=cursor_text)
-        for dt in self.step.input_dts:
-            dt.ensure_ready()
-        with self.ds.meta_dbconn.connect() as conn:
-            top = max((dt.meta.max_seq(conn) for dt in self.step.input_dts), default=0)
+        top = max(self.ds.last_seqs(self.step.input_dts).values(), default=0)
         observations, tops = observe_sources(self.ds, self.sources, cur)
         new_cursor = Cursor(seq=seq, top=top, src=tops).dump()
         if top == 0 or (cur.top is not None and top <= cur.top):
@@ -430,8 +423,7 @@ class ScanTick:
             stats = result.outputs.get(dt.name)
             if stats is None or stats.inserted + stats.updated + stats.deleted == 0:
                 continue
-            with dt.ds.meta_dbconn.connect() as conn:
-                top = dt.meta.max_seq(conn)
+            top = dt.ds.last_seqs([dt])[dt.name]
             events.append(
                 dg.AssetObservation(
                     asset_key=key,
@@ -543,7 +535,7 @@ def build_step_sensor(
             if isinstance(tick, ScanTick):
                 return tick(context.cursor, lambda: bool(pending_runs(context.instance, props.name, tick.asset_keys)))
             return tick(context.cursor)
-        except sa.exc.OperationalError as e:  # a database that is down now may be up at the next tick
+        except UNREACHABLE_ERRORS as e:  # a database that is down now may be up at the next tick
             return dg.SensorResult(
                 skip_reason=f"database not reachable: {str(e).splitlines()[0]}", cursor=context.cursor
             )

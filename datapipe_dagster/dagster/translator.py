@@ -157,12 +157,8 @@ def table_props(catalog: Catalog, name: str, writer: str | None) -> TableProps:
         except Exception:  # noqa: BLE001 - some types only compile for a dialect
             typ = type(col.type).__name__
         cols.append((col.name, typ, bool(col.primary_key)))
-    dbconn = getattr(store, "dbconn", None)
-    kind = (
-        getattr(dbconn, "backend", None) or type(store).__name__.removeprefix("TableStore").lower() or "table"
-    )
     return TableProps(
-        name=name, description=table.description, columns=tuple(cols), store_kind=kind, writer=writer
+        name=name, description=table.description, columns=tuple(cols), store_kind=store.kind, writer=writer
     )
 
 

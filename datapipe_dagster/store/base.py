@@ -1,19 +1,38 @@
-"""The store interface: how a table's rows are read, written and deleted.
+"""The store interface: how a table's rows are read, written and deleted, and what else a store can do.
 
 A store knows nothing of row metadata; the DataTable (compute layer) keeps that. Writing your own store
 means implementing these few methods and passing ``datapipe_dagster.testing``'s conformance suite.
+
+Capabilities beyond reading and writing are declared, never probed: ``TableStore.sql_table`` says
+whether the rows are one table of a SQL database (so a DataTable joins the chunk's transaction and its
+metadata in SQL, and an external-table scan can read by an updated-at column); a store that lists its
+files with size and mtime implements ``FileListing`` (so a scan opens only changed files).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.store.schema import coerce_frame, empty_frame, hash_rows
+
+if TYPE_CHECKING:
+    from datapipe_dagster.store.database import DBConn
+
+
+@dataclass(frozen=True)
+class SQLTable:
+    """Where a store's rows live when they are one table of a SQL database."""
+
+    dbconn: DBConn
+    """The database (a DataTable whose metadata lives in the same one writes both in one transaction)."""
+    table: sa.Table
+    """The table, its columns those of the store's schema."""
 
 
 class TableStore(ABC):
@@ -30,6 +49,25 @@ class TableStore(ABC):
     @abstractmethod
     def get_schema(self) -> list[sa.Column]:
         """All columns of the table (primary-key columns marked ``primary_key=True``)."""
+
+    @property
+    def kind(self) -> str:
+        """What a person calls where the rows live (``sqlite``, ``postgresql``, ``filedir``, …): shown in
+        asset descriptions and as the asset's kind."""
+        return type(self).__name__.removeprefix("TableStore").lower() or "table"
+
+    def sql_table(self) -> SQLTable | None:
+        """The SQL table holding the rows, or None when the store is not one table of a SQL database.
+
+        A store that returns one promises that ``read_rows``/``write_rows``/``delete_rows`` with
+        ``conn`` (an open connection to ``dbconn``) act on ``table`` inside that connection's transaction,
+        and that ``prepare`` creates ``table``.
+        """
+        return None
+
+    def prepare(self) -> None:
+        """Create what the store needs before its first read or write (idempotent; default: nothing)."""
+        return None
 
     def get_primary_schema(self) -> list[sa.Column]:
         """The primary-key columns."""
@@ -66,3 +104,20 @@ class TableStore(ABC):
     def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
         """The content hash of every row of a validated frame (int64); rows read back hash as written."""
         return hash_rows(df, self.get_schema(), table or self.name)
+
+
+@runtime_checkable
+class FileListing(Protocol):
+    """A store of one file per row that lists its files without opening them (``UpdateExternalTable``
+    then reads only the files whose size or mtime changed)."""
+
+    root: str
+    """The folder every file of the table lives under."""
+
+    def root_exists(self) -> bool:
+        """Whether the folder exists (a missing one is more likely a missing mount than an empty table)."""
+        ...
+
+    def list_files(self) -> pd.DataFrame:
+        """Every row's file: the key columns plus ``_path``, ``_size`` and ``_mtime_ns``."""
+        ...

@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from datapipe_dagster.errors import ConfigurationError, LockTimeoutError, StorageFullError
-from datapipe_dagster.store.base import TableStore
+from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame, executemany_frame
 from datapipe_dagster.store.schema import conform_types, hash_rows, to_records
 from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
@@ -51,6 +51,10 @@ def mask_url(url: str) -> str:
     except sa.exc.ArgumentError:  # not a URL (a bare path): nothing to hide
         return url
 
+
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError,)
+"""What a database that is down (or a connection that broke) raises: a caller that polls (a sensor
+tick) catches these and tries again later."""
 
 # PostgreSQL cuts identifiers at NAMEDATALEN - 1 = 63 bytes; SQLite has no limit.
 MAX_IDENTIFIER_BYTES = {"postgresql": 63}
@@ -225,6 +229,11 @@ class DBConn:
         with self.engine.connect() as conn:
             yield conn
 
+    @property
+    def database(self) -> str | None:
+        """The database part of the URL (SQLite: the file's path, or ``:memory:``)."""
+        return sa.engine.make_url(self.url).database
+
     def same_database(self, other: DBConn) -> bool:
         return self is other or self.url == other.url
 
@@ -337,7 +346,14 @@ class TableStoreDB(TableStore):
     def get_schema(self) -> list[sa.Column]:
         return self.data_sql_schema
 
-    def _ensure(self) -> None:
+    @property
+    def kind(self) -> str:
+        return self.dbconn.backend
+
+    def sql_table(self) -> SQLTable:
+        return SQLTable(self.dbconn, self.data_table)
+
+    def prepare(self) -> None:
         if not self._ready:
             if self.create_table:
                 self.dbconn.ensure_table(self.data_table)
@@ -345,7 +361,7 @@ class TableStoreDB(TableStore):
 
     @contextmanager
     def _conn(self, conn: sa.Connection | None, write: bool) -> Iterator[sa.Connection]:
-        self._ensure()
+        self.prepare()
         if conn is not None:
             yield conn
         elif write:

@@ -24,6 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import ConfigurationError, SchemaError
+from datapipe_dagster.frames import anti_join, has_key
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.filedir import reason_of
 from datapipe_dagster.store.fs import atomic_write
@@ -218,9 +219,7 @@ class FileTableStore(TableStore):
         current = self._decode(self._load())
         pks = self.primary_keys
         if len(current):
-            marker = df[pks].assign(_new=True)
-            keep = current.merge(marker, on=pks, how="left")["_new"].isna().to_numpy()
-            current = current.loc[keep]
+            current = anti_join(current, df, pks)
         if self._free is not None:
             df = self._free.validate(df)  # every column seen so far, in the same order as ``current``
             current = current.reindex(columns=list(df.columns))
@@ -232,8 +231,8 @@ class FileTableStore(TableStore):
             return
         current = self._decode(self._load())
         pks = self.primary_keys
-        gone = coerce_frame(self.name, self.get_primary_schema(), idx[pks]).assign(_gone=True)
-        keep = current.merge(gone, on=pks, how="left")["_gone"].isna().to_numpy()
+        gone = coerce_frame(self.name, self.get_primary_schema(), idx[pks])
+        keep = ~has_key(current, gone, pks)
         if not keep.all():
             self._save(current.loc[keep])
 

@@ -16,6 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
+from datapipe_dagster.frames import plain
 from datapipe_dagster.store.schema import _json_default, coerce_frame, to_records
 
 
@@ -43,7 +44,7 @@ class SchemalessColumns:
         for n in self.key_names:
             cols[n] = keys[n].to_numpy() if keys is not None else [r.get(n) for r in recs]
         for n in self.data_names:
-            cols[n] = pd.Series([_plain(r.get(n)) for r in recs], dtype=object)
+            cols[n] = pd.Series([plain(r.get(n)) for r in recs], dtype=object)
         df = pd.DataFrame(cols)
         return df if len(recs) else df.iloc[0:0]
 
@@ -91,16 +92,6 @@ class SchemalessColumns:
     def data_of(self, rec: dict[str, Any]) -> dict[str, Any]:
         """A row's non-key, non-null fields (what a file holds)."""
         return {k: v for k, v in rec.items() if k not in self.key_names and v is not None}
-
-
-def _plain(v: Any) -> Any:
-    if v is None:
-        return None
-    if isinstance(v, float) and v != v:
-        return None
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 def _bad_column(row: dict[str, Any]) -> str | None:

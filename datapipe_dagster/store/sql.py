@@ -1,4 +1,4 @@
-"""SQL helpers shared by the stores and the metadata: key filters that scale, fast fetches.
+"""SQL helpers shared by the stores and the metadata: key filters that scale, fast fetches, statistics.
 
 Few keys are filtered with ``IN`` lists; many keys go through ``IN (SELECT …)`` over ``unnest`` of
 array parameters on PostgreSQL (which rejects long row-value ``IN`` lists) and over a temporary table
@@ -10,12 +10,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.store.schema import to_records
+
+if TYPE_CHECKING:
+    from datapipe_dagster.store.database import DBConn
 
 MAX_PARAMS = 20000
 MAX_TUPLES = 500
@@ -60,16 +63,23 @@ def temp_keys(conn: sa.Connection, table: sa.Table | sa.FromClause, columns: lis
         tmp.drop(conn)
 
 
-def _pg_unnest_keys(table: sa.Table | sa.FromClause, columns: list[str], keys: pd.DataFrame) -> sa.Select:
-    """PostgreSQL: the keys as one ``unnest`` of arrays, bound as a few parameters (no temp table)."""
+def pg_unnest(
+    columns: list[str], values: list[list[Any]], types: list[sa.types.TypeEngine[Any]], prefix: str = "dp_keys"
+) -> sa.TableValuedAlias:
+    """PostgreSQL: columns of values as one derived table, ``unnest`` of one array parameter per column
+    (a few parameters whatever the number of rows; no temporary table)."""
     from sqlalchemy.dialects.postgresql import ARRAY
 
-    recs = to_records(keys[columns])
     arrays = [
-        sa.bindparam(f"dp_keys_{i}", value=[r[c] for r in recs], type_=ARRAY(table.c[c].type))
-        for i, c in enumerate(columns)
+        sa.bindparam(f"{prefix}_{i}", value=v, type_=ARRAY(t)) for i, (v, t) in enumerate(zip(values, types, strict=True))
     ]
-    derived = sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+    return sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+
+
+def _pg_unnest_keys(table: sa.Table | sa.FromClause, columns: list[str], keys: pd.DataFrame) -> sa.Select:
+    """PostgreSQL: the keys as one ``unnest`` of arrays."""
+    recs = to_records(keys[columns])
+    derived = pg_unnest(columns, [[r[c] for r in recs] for c in columns], [table.c[c].type for c in columns])
     return sa.select(*[derived.c[c] for c in columns])
 
 
@@ -126,3 +136,32 @@ def fetch_frame(conn: sa.Connection, stmt: sa.Executable, columns: list[str]) ->
     # Column-wise construction: pandas' row-wise paths probe each Row's attributes (slow for SQLAlchemy Rows).
     cols = list(zip(*rows, strict=True))
     return pd.DataFrame({c: pd.Series(v, dtype=None) for c, v in zip(columns, cols, strict=True)})
+
+
+def analyze(dbconn: DBConn, tables: list[sa.Table]) -> None:
+    """``ANALYZE`` the tables (PostgreSQL), outside any write transaction."""
+    with dbconn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for t in tables:
+            name = conn.dialect.identifier_preparer.format_table(t)
+            conn.exec_driver_sql(f"ANALYZE {name}")
+
+
+class AnalyzeOnGrowth:
+    """Refresh PostgreSQL's planner statistics of some tables once they have grown enough since the last
+    time: 10,000 rows, then each doubling. Without statistics a freshly loaded table gets generic
+    estimates, and the planner scans whole tables where an index serves."""
+
+    MIN_ROWS = 10_000
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.analyzed_at = 0
+
+    def grew(self, dbconn: DBConn, rows: int, tables: list[sa.Table]) -> None:
+        """``rows`` more rows were written to ``tables``: ANALYZE them if that makes them due."""
+        self.written += rows
+        grown = self.written - self.analyzed_at
+        if grown < max(self.MIN_ROWS, self.analyzed_at) or dbconn.backend != "postgresql":
+            return
+        self.analyzed_at = self.written
+        analyze(dbconn, tables)

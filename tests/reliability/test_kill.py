@@ -3,7 +3,7 @@ with SIGKILL at random moments. After every kill the database is consistent (eve
 row metadata equal to the data, outputs equal to a recomputation for every processed key) and at the end a
 run completes with outputs equal to a pandas recomputation and no stale key.
 
-``DATAPIPE_SOAK_KILLS=N`` sets the kills per backend (default 10, about 20-40 s per backend here);
+``DATAPIPE_SOAK_KILLS=N`` sets the kills per backend (default 5, about 10-20 s per backend here; a soak run sets 100);
 ``DATAPIPE_SOAK_SEED`` fixes the random schedule (default: a new one each run, printed on failure).
 """
 
@@ -26,7 +26,7 @@ from tests.engine_helpers import event, frame, seed_setup
 from tests.reliability.test_faults import assert_complete, assert_consistent
 
 ROOT = Path(__file__).parents[2]
-KILLS = int(os.environ.get("DATAPIPE_SOAK_KILLS", "10"))
+KILLS = int(os.environ.get("DATAPIPE_SOAK_KILLS", "5"))
 
 def worker(url: str, schema: str | None, seed: str, log: str, phase: str, ready) -> None:  # noqa: ANN001
     """Loads and runs forever (until killed). Forked from the test process: no import to pay per kill."""
