@@ -134,6 +134,7 @@ def run_breakdown(home: Path) -> tuple[list[float], list[float]]:
     """Per finished run: created -> started, and started -> finished (seconds)."""
     import dagster as dg
 
+    os.environ["DAGSTER_HOME"] = str(home)  # the example's dagster.yaml names its storage by it
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
     queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time and r.end_time]
