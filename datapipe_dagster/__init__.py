@@ -17,6 +17,7 @@ from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import RunSummary, StepResult
 from datapipe_dagster.compute.row_transform import PipeBreak, PipeError, RowTransform
 from datapipe_dagster.compute.run import NoFixedPointError, build_compute, run_steps, run_steps_changelist
+from datapipe_dagster.compute.spec import Input, Output
 from datapipe_dagster.compute.steps import GeneratingStep, KeyedStep, ScanningStep, Step
 from datapipe_dagster.errors import (
     ConfigurationError,
@@ -53,9 +54,11 @@ __all__ = [
     "FileListing",
     "GeneratingStep",
     "ImageFile",
+    "Input",
     "JSONFile",
     "KeyedStep",
     "NoFixedPointError",
+    "Output",
     "OutputDiff",
     "PipeBreak",
     "PipeError",

@@ -334,41 +334,41 @@ class StepConformance:
             assert not step.input_dts, "a scanning or generating step has no inputs"
 
     def test_full_run_writes_then_settles(self, step_case: StepCase) -> None:
-        step, ds = step_case.step, step_case.ds
+        step = step_case.step
         step_case.seed()
-        first = step.run_full(ds)
+        first = step.run_full()
         assert first.name == step.name and first.keys_failed == 0, first
         assert written(first) > 0, "the seeded data must produce output rows"
         for name, _stats in first.outputs.items():
             assert name in {d.name for d in step.output_dts}, f"result names {name!r}, not an output"
         assert sum(len(first.changed_keys(d.name)) for d in step.output_dts) > 0, "changed keys feed the next step"
         before = outputs_snapshot(step)
-        second = step.run_full(ds)
+        second = step.run_full()
         assert written(second) == 0, f"a second full run must write nothing: {second}"
         assert outputs_snapshot(step) == before
 
     def test_empty_changelist_writes_nothing(self, step_case: StepCase) -> None:
-        step, ds = step_case.step, step_case.ds
+        step = step_case.step
         step_case.seed()
-        step.run_full(ds)
+        step.run_full()
         before = outputs_snapshot(step)
-        res = step.run_changelist(ds, ChangeList())
+        res = step.run_changelist(ChangeList())
         assert res.name == step.name and written(res) == 0
         assert outputs_snapshot(step) == before
 
     def test_change_reaches_the_outputs(self, step_case: StepCase) -> None:
-        step, ds = step_case.step, step_case.ds
+        step = step_case.step
         step_case.seed()
-        step.run_full(ds)
+        step.run_full()
         before = outputs_snapshot(step)
         changes = step_case.change()
-        res = step.run_changelist(ds, changes) if step.input_dts else step.run_full(ds)
+        res = step.run_changelist(changes) if step.input_dts else step.run_full()
         assert written(res) > 0 and res.keys_failed == 0, res
         assert outputs_snapshot(step) != before
-        assert written(step.run_full(ds)) == 0, "the change was fully processed"
+        assert written(step.run_full()) == 0, "the change was fully processed"
 
     def test_keyed_stale_all_and_reparse(self, step_case: StepCase) -> None:
-        step, ds = step_case.step, step_case.ds
+        step = step_case.step
         if not (isinstance(step, KeyedStep) and is_keyed(step)):
             _skip(f"{type(step).__name__} is not a keyed step")
             return
@@ -377,7 +377,7 @@ class StepConformance:
         assert len(stale) > 0 and set(step.key_cols) <= set(stale.columns)
         every = step.get_all_keys()
         assert key_set(stale, step.key_cols) <= key_set(every, step.key_cols)
-        step.run_full(ds)
+        step.run_full()
         assert len(step.get_stale_keys()) == 0
         assert step.count_failed() == 0
         failed = step.failed_keys()
@@ -389,12 +389,12 @@ class StepConformance:
         assert outputs_snapshot(step) == before and len(step.get_stale_keys()) == 0
 
     def test_keyed_eval_writes_nothing(self, step_case: StepCase) -> None:
-        step, ds = step_case.step, step_case.ds
+        step = step_case.step
         if not (isinstance(step, KeyedStep) and is_keyed(step) and step.transform_keys):
             _skip(f"{type(step).__name__} is not a step with transform keys")
             return
         step_case.seed()
-        step.run_full(ds)
+        step.run_full()
         step_case.change()
         stale = step.get_stale_keys(advance_watermark=False)
         assert len(stale) > 0

@@ -54,13 +54,13 @@ class CopyStep(ComputeStep):
         self.input_dts = [src]
         self.output_dts = [dst]
 
-    def run_full(self, ds):  # noqa: ANN001, ANN201
+    def run_full(self):  # noqa: ANN001, ANN201
         df = self.input_dts[0].get_data()[["user_id", "click_count"]]
         self.output_dts[0].store_chunk(df, processed_idx=self.output_dts[0].get_metadata()[["user_id"]])
         return StepResult(self.name, keys_processed=len(df))
 
-    def run_changelist(self, ds, changelist):  # noqa: ANN001, ANN201
-        return self.run_full(ds)
+    def run_changelist(self, changelist):  # noqa: ANN001, ANN201
+        return self.run_full()
 
 
 class Copy(PipelineStep):

@@ -142,7 +142,7 @@ def test_mixed_pipeline_changes_deletes_renames(tmp_path: Path, dbconn: DBConn) 
     # a price for the fig arrives; the changelist path propagates the scan's changes
     with dbconn.engine.begin() as c:
         c.execute(sa.insert(prices).values(item_id=4, price=9.5))
-    scan = steps[1].run_full(ds)
+    scan = steps[1].run_full()
     res = run_steps_changelist(ds, steps[2:], scan.changed)
     assert res["export"].keys_processed == 1
     assert {"item_id": 4, "title": "FIG", "price": 9.5} in _csv(csv_path)

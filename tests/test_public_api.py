@@ -20,9 +20,10 @@ PARITY_NAMES = {
 PUBLIC_NAMES = [
     "BatchGenerate", "BatchTransform", "BatchTransformStep", "BytesFile", "Catalog", "ChangeList",
     "ComputeStep", "ConfigurationError", "DBConn", "DataStore", "DataTable", "DatapipeComponent",
-    "DatapipeError", "EvalResult", "FileAdapter", "FileListing", "GeneratingStep", "ImageFile", "JSONFile", "KeyedStep",
-    "NoFixedPointError", "OutputDiff", "PipeBreak", "PipeError", "Pipeline", "PipelineStep", "RowTransform",
-    "RunSummary", "SQLTable", "ScanningStep", "SchemaError", "SkipRow", "Step", "StepFailedError", "StepResult", "Table",
+    "DatapipeError", "EvalResult", "FileAdapter", "FileListing", "GeneratingStep", "ImageFile", "Input",
+    "JSONFile", "KeyedStep", "NoFixedPointError", "Output", "OutputDiff", "PipeBreak", "PipeError", "Pipeline",
+    "PipelineStep", "RowTransform", "RunSummary", "SQLTable", "ScanningStep", "SchemaError", "SkipRow", "Step",
+    "StepFailedError", "StepResult", "Table",
     "TableStore", "TableStoreCSV", "TableStoreDB", "TableStoreExcel", "TableStoreFiledir",
     "TableStoreJsonLine", "TableStoreParquet", "TextFile", "UnknownTableError", "UpdateExternalTable",
     "build_compute", "build_definitions", "run_steps", "run_steps_changelist",

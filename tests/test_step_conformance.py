@@ -37,6 +37,7 @@ from datapipe_dagster.compute.external import UpdateExternalTable
 from datapipe_dagster.compute.generate import BatchGenerate
 from datapipe_dagster.compute.result import OutputStats
 from datapipe_dagster.compute.steps import GeneratingStep, KeyedStep, ScanningStep, Step, is_keyed
+from datapipe_dagster.dagster.inprocess import execute_request, tick_sensor
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.testing import StepCase, StepConformance
 
@@ -76,7 +77,7 @@ class DatatableTransformStep:
         self.output_dts = output_dts
         self.code_version: str | None = "1"
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
         frames = [dt.get_data() for dt in self.input_dts]
         result.rows_read = sum(len(f) for f in frames)
@@ -97,9 +98,9 @@ class DatatableTransformStep:
         result.keys_processed = 1
         return result
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         if any(len(changelist.get(dt.name) if changelist.get(dt.name) is not None else ()) for dt in self.input_dts):
-            return self.run_full(ds)
+            return self.run_full()
         return StepResult(self.name)
 
 
@@ -247,7 +248,7 @@ def test_an_object_missing_a_member_is_not_a_step() -> None:
         output_dts: list[DataTable] = []
         code_version = None
 
-        def run_full(self, ds: DataStore | None = None) -> StepResult:
+        def run_full(self) -> StepResult:
             return StepResult(self.name)
 
     assert not isinstance(Half(), Step)  # no run_changelist
@@ -266,8 +267,11 @@ def test_a_new_step_kind_runs_under_dagster(tmp_path) -> None:  # noqa: ANN001
     with dg.instance_for_test() as instance:
         res = materialize(defs, instance, [dg.AssetKey("totals")])
         assert [e.asset_key for e in res.get_asset_materialization_events()] == [dg.AssetKey("totals")]
+        quiet = tick_sensor(defs, instance, "whole_totals_stale_sensor")
         catalog.get_datatable(ds, "events").store_chunk(CHANGE)
-        materialize(defs, instance, [dg.AssetKey("totals")])
+        # Its sensor sees the input change (an unkeyed step: one run when any input row was written).
+        (req,) = tick_sensor(defs, instance, "whole_totals_stale_sensor", quiet.cursor).run_requests
+        assert execute_request(defs, instance, req).success
     got = catalog.get_datatable(ds, "totals").get_data().sort_values("user_id")
     assert got.to_dict("list") == {"user_id": ["u1", "u2", "u3"], "total": [12, 3, 4]}
 
@@ -332,7 +336,7 @@ def test_build_compute_refuses_what_is_not_a_step(tmp_path) -> None:  # noqa: AN
         output_dts: list[DataTable] = []
         code_version = None
 
-        def run_full(self, ds: DataStore | None = None) -> StepResult:
+        def run_full(self) -> StepResult:
             return StepResult(self.name)
 
     class Half:

@@ -290,7 +290,7 @@ def test_external_folder_reads_only_changed_files(tmp_path: Path, dbconn: DBConn
     (folder / "3.json").rename(folder / "33.json")  # renamed
     (folder / "4.json").unlink()  # deleted
     adapter.reads = 0
-    scan = steps[0].run_full(ds)
+    scan = steps[0].run_full()
     o = scan.outputs["items"]
     assert adapter.reads == 3 and (o.inserted, o.updated, o.deleted) == (1, 1, 2)
     adapter.reads = 0
@@ -308,14 +308,14 @@ def test_external_folder_reads_only_changed_files(tmp_path: Path, dbconn: DBConn
 
     (folder / "5.json").write_text('{"price": ')  # half-written by the other service
     (folder / "6.json").write_text(json.dumps({"price": 6}))
-    res = steps[0].run_full(ds)
+    res = steps[0].run_full()
     assert (
         res.failed[["item_id"]].to_dict("records") == [{"item_id": 5}]
         and "5.json" in res.failed["error"].iloc[0]
     )
     assert res.outputs["items"].inserted == 1, "the other files go on"
     (folder / "5.json").write_text(json.dumps({"price": 5}))
-    res = steps[0].run_full(ds)
+    res = steps[0].run_full()
     assert res.keys_failed == 0
     assert res.outputs["items"].inserted == 1, "the failed file is retried"
 
@@ -355,6 +355,52 @@ def test_external_sql_full_scan_sees_inserts_updates_deletes(dbconn: DBConn) -> 
     o = run_steps(ds, steps)["update_orders"].outputs["orders"]
     assert (o.inserted, o.updated, o.deleted) == (0, 1, 1)
     assert run_steps(ds, steps)["update_orders"].changed.empty()
+
+
+def test_external_sql_full_scan_in_pages_sees_inserts_updates_deletes(dbconn: DBConn) -> None:
+    """A full scan reads the table in pages of SCAN_CHUNK rows in key order (two key columns here):
+    changes at page boundaries, before the first and after the last row are all seen, and the largest
+    updated-at value over every page is kept."""
+    store = TableStoreDB(
+        "ext_lines",
+        dbconn,
+        [sa.Column("o", sa.String, primary_key=True), sa.Column("n", sa.Integer, primary_key=True),
+         sa.Column("qty", sa.Integer), sa.Column("at", sa.Integer)],
+    )
+    dbconn.ensure_table(store.data_table)
+    t = store.data_table
+    ds = DataStore(dbconn)
+    catalog = Catalog({"lines": Table(store)})
+    (step,) = build_compute(ds, catalog, Pipeline([UpdateExternalTable("lines", updated_at_column="at")]))
+    step.SCAN_CHUNK = 3  # type: ignore[attr-defined]
+    rows = [{"o": o, "n": n, "qty": n, "at": 1} for o in ("a", "b", "c") for n in (1, 2, 10)] + [{"o": "d", "n": 1, "qty": 1, "at": 1}]
+    with dbconn.engine.begin() as c:
+        c.execute(sa.insert(t), rows)
+    first = step.scan(full=True)
+    assert (first.rows_read, first.outputs["lines"].inserted) == (10, 10)
+    with dbconn.engine.begin() as c:
+        c.execute(sa.update(t).where(t.c.o == "b", t.c.n == 10).values(qty=99, at=5))  # a page's last row
+        c.execute(sa.delete(t).where(t.c.o == "c", t.c.n == 1))  # a page's first row
+        c.execute(sa.delete(t).where(t.c.o == "d"))  # after the last row left
+        c.execute(sa.insert(t), [{"o": "0", "n": 1, "qty": 0, "at": 2}, {"o": "b", "n": 3, "qty": 3, "at": 2}])
+    pages: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        if "ext_lines" in statement and "LIMIT" in statement.upper() and "_meta" not in statement.split("FROM")[1]:
+            pages.append(statement)
+
+    sa.event.listen(dbconn.engine, "before_cursor_execute", count)
+    o = step.scan(full=True).outputs["lines"]
+    sa.event.remove(dbconn.engine, "before_cursor_execute", count)
+    assert (o.inserted, o.updated, o.deleted) == (2, 1, 2)
+    assert len(pages) == 4  # 10 rows in pages of 3: never the whole table at once
+    got = catalog.get_datatable(ds, "lines").get_data()
+    assert sorted(zip(got["o"], got["n"], got["qty"], strict=True)) == sorted(
+        (r["o"], r["n"], r["qty"]) for r in [*rows[:5], {"o": "b", "n": 10, "qty": 99}, *rows[7:9],
+                                              {"o": "0", "n": 1, "qty": 0}, {"o": "b", "n": 3, "qty": 3}]
+    )
+    assert step.scan(full=True).changed.empty()
+    assert step.scan().rows_read == 1  # the updated-at value of the whole scan (5), not of the last page
 
 
 def test_external_sql_updated_at_mode_reads_only_new_rows(dbconn: DBConn) -> None:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -15,19 +16,30 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
+from datapipe_dagster.compute.context import check_kwargs_clash, context_params
 from datapipe_dagster.compute.datatable import DataStore, DataTable, WriteResult
 from datapipe_dagster.compute.partitioning import bucket_ranges, key_buckets
 from datapipe_dagster.compute.result import OutputStats, StepResult, failed_frame
+from datapipe_dagster.compute.spec import (
+    Input,
+    Output,
+    as_input,
+    as_output,
+    check_aliases,
+    effective_keys,
+    spec_version,
+)
 from datapipe_dagster.compute.stale import (
     InputRole,
     all_keys_query,
     classify_inputs,
+    factor_indexes,
     keys_matching,
     output_roles,
     stale_keys_query,
 )
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError
-from datapipe_dagster.frames import anti_join, plain
+from datapipe_dagster.frames import anti_join, has_key, plain
 from datapipe_dagster.meta.tables import TransformMetaTable
 from datapipe_dagster.store.schema import to_records
 from datapipe_dagster.store.sql import AnalyzeOnGrowth
@@ -51,17 +63,18 @@ def code_version_of(func: Callable[..., Any], *extra: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def default_transform_keys(inputs: list[DataTable], outputs: list[DataTable]) -> list[str]:
-    """Primary-key columns common to all outputs and to every input that carries any of them.
+def default_transform_keys(inputs: list[list[str]], outputs: list[list[str]]) -> list[str]:
+    """Primary-key columns common to all outputs and to every input that carries any of them (given the
+    primary-key columns of each input and output, inputs' under the transform's names).
 
     Inputs that share none of the outputs' key columns (e.g. a config table) are passed whole.
     """
     tables = outputs or inputs[:1]
-    common = list(tables[0].primary_keys)
+    common = list(tables[0])
     for t in tables[1:]:
-        common = [k for k in common if k in t.primary_keys]
+        common = [k for k in common if k in t]
     for t in inputs:
-        narrowed = [k for k in common if k in t.primary_keys]
+        narrowed = [k for k in common if k in t]
         if narrowed:
             common = narrowed
     return common
@@ -81,10 +94,16 @@ class BatchTransform(PipelineStep):
 
     Args:
         func: ``func(df_in_1, ..., df_in_N, **kwargs)`` returning one DataFrame or a tuple, one per output.
-            It receives *all* input rows of a batch of keys, in the order they were last written.
-        inputs: input table names.
-        outputs: output table names.
+            It receives *all* input rows of a batch of keys, in the order they were last written, and
+            ``ds``, ``idx`` (the batch's keys), ``run_config`` and ``context`` when it declares parameters
+            of those names after its inputs (``compute.context``).
+        inputs: input table names, or ``Input(name, keys={transform_key: column})`` for an input whose
+            key column is named otherwise.
+        outputs: output table names, or ``Output(name, cleanup=False)`` for an output whose rows are only
+            upserted (it need not hold the transform keys).
         transform_keys: key columns; default: the primary-key columns common to all inputs and outputs.
+            When no input holds them all, the keys are the join of the key values the inputs hold (a
+            cross product where they share no column).
         chunk_size: keys per call (bounds memory).
         name: step name (default: the function's name).
         kwargs: extra keyword arguments for ``func``.
@@ -93,8 +112,8 @@ class BatchTransform(PipelineStep):
     def __init__(
         self,
         func: Callable[..., Any],
-        inputs: list[str],
-        outputs: list[str],
+        inputs: list[str | Input],
+        outputs: list[str | Output],
         transform_keys: list[str] | None = None,
         chunk_size: int = 1000,
         name: str | None = None,
@@ -105,16 +124,22 @@ class BatchTransform(PipelineStep):
         if chunk_size < 1:
             raise ConfigurationError(f"BatchTransform {name or func.__name__!r}: chunk_size must be >= 1")
         self.func = func
-        self.inputs = list(inputs)
-        self.outputs = list(outputs)
+        self.input_specs = [as_input(i) for i in inputs]
+        self.output_specs = [as_output(o) for o in outputs]
+        self.inputs = [i.table for i in self.input_specs]
+        self.outputs = [o.table for o in self.output_specs]
         self.transform_keys = transform_keys
         self.chunk_size = chunk_size
         self.name: str = name or str(getattr(func, "__name__", "transform"))
         self.kwargs = kwargs or {}
+        check_kwargs_clash("BatchTransform", self.name, func, self.kwargs, len(self.inputs))
 
     @property
     def code_version(self) -> str:
-        return code_version_of(self.func, sorted(self.kwargs.items()), self.inputs, self.outputs, self.transform_keys)
+        specs = spec_version(self.input_specs, self.output_specs)
+        return code_version_of(
+            self.func, sorted(self.kwargs.items()), self.inputs, self.outputs, self.transform_keys, *specs
+        )
 
     def build_compute(self, ds: DataStore, catalog: Catalog) -> list[ComputeStep]:
         return [
@@ -128,6 +153,8 @@ class BatchTransform(PipelineStep):
                 chunk_size=self.chunk_size,
                 kwargs=self.kwargs,
                 code_version=self.code_version,
+                input_aliases=[dict(i.keys) for i in self.input_specs],
+                no_cleanup={o.table for o in self.output_specs if not o.cleanup},
             )
         ]
 
@@ -146,6 +173,8 @@ class BatchTransformStep(ComputeStep):
         chunk_size: int = 1000,
         kwargs: dict[str, Any] | None = None,
         code_version: str | None = None,
+        input_aliases: list[dict[str, str]] | None = None,
+        no_cleanup: Iterable[str] = (),
     ):
         self.ds = ds
         self.name = name
@@ -155,30 +184,56 @@ class BatchTransformStep(ComputeStep):
         self.chunk_size = chunk_size
         self.kwargs = kwargs or {}
         self.code_version = code_version or code_version_of(func)
-        keys = list(transform_keys) if transform_keys is not None else default_transform_keys(input_dts, output_dts)
+        self.input_aliases = [dict(a) for a in input_aliases] if input_aliases else [{} for _ in input_dts]
+        self.no_cleanup = frozenset(no_cleanup)
+        """Outputs whose rows are only upserted (``Output(name, cleanup=False)``), never deleted by key."""
+        for dt, al in zip(input_dts, self.input_aliases, strict=True):
+            check_aliases(name, dt, al)
+        if transform_keys is not None:
+            keys = list(transform_keys)
+        else:
+            keys = default_transform_keys(
+                [effective_keys(dt, al) for dt, al in zip(input_dts, self.input_aliases, strict=True)],
+                [dt.primary_keys for dt in output_dts if dt.name not in self.no_cleanup],
+            )
+        self.roles = classify_inputs(input_dts, keys, self.input_aliases)
         self._check_keys(keys)
         self.transform_keys = keys
         self.keyless = not keys
         self.key_cols = keys or [ALL_KEY]
-        self.roles = classify_inputs(input_dts, keys)
+        self.cross = any(r.kind == "factor" for r in self.roles)
+        """No input holds every key column: the keys are the join of the inputs' key values."""
+        self.run_config: dict[str, Any] = {}
+        self._ctx_names = context_params(func, len(input_dts))
         self._tmeta: TransformMetaTable | None = None
         self._stopped = False  # the last process_keys stopped before its last chunk
         self._statistics = AnalyzeOnGrowth()  # of the state table: a key per key processed
 
     def _check_keys(self, keys: list[str]) -> None:
         where = f"transform {self.name!r}"
-        if keys:
-            if not any(all(k in dt.primary_keys for k in keys) for dt in self.input_dts):
+        for key, al in ((k, a) for a in self.input_aliases for k in a):
+            if key not in keys:
                 raise ConfigurationError(
-                    f"{where}: no input has every transform key column {keys} in its primary key "
-                    f"(inputs: {', '.join(f'{d.name}{d.primary_keys}' for d in self.input_dts)})"
+                    f"{where}: an input maps {key!r} to {al[key]!r}, but {key!r} is not a transform key {keys}; "
+                    "set transform_keys or drop the alias"
+                )
+        if keys:
+            carried = {k for r in self.roles for k in r.shared}
+            missing_in = [k for k in keys if k not in carried]
+            if missing_in:
+                raise ConfigurationError(
+                    f"{where}: no input has transform key column {missing_in[0]!r} in its primary key "
+                    f"(inputs: {', '.join(f'{d.name}{d.primary_keys}' for d in self.input_dts)}); "
+                    "add it to an input's key, map it with Input(table, keys={...}), or set transform_keys"
                 )
             for dt in self.output_dts:
                 missing = [k for k in keys if k not in dt.primary_keys]
-                if missing:
+                if missing and dt.name not in self.no_cleanup:
                     raise ConfigurationError(
                         f"{where}: output table {dt.name!r} lacks transform key column {missing[0]!r} in its "
-                        f"primary key {dt.primary_keys}; add it or set transform_keys"
+                        f"primary key {dt.primary_keys}; add it, set transform_keys, or declare the output "
+                        f"Output({dt.name!r}, cleanup=False) to upsert its rows by their own key and never "
+                        "delete them by transform key"
                     )
 
     def key_schema(self) -> list[sa.Column]:
@@ -186,8 +241,10 @@ class BatchTransformStep(ComputeStep):
             return [sa.Column(ALL_KEY, sa.Integer, primary_key=True)]
         cols = []
         for k in self.transform_keys:
-            for dt in self.input_dts:
-                col = next((c for c in dt.primary_schema if c.name == k), None)
+            for role in self.roles:
+                col = next(
+                    (c for c in role.dt.primary_schema if k in role.shared and c.name == role.col(k)), None
+                )
                 if col is not None:
                     cols.append(sa.Column(k, col.type, primary_key=True))
                     break
@@ -198,7 +255,9 @@ class BatchTransformStep(ComputeStep):
         if self._tmeta is None:
             for dt in self.input_dts + self.output_dts:
                 dt.ensure_ready()
-            self._tmeta = self.ds.transform_meta(self.name, self.key_schema())
+            self._tmeta = self.ds.transform_meta(
+                self.name, self.key_schema(), factor_indexes(self.roles, self.transform_keys)
+            )
             with self.ds.meta_dbconn.begin_write() as conn:
                 # Watermarks without processed keys mean the transform state was reset: start over.
                 if conn.execute(sa.select(self._tmeta.table).limit(1)).first() is None:
@@ -223,8 +282,12 @@ class BatchTransformStep(ComputeStep):
 
     def _scan_roles(self) -> list[InputRole]:
         """The inputs, and the outputs this step alone writes (swept for keys it never processed)."""
-        mine = [dt for dt in self.output_dts if dt.name not in self.shared_outputs]
-        return self.roles + output_roles(mine, self.transform_keys)
+        return self.roles + output_roles(self._swept_outputs(), self.transform_keys)
+
+    def _swept_outputs(self) -> list[DataTable]:
+        """Outputs whose rows under keys never processed are deleted: those this step alone writes, with
+        cleanup (an ``Output(cleanup=False)`` keeps every row)."""
+        return [dt for dt in self.output_dts if dt.name not in self.shared_outputs and dt.name not in self.no_cleanup]
 
     def _stale(self, include_failed: bool = True) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
         """Stale keys, the watermarks read, the watermarks they may advance to, and the sequence value
@@ -250,9 +313,7 @@ class BatchTransformStep(ComputeStep):
             row = conn.execute(sa.select(t.c.processed_seq, t.c.is_success)).first()
             top = max((dt.meta.max_seq(conn) for dt in self.input_dts), default=0)
             # Never run, no input, but outputs left by someone else: one run deletes them.
-            orphans = row is None and top == 0 and any(
-                dt.meta.max_seq(conn) > 0 for dt in self.output_dts if dt.name not in self.shared_outputs
-            )
+            orphans = row is None and top == 0 and any(dt.meta.max_seq(conn) > 0 for dt in self._swept_outputs())
         failed = row is not None and not row[1] and include_failed
         stale = row is None and (top > 0 or orphans) or row is not None and (failed or top > row[0])
         return pd.DataFrame({ALL_KEY: [0] if stale else []}, dtype="int64")
@@ -308,18 +369,23 @@ class BatchTransformStep(ComputeStep):
                 continue
             if self.keyless or role.kind == "keyless":
                 return self.get_stale_keys(advance_watermark=False) if not self.keyless else pd.DataFrame({ALL_KEY: [0]})
+            idx = role.to_key_names(idx)
             if role.kind == "full":
                 frames.append(idx[self.transform_keys])
             else:
                 with self.ds.meta_dbconn.connect() as conn:
-                    frames.append(keys_matching(conn, self.roles, self.meta, self.transform_keys, idx[role.shared]))
+                    frames.append(
+                        keys_matching(
+                            conn, self.roles, self.meta, self.transform_keys, idx[role.shared], role
+                        )
+                    )
         if not frames:
             return None
         return self._typed(pd.concat(frames, ignore_index=True).drop_duplicates())
 
     # ------------------------------------------------------------------ running
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         if self.keyless:
             return self.process_keys(self._keyless_stale())
         stale, marks, _, current = self._stale()
@@ -331,21 +397,31 @@ class BatchTransformStep(ComputeStep):
             self._advance(marks, {r.mark: current for r in self._scan_roles()})
         return result
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         keys = self.keys_for_changes(changelist)
         if keys is None or len(keys) == 0:
             return StepResult(self.name)
         return self.process_keys(keys)
 
-    def process_keys(self, keys: pd.DataFrame, chunk_size: int | None = None) -> StepResult:
-        """Recompute ``keys`` (every one, stale or not: this is also the reparse) in chunks."""
+    def process_keys(
+        self, keys: pd.DataFrame, chunk_size: int | None = None, run_config: dict[str, Any] | None = None
+    ) -> StepResult:
+        """Recompute ``keys`` (every one, stale or not: this is also the reparse) in chunks.
+
+        ``run_config`` reaches functions that declare a ``run_config`` parameter (``compute.context``).
+        """
         started = time.perf_counter()
+        self.run_config = dict(run_config or {})
+        self._stopped = False
         _ = self.meta  # create every table before opening write transactions
         result = StepResult(self.name, outputs={dt.name: OutputStats() for dt in self.output_dts})
         if len(keys) == 0:
             return result
         size = chunk_size or self.chunk_size
         keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
+        if self.cross:
+            # Neighbouring keys share factor values: a chunk then reads few rows of each factor.
+            keys = keys.sort_values(self.key_cols, kind="stable").reset_index(drop=True)
         self._process_chunks(keys, size, result, WholeInputs())
         result.elapsed = time.perf_counter() - started
         if result.keys_failed:
@@ -365,11 +441,22 @@ class BatchTransformStep(ComputeStep):
                     whole.seq = seq if whole.seq is None else min(whole.seq, seq)
                 dfs.append(whole.frames[role.dt.name])
             else:
-                dfs.append(role.dt.read(conn, keys[role.shared]))
+                part = (
+                    keys[role.shared].drop_duplicates()
+                    if role.kind in ("partial", "factor")
+                    else keys[role.shared]
+                )
+                dfs.append(role.dt.read(conn, role.to_table_names(part)))
         return dfs
 
+    def context_args(self, names: set[str], keys: pd.DataFrame, context: Any = None) -> dict[str, Any]:
+        """The context parameters ``names`` for a call on the chunk ``keys`` (``compute.context``)."""
+        ctx = {"ds": self.ds, "idx": keys[self.key_cols], "run_config": self.run_config}
+        ctx["context"] = context if context is not None else SimpleNamespace()
+        return {p: ctx[p] for p in names}
+
     def _call(self, dfs: list[pd.DataFrame], keys: pd.DataFrame) -> list[pd.DataFrame]:
-        res = self.func(*dfs, **self.kwargs)
+        res = self.func(*dfs, **self.kwargs, **self.context_args(self._ctx_names, keys))
         names = [d.name for d in self.output_dts]
         if isinstance(res, pd.DataFrame):
             res = (res,)
@@ -390,16 +477,28 @@ class BatchTransformStep(ComputeStep):
             if not isinstance(df, pd.DataFrame):
                 raise ConfigurationError(f"transform {self.name!r}: output for {dt.name!r} is {type(df).__name__}, not a DataFrame")
             df = dt.store.validate(df)
-            self._check_in_scope(dt, df, keys)
+            if dt.name not in self.no_cleanup or all(k in df.columns for k in self.transform_keys):
+                df = self._check_in_scope(dt, df, keys)
             out.append(df)
         return out
 
-    def _check_in_scope(self, dt: DataTable, df: pd.DataFrame, keys: pd.DataFrame) -> None:
+    def _check_in_scope(self, dt: DataTable, df: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
         """Refuse output rows under keys the call was not asked about: they would overwrite what another
-        key produced, and no later run would ever clean them."""
+        key produced, and no later run would ever clean them.
+
+        A cross-join transform's call sees every row of each factor value in its chunk, so a function
+        forming the product returns keys of the whole rectangle; rows under rectangle keys outside the
+        chunk are dropped (their own chunk writes them), rows under other keys are refused."""
         if self.keyless or len(df) == 0:
-            return
+            return df
         tk = self.transform_keys
+        if self.cross:
+            outside = ~has_key(df, keys, tk)
+            if outside.any():
+                inside = np.ones(len(df), dtype=bool)
+                for role in (r for r in self.roles if r.kind == "factor"):
+                    inside &= has_key(df, keys[role.shared], role.shared)
+                df = df.loc[~(outside & inside)]
         foreign = anti_join(df[tk], keys, tk).drop_duplicates()
         if len(foreign):
             shown = ", ".join(
@@ -412,6 +511,7 @@ class BatchTransformStep(ComputeStep):
                 column=tk[0],
                 key=to_records(foreign.head(1))[0],
             )
+        return df
 
     def _process_chunk(self, keys: pd.DataFrame, result: StepResult, whole: WholeInputs) -> None:
         try:
@@ -502,14 +602,18 @@ class BatchTransformStep(ComputeStep):
             if len(newer):
                 keys = anti_join(keys, newer, kc)
                 failed = anti_join(failed, newer, kc)
-                outs = [anti_join(o, newer, kc) for o in outs] if not self.keyless else []
+                outs = [self._drop_newer(dt, o, newer, len(keys)) for dt, o in zip(self.output_dts, outs, strict=True)]
             ok = anti_join(keys[kc], failed, kc)
             stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             if len(ok):
-                for i, (dt, df) in enumerate(zip(self.output_dts, outs, strict=True)):
-                    scope = ok[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
-                    stats[i] = dt.write(conn, df, processed_idx=scope, now=now, validated=True)
+                # Every read first and the state marked (under the transform's lock already), so the
+                # write-sequence lock, taken by the first output write, is held only while writing.
+                prepared = [
+                    dt.prepare_write(conn, df, processed_idx=self._cleanup_scope(conn, dt, ok), now=now, validated=True)
+                    for dt, df in zip(self.output_dts, outs, strict=True)
+                ]
                 self.meta.mark(conn, ok, read_seq, now)
+                stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
             for rec in to_records(failed):
                 one = pd.DataFrame([{k: rec[k] for k in kc}])
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
@@ -518,8 +622,31 @@ class BatchTransformStep(ComputeStep):
         self._statistics.grew(self.ds.meta_dbconn, len(keys), [self.meta.table])
         return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
 
-    def _meta_keys(self, keys: pd.DataFrame) -> pd.DataFrame:
-        return keys[self.key_cols]
+    def _cleanup_scope(self, conn: sa.Connection, dt: DataTable, ok: pd.DataFrame) -> pd.DataFrame | None:
+        """The keys under which ``dt``'s rows not returned are deleted (None: ``cleanup=False``, none)."""
+        if dt.name in self.no_cleanup:
+            return None
+        return ok[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
+
+    def _drop_newer(self, dt: DataTable, out: pd.DataFrame, newer: pd.DataFrame, left: int) -> pd.DataFrame:
+        """``out`` without the rows of keys a newer commit already processed.
+
+        An output without the transform-key columns (``cleanup=False``) cannot be split by key: when only
+        some of the chunk's keys are newer the commit fails, and the chunk is split until each part is
+        wholly newer (nothing written) or not at all.
+        """
+        kc = self.key_cols
+        if self.keyless or left == 0:
+            return out.iloc[0:0]
+        if len(out) == 0:
+            return out
+        if all(k in out.columns for k in kc):
+            return anti_join(out, newer, kc)
+        raise SupersededPart(
+            f"transform {self.name!r}: a concurrent run processed {len(newer)} of this chunk's keys with newer "
+            f"inputs, and output {dt.name!r} (cleanup=False, without the transform-key columns) cannot be split by "
+            "key; the chunk is retried in parts"
+        )
 
     def _mark_failed(self, keys: pd.DataFrame, e: BaseException, read_seq: int, result: StepResult) -> None:
         """Record ``keys`` as failed with ``e``, as of the inputs read at ``read_seq`` (so a row written
@@ -531,9 +658,10 @@ class BatchTransformStep(ComputeStep):
 
     # ------------------------------------------------------------------ eval (nothing written)
 
-    def eval(self, keys: pd.DataFrame):  # noqa: A003, ANN201 - the seed's name; returns an EvalResult
+    def eval(self, keys: pd.DataFrame, run_config: dict[str, Any] | None = None):  # noqa: A003, ANN201 - the seed's name
         """Run the function on the current inputs of ``keys`` and return what a run would write to each
         output (rows inserted, updated and deleted), writing nothing and leaving the step's state alone.
+        ``run_config`` reaches a function that declares it. Returns an ``EvalResult``.
 
         An exception in the function is raised as it is (eval is for looking at one key closely).
 
@@ -544,6 +672,7 @@ class BatchTransformStep(ComputeStep):
 
         keys = typed_keys(self.name, self.key_schema(), check_keys_frame(self.name, keys))
         _ = self.meta
+        self.run_config = dict(run_config or {})
         with self.ds.meta_dbconn.connect() as conn:
             dfs = self._read_inputs(conn, keys, WholeInputs(), self.ds.seq.current(conn))
             keyed = [d for d, r in zip(dfs, self.roles, strict=True) if not (self.keyless or r.kind == "keyless")]
@@ -551,9 +680,9 @@ class BatchTransformStep(ComputeStep):
             outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs, keys)
             result = EvalResult(self.name, keys)
             for dt, df in zip(self.output_dts, outs, strict=True):
-                scope = keys[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
-                result.outputs[dt.name] = diff_output(dt, conn, df, scope)
+                result.outputs[dt.name] = diff_output(dt, conn, df, self._cleanup_scope(conn, dt, keys))
         return result
+
 
 @dataclass
 class Commit:
@@ -564,6 +693,10 @@ class Commit:
     superseded: int
     writes: list[WriteResult]
     failed: pd.DataFrame
+
+
+class SupersededPart(Exception):  # noqa: N818 - internal signal: a chunk's keys are partly newer elsewhere
+    """Raised inside a commit whose output cannot drop the rows of the keys a newer commit owns."""
 
 
 class ChunkFailed(Exception):  # noqa: N818 - internal signal, never reaches a user

@@ -114,11 +114,11 @@ class ComputeStep(ABC):
     under its own keys only there, and leaves rows under keys it never processed to their writer."""
 
     @abstractmethod
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         """Process everything that is stale."""
 
     @abstractmethod
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         """Process what the changes in ``changelist`` make stale; the result's ``changed`` feeds the next step."""
 
     def get_stale_keys(self) -> pd.DataFrame | None:

@@ -15,7 +15,7 @@ from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import key_positions
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
 from datapipe_dagster.store.base import SQLTable, TableStore
-from datapipe_dagster.store.database import DBConn
+from datapipe_dagster.store.database import DBConn, TableStoreDB
 from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame
 
 
@@ -59,9 +59,11 @@ class DataStore:
             self._tables[name] = dt
         return dt
 
-    def transform_meta(self, name: str, key_schema: list[sa.Column]) -> TransformMetaTable:
+    def transform_meta(
+        self, name: str, key_schema: list[sa.Column], indexes: list[list[str]] | None = None
+    ) -> TransformMetaTable:
         self.ensure_ready()
-        tm = TransformMetaTable(self.meta_dbconn, name, key_schema)
+        tm = TransformMetaTable(self.meta_dbconn, name, key_schema, indexes)
         tm.create()
         return tm
 
@@ -98,6 +100,32 @@ class WriteResult:
         return pd.concat([self.inserted, self.updated, self.deleted], ignore_index=True)
 
 
+@dataclass
+class _Diff:
+    """Incoming rows against their stored metadata, one flag per row."""
+
+    hashes: np.ndarray
+    is_new: np.ndarray  # no live row under the key
+    is_changed: np.ndarray  # a live row with other content
+    unknown: np.ndarray  # the metadata never saw the key (a plain INSERT will do)
+    create_ts: np.ndarray
+
+    @property
+    def to_write(self) -> np.ndarray:
+        return self.is_new | self.is_changed
+
+
+@dataclass
+class PreparedWrite:
+    """A write read and compared, not yet applied (``DataTable.prepare_write``)."""
+
+    df: pd.DataFrame
+    diff: _Diff
+    deleted: pd.DataFrame
+    texts: dict[str, list[str | None]]
+    now: float
+
+
 class DataTable:
     """A catalog table bound to a DataStore: its data store plus its row metadata.
 
@@ -123,6 +151,12 @@ class DataTable:
     @property
     def store(self) -> TableStore:
         return self.table_store
+
+    @property
+    def sql(self) -> SQLTable | None:
+        """The data's SQL table when it lives in the metadata's database (written in the chunk's
+        transaction, read with one join), else None."""
+        return self._sql
 
     def __repr__(self) -> str:
         return f"DataTable({self.name!r})"
@@ -192,77 +226,138 @@ class DataTable:
         With ``write_data=False`` only the row metadata is updated: the data is already in the store
         (an external table being scanned), so it is neither rewritten nor deleted.
         """
+        return self.apply_write(conn, self.prepare_write(conn, data_df, processed_idx, now, validated), write_data)
+
+    def prepare_write(
+        self,
+        conn: sa.Connection,
+        data_df: pd.DataFrame,
+        processed_idx: pd.DataFrame | None = None,
+        now: float | None = None,
+        validated: bool = False,
+    ) -> PreparedWrite:
+        """The reading half of ``write``: validate, hash, compare with the stored metadata. Takes no lock,
+        so a commit writing several tables prepares them all before the first takes the sequence lock."""
         now = time.time() if now is None else now
-        pks = self.primary_keys
         df = data_df if validated else self.table_store.validate(data_df)
         if processed_idx is not None:
-            missing = [c for c in processed_idx.columns if c not in pks]
+            missing = [c for c in processed_idx.columns if c not in self.primary_keys]
             if missing:
                 raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
-        hashes = self.table_store.hash_rows(df, self.name)
-        existing = self.meta.get_existing(conn, df[pks]) if len(df) else None
+        texts: dict[str, list[str | None]] = {}
+        hashes = self._hash(df, texts)
+        scoped = self._scoped_meta(conn, df, processed_idx)
+        diff = self._diff(conn, df, hashes, now, scoped)
+        return PreparedWrite(df, diff, self._gone(conn, df, processed_idx, scoped), texts, now)
 
-        if existing is not None and len(existing):
-            pos = key_positions(existing, df, pks)
-            known = pos >= 0
-            unknown = ~known
-            at = np.where(known, pos, 0)
-            old_hash = existing["hash"].to_numpy(dtype=np.int64)[at]
-            alive = known & existing["delete_ts"].isna().to_numpy()[at]
-            same = alive & (old_hash == hashes)
-            is_new = ~alive
-            is_changed = alive & ~same
-            create_ts = np.where(alive, existing["create_ts"].to_numpy(dtype="float64")[at], now)
-        else:
-            is_new = np.ones(len(df), dtype=bool)
-            unknown = is_new
-            is_changed = np.zeros(len(df), dtype=bool)
-            create_ts = np.full(len(df), now)
-
-        to_write = is_new | is_changed
-        deleted = pd.DataFrame({c: [] for c in pks})
-        if processed_idx is not None and len(processed_idx):
-            alive_keys = self.meta.get_alive_keys(conn, processed_idx)
-            if len(alive_keys):
-                gone = key_positions(df, alive_keys, pks) < 0 if len(df) else np.ones(len(alive_keys), dtype=bool)
-                deleted = alive_keys.loc[gone, pks].reset_index(drop=True)
-
-        n_write = int(to_write.sum())
-        n_total = n_write + len(deleted)
-        if n_total:
-            first = self.ds.seq.allocate(conn, n_total)
-            wdf = df.loc[to_write]
-            data_conn = self._data_conn(conn)
+    def apply_write(self, conn: sa.Connection, w: PreparedWrite, write_data: bool = True) -> WriteResult:
+        """The writing half of ``write``: number the rows (the sequence lock, held to commit) and write."""
+        pks, df, diff, deleted = self.primary_keys, w.df, w.diff, w.deleted
+        n_write = int(diff.to_write.sum())
+        if n_write + len(deleted):
+            first = self.ds.seq.allocate(conn, n_write + len(deleted))
             if n_write:
-                # Keys the metadata has never seen take the plain-INSERT path; the rest are upserts.
-                fresh = unknown[to_write]
-                if write_data:
-                    if fresh.any():
-                        self.table_store.insert_rows(wdf.loc[fresh], conn=data_conn)
-                    if (~fresh).any():
-                        self.table_store.write_rows(wdf.loc[~fresh], conn=data_conn)
-                meta = wdf[pks].copy()
-                meta["hash"] = hashes[to_write]
-                meta["create_ts"] = create_ts[to_write]
-                meta["update_ts"] = now
-                meta["delete_ts"] = None
-                meta["seq"] = np.arange(first, first + n_write, dtype=np.int64)
-                if fresh.any():
-                    self.meta.insert(conn, meta.loc[fresh])
-                if (~fresh).any():
-                    self.meta.upsert(conn, meta.loc[~fresh])
+                encoded = pd.DataFrame(w.texts, index=df.index, dtype=object) if w.texts and write_data else None
+                self._write_rows(conn, df, diff, first, w.now, encoded, write_data)
             if len(deleted):
                 if write_data:
-                    self.table_store.delete_rows(deleted, conn=data_conn)
-                self._mark_deleted(conn, deleted, first + n_write, now)
-
-        self._written += n_total
+                    self.table_store.delete_rows(deleted, conn=self._data_conn(conn))
+                self._mark_deleted(conn, deleted, first + n_write, w.now)
+        self._written += n_write + len(deleted)
         return WriteResult(
-            inserted=df.loc[is_new, pks].reset_index(drop=True),
-            updated=df.loc[is_changed, pks].reset_index(drop=True),
+            inserted=df.loc[diff.is_new, pks].reset_index(drop=True),
+            updated=df.loc[diff.is_changed, pks].reset_index(drop=True),
             deleted=deleted,
             unchanged=len(df) - n_write,
         )
+
+    def _hash(self, df: pd.DataFrame, texts: dict[str, list[str | None]]) -> np.ndarray:
+        """Row hashes; a SQL store also leaves the JSON text it hashed in ``texts`` (serialised once)."""
+        if isinstance(self.table_store, TableStoreDB):
+            return self.table_store.hash_rows(df, self.name, json_texts=texts)
+        return self.table_store.hash_rows(df, self.name)
+
+    def _scoped_meta(self, conn: sa.Connection, df: pd.DataFrame, processed_idx: pd.DataFrame | None) -> pd.DataFrame | None:
+        """The metadata (deleted rows included) of every row under ``processed_idx``, when each row of
+        ``df`` lies under it (a transform's commit): one query then serves both the comparison and the
+        deletes. None otherwise."""
+        if processed_idx is None or not len(processed_idx) or not len(df):
+            return None
+        sub = [c for c in processed_idx.columns if c in self.primary_keys]
+        if not (key_positions(processed_idx[sub].drop_duplicates(), df, sub) >= 0).all():
+            return None
+        return self.meta.get_existing(conn, processed_idx[sub])
+
+    def _diff(
+        self, conn: sa.Connection, df: pd.DataFrame, hashes: np.ndarray, now: float, scoped: pd.DataFrame | None = None
+    ) -> _Diff:
+        """Compare the incoming rows with their stored metadata (one keyed query, or ``scoped``)."""
+        existing = scoped if scoped is not None else (self.meta.get_existing(conn, df[self.primary_keys]) if len(df) else None)
+        if existing is None or not len(existing):
+            new = np.ones(len(df), dtype=bool)
+            return _Diff(hashes, new, np.zeros(len(df), dtype=bool), new, np.full(len(df), now))
+        pos = key_positions(existing, df, self.primary_keys)
+        known = pos >= 0
+        at = np.where(known, pos, 0)
+        alive = known & existing["delete_ts"].isna().to_numpy()[at]
+        same = alive & (existing["hash"].to_numpy(dtype=np.int64)[at] == hashes)
+        create_ts = np.where(alive, existing["create_ts"].to_numpy(dtype="float64")[at], now)
+        return _Diff(hashes, ~alive, alive & ~same, ~known, create_ts)
+
+    def _gone(
+        self, conn: sa.Connection, df: pd.DataFrame, processed_idx: pd.DataFrame | None, scoped: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Live rows under ``processed_idx`` that ``df`` does not hold: the ones to delete."""
+        pks = self.primary_keys
+        if processed_idx is None or not len(processed_idx):
+            return pd.DataFrame({c: [] for c in pks})
+        if scoped is not None:
+            alive_keys = scoped.loc[scoped["delete_ts"].isna().to_numpy(), pks].reset_index(drop=True)
+        else:
+            alive_keys = self.meta.get_alive_keys(conn, processed_idx)
+        if not len(alive_keys):
+            return pd.DataFrame({c: [] for c in pks})
+        gone = key_positions(df, alive_keys, pks) < 0 if len(df) else np.ones(len(alive_keys), dtype=bool)
+        return alive_keys.loc[gone, pks].reset_index(drop=True)
+
+    def _write_rows(
+        self,
+        conn: sa.Connection,
+        df: pd.DataFrame,
+        diff: _Diff,
+        first: int,
+        now: float,
+        encoded: pd.DataFrame | None,
+        write_data: bool,
+    ) -> None:
+        """Write new and changed rows and their metadata, numbered from ``first`` in frame order.
+
+        Keys the metadata has never seen take the plain-INSERT (COPY) path; the rest are upserts.
+        """
+        wdf = df.loc[diff.to_write]
+        fresh = diff.unknown[diff.to_write]
+        data_conn = self._data_conn(conn)
+        if write_data:
+            if fresh.any():
+                rows = wdf.loc[fresh]
+                if isinstance(self.table_store, TableStoreDB):
+                    texts = None if encoded is None else encoded.loc[rows.index]
+                    self.table_store.insert_rows(rows, conn=data_conn, encoded=texts)
+                else:
+                    self.table_store.insert_rows(rows, conn=data_conn)
+            if (~fresh).any():
+                self.table_store.write_rows(wdf.loc[~fresh], conn=data_conn)
+        n = len(wdf)
+        meta = wdf[self.primary_keys].copy()
+        meta["hash"] = diff.hashes[diff.to_write]
+        meta["create_ts"] = diff.create_ts[diff.to_write]
+        meta["update_ts"] = now
+        meta["delete_ts"] = None
+        meta["seq"] = np.arange(first, first + n, dtype=np.int64)
+        if fresh.any():
+            self.meta.insert(conn, meta.loc[fresh])
+        if (~fresh).any():
+            self.meta.upsert(conn, meta.loc[~fresh])
 
     def maybe_analyze(self) -> None:
         """Refresh PostgreSQL's planner statistics of this table (metadata and data) once it has grown
@@ -312,13 +407,13 @@ class DataTable:
         return data.reset_index(drop=True)
 
     def _read_joined(self, conn: sa.Connection, d: sa.Table, idx: pd.DataFrame | None) -> pd.DataFrame:
-        from datapipe_dagster.store.schema import conform_types
+        from datapipe_dagster.store.schema import conform_types, decode_json_texts, json_text_columns
 
         store = self.table_store
         m = self.meta.table
         cols = [c.name for c in store.get_schema()]
         on = sa.and_(*[d.c[k] == m.c[k] for k in self.primary_keys])
-        base = sa.select(*[d.c[c] for c in cols], m.c.seq).select_from(d.join(m, on))
+        base = sa.select(*json_text_columns(d, cols), m.c.seq).select_from(d.join(m, on))
         if idx is None:
             df = fetch_frame(conn, base.order_by(m.c.seq), cols + ["seq"])
         else:
@@ -327,7 +422,7 @@ class DataTable:
             if len(df) > 1:
                 df = df.sort_values("seq", kind="stable")
         df = df.drop(columns=["seq"]).reset_index(drop=True)
-        return conform_types(df, store.get_schema())
+        return conform_types(decode_json_texts(df, store.get_schema()), store.get_schema())
 
     def get_metadata(self, idx: pd.DataFrame | None = None, include_deleted: bool = False) -> pd.DataFrame:
         """Row metadata, ordered by ``seq`` (last write last).

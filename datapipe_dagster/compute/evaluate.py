@@ -83,9 +83,11 @@ def typed_keys(step_name: str, key_schema: list[sa.Column], keys: pd.DataFrame) 
     return coerce_frame(f"{step_name} keys", key_schema, keys[names].drop_duplicates().reset_index(drop=True))
 
 
-def diff_output(dt: DataTable, conn: sa.Connection, df: pd.DataFrame, scope: pd.DataFrame) -> OutputDiff:
+def diff_output(
+    dt: DataTable, conn: sa.Connection, df: pd.DataFrame, scope: pd.DataFrame | None
+) -> OutputDiff:
     """Compare a validated output frame with the table's rows, as ``DataTable.write`` with
-    ``processed_idx=scope`` would, without writing."""
+    ``processed_idx=scope`` would, without writing (``scope=None``: nothing is deleted)."""
     pks = dt.primary_keys
     hashes = dt.store.hash_rows(df, dt.name)
     is_new = np.ones(len(df), dtype=bool)
@@ -101,7 +103,7 @@ def diff_output(dt: DataTable, conn: sa.Connection, df: pd.DataFrame, scope: pd.
             is_new = ~alive
             is_changed = alive & ~same
     deleted = dt.store.empty()
-    if len(scope):
+    if scope is not None and len(scope):
         alive_keys = dt.meta.get_alive_keys(conn, scope)
         if len(alive_keys):
             gone = ~has_key(alive_keys, df, pks)

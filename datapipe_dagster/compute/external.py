@@ -11,7 +11,9 @@ exactly what changed. The data itself is never rewritten. Three modes:
   (within the file system's timestamp resolution) goes unseen until the file changes again;
   ``scan(full=True)`` re-reads every file.
 - **Full scan** (any other store): every row is read and hashed, and compared with the metadata.
-  Deletes are seen. Cost: the whole table, every scan.
+  Deletes are seen. Cost: the whole table, every scan. A SQL table in the metadata's database is read
+  in pages of ``SCAN_CHUNK`` rows in key order, each recorded in its own transaction, so memory stays
+  bounded whatever the table's size.
 - **Updated-at** (a store that is a SQL table, ``TableStore.sql_table``, with ``updated_at_column=``, a timestamp set on every insert/update
   or a monotonically increasing id): a scan reads only the rows whose column is at or past the highest
   value seen before (``>=``, so rows sharing the last value are not missed; re-reading them is harmless
@@ -41,7 +43,7 @@ from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.frames import anti_join, plain
 from datapipe_dagster.meta.external import ExternalScanState, FileFingerprints, live_hashes
 from datapipe_dagster.store.base import FileListing, SQLTable, TableStore
-from datapipe_dagster.store.schema import conform_types
+from datapipe_dagster.store.schema import conform_types, decode_json_texts, json_text_columns, to_records
 from datapipe_dagster.store.sql import fetch_frame
 from datapipe_dagster.types import ChangeList
 
@@ -136,10 +138,10 @@ class UpdateExternalTableStep(ComputeStep):
         table without an updated-at column reads and hashes every row."""
         return self.updated_at_column is not None or isinstance(self.dt.store, FileListing)
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         return self.scan()
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         """Nothing: an external table's changes are found by scanning, not by the pipeline's changelist."""
         return StepResult(self.name)
 
@@ -234,17 +236,19 @@ class UpdateExternalTableStep(ComputeStep):
 
     # ------------------------------------------------------------ full and updated-at modes
 
+    SCAN_CHUNK = 50_000
+    """Rows per page of a chunked full scan (memory follows this, not the table)."""
+
     def _scan_full(self, result: StepResult) -> None:
         dt_ = self.dt
+        if dt_.sql is not None:  # a SQL table in the metadata's database: read it in pages
+            self._scan_full_chunked(result, dt_.sql.table)
+            return
         pks = dt_.primary_keys
         data = dt_.store.validate(dt_.store.read_rows())
-        hashes = dt_.store.hash_rows(data, dt_.name)
         with self.ds.meta_dbconn.connect() as conn:
             meta = live_hashes(conn, dt_.meta.table, pks)
-        meta = conform_types(meta, dt_.primary_schema)
-        m = data[pks].assign(_hash=hashes).merge(meta, on=pks, how="left")
-        changed = (m["hash"].isna() | (m["hash"].astype("Int64") != m["_hash"]).fillna(True)).to_numpy()
-        gone = anti_join(meta[pks], data[pks], pks)
+        changed, gone = self._compare(data, conform_types(meta, dt_.primary_schema))
         now = time.time()
         with self.ds.meta_dbconn.begin_write() as conn:
             self._record(
@@ -253,6 +257,52 @@ class UpdateExternalTableStep(ComputeStep):
             if self.updated_at_column is not None:
                 col = data[self.updated_at_column]
                 top = col.max() if col.notna().any() else None
+                self._save_state(conn, self._encode(top) if top is not None else None, full_ts=now)
+
+    def _compare(self, data: pd.DataFrame, meta: pd.DataFrame) -> tuple[Any, pd.DataFrame]:
+        """Rows of ``data`` that are new or changed against the live metadata ``meta`` (keys, hash), and
+        the keys of ``meta`` that ``data`` no longer holds."""
+        pks = self.dt.primary_keys
+        hashes = self.dt.store.hash_rows(data, self.dt.name)
+        m = data[pks].assign(_hash=hashes).merge(meta, on=pks, how="left")
+        changed = (m["hash"].isna() | (m["hash"].astype("Int64") != m["_hash"]).fillna(True)).to_numpy()
+        return changed, anti_join(meta[pks], data[pks], pks)
+
+    def _scan_full_chunked(self, result: StepResult, d: sa.Table) -> None:
+        """A full scan of a SQL table in the metadata's database, in pages of ``SCAN_CHUNK`` rows in key
+        order: each page is compared with the live metadata of the same key range (so deletes are seen)
+        and recorded in its own transaction. Memory follows the page, not the table; a scan stopped
+        halfway leaves the pages it recorded, and the next scan does the rest."""
+        dt_, pks = self.dt, self.dt.primary_keys
+        m = dt_.meta.table
+        schema = dt_.store.get_schema()
+        cols = [c.name for c in schema]
+        now = time.time()
+        after: dict[str, Any] | None = None
+        top: Any = None
+        while True:
+            page = sa.select(*json_text_columns(d, cols)).order_by(*[d.c[k] for k in pks]).limit(self.SCAN_CHUNK)
+            live = sa.select(*[m.c[k] for k in pks], m.c.hash).where(m.c.delete_ts.is_(None))
+            with self.ds.meta_dbconn.connect() as conn:
+                raw = fetch_frame(conn, page if after is None else page.where(_after(d, pks, after)), cols)
+                upto = None if len(raw) < self.SCAN_CHUNK else to_records(raw[pks].iloc[[-1]])[0]
+                if after is not None:
+                    live = live.where(_after(m, pks, after))
+                if upto is not None:
+                    live = live.where(sa.not_(_after(m, pks, upto)))
+                meta = conform_types(fetch_frame(conn, live, pks + ["hash"]), dt_.primary_schema)
+            data = dt_.store.validate(conform_types(decode_json_texts(raw, schema), schema))
+            changed, gone = self._compare(data, meta)
+            with self.ds.meta_dbconn.begin_write() as conn:
+                self._record(conn, result, data.loc[changed].reset_index(drop=True), gone, now, rows_read=len(data))
+            if self.updated_at_column is not None and data[self.updated_at_column].notna().any():
+                page_top = data[self.updated_at_column].max()
+                top = page_top if top is None else max(top, page_top)
+            if upto is None:
+                break
+            after = upto
+        if self.updated_at_column is not None:
+            with self.ds.meta_dbconn.begin_write() as conn:
                 self._save_state(conn, self._encode(top) if top is not None else None, full_ts=now)
 
     def _scan_since(self, result: StepResult, last: Any) -> None:
@@ -319,3 +369,10 @@ class UpdateExternalTableStep(ComputeStep):
         return v
 
 
+
+
+def _after(table: sa.Table, keys: list[str], key: dict[str, Any]) -> sa.ColumnElement[bool]:
+    """Rows whose key sorts after ``key`` (a row value comparison; the primary-key index serves it)."""
+    if len(keys) == 1:
+        return table.c[keys[0]] > key[keys[0]]
+    return sa.tuple_(*[table.c[k] for k in keys]) > sa.tuple_(*[sa.literal(key[k], table.c[k].type) for k in keys])

@@ -115,7 +115,7 @@ class BatchGenerateStep(ComputeStep):
             frames.append(dt.store.validate(df))
         return frames
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         """Generate (``generate``)."""
         return self.generate()
 
@@ -171,6 +171,6 @@ class BatchGenerateStep(ComputeStep):
                     )
                     result.add_write(dt.name, dt.primary_keys, st)
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         """Nothing: a source has no inputs, so no change in a changelist can make it stale."""
         return StepResult(self.name)

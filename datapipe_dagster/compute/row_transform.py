@@ -23,7 +23,6 @@ the hooks receive the run's context by parameter name when they declare it: ``ds
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -39,6 +38,7 @@ from datapipe_dagster.compute.batch_transform import (
     code_version_of,
 )
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
+from datapipe_dagster.compute.context import CONTEXT_PARAMS, check_kwargs_clash, context_params
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import StepResult, error_text
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, SkipRow
@@ -47,8 +47,7 @@ from datapipe_dagster.store.schema import to_records
 
 log = logging.getLogger("datapipe_dagster")
 
-CONTEXT_PARAMS = ("ds", "idx", "run_config", "context")
-"""Parameter names through which a RowTransform function or hook receives the run's context."""
+__all__ = ["CONTEXT_PARAMS", "PipeBreak", "PipeError", "RowTransform", "RowTransformStep", "context_params"]
 
 
 class RowError(Exception):
@@ -63,17 +62,6 @@ class PipeBreak(Exception):  # noqa: N818 - the seed's name for this control-flo
 class PipeError(Exception):  # noqa: N818 - the seed's name for this control-flow signal
     """Raised inside a RowTransform function (or hook): roll back the whole chunk, mark its keys failed
     with this error, and stop the step's run."""
-
-
-def context_params(func: Callable[..., Any] | None) -> set[str]:
-    """The context parameters (``CONTEXT_PARAMS``) that ``func`` declares by name."""
-    if func is None:
-        return set()
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return set()
-    return {p for p in CONTEXT_PARAMS if p in params}
 
 
 class _Stop(BaseException):  # noqa: N818 - internal signal: stop the step's run after this chunk
@@ -117,7 +105,7 @@ class RowTransform(PipelineStep):
         prepare: Callable[..., Any] | None = None,
         finish: Callable[..., Any] | None = None,
     ):
-        self.name = name or getattr(func, "__name__", "row_transform")
+        self.name: str = name or str(getattr(func, "__name__", "row_transform"))
         if len(inputs) != 1:
             raise ConfigurationError(
                 f"RowTransform {self.name!r}: needs exactly one input table, got {list(inputs)}"
@@ -133,12 +121,7 @@ class RowTransform(PipelineStep):
         self.kwargs = kwargs or {}
         self.prepare = prepare
         self.finish = finish
-        clash = sorted(context_params(func) & set(self.kwargs))
-        if clash:
-            raise ConfigurationError(
-                f"RowTransform {self.name!r}: kwargs {clash} clash with the context parameters the function "
-                f"receives by name ({', '.join(CONTEXT_PARAMS)}); rename the function's parameter"
-            )
+        check_kwargs_clash("RowTransform", self.name, func, self.kwargs, 1)
 
     @property
     def code_version(self) -> str:
@@ -177,20 +160,19 @@ class RowTransformStep(BatchTransformStep):
         super().__init__(*args, **kw)
         self.prepare = prepare
         self.finish = finish
-        self.run_config: dict[str, Any] = {}
-        self._stopped = False
-        self._ctx_names = {
-            "func": context_params(self.func),
-            "prepare": context_params(prepare),
-            "finish": context_params(finish),
+        # One data argument each: the row, the chunk's rows, the chunk's results.
+        self._hook_ctx = {
+            "func": context_params(self.func, 1),
+            "prepare": context_params(prepare, 1),
+            "finish": context_params(finish, 1),
         }
 
-    def _ctx_args(self, which: str, ctx: dict[str, Any]) -> dict[str, Any]:
-        return {p: ctx[p] for p in self._ctx_names[which]}
-
-    def _rows_of(self, row: dict[str, Any], ctx: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
-        """Call the function on one row; its output rows per output table."""
-        res = self.func(dict(row), **self.kwargs, **self._ctx_args("func", ctx or {}))
+    def _rows_of(
+        self, row: dict[str, Any], ctx_args: dict[str, Any] | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Call the function on one row (``ctx_args``: the context parameters it asks for); its output rows
+        per output table."""
+        res = self.func(dict(row), **self.kwargs, **(ctx_args or {}))
         names = [dt.name for dt in self.output_dts]
         if len(names) == 1:
             per_output: list[Any] = [res]
@@ -227,16 +209,6 @@ class RowTransformStep(BatchTransformStep):
             out.append(filled)
         return out
 
-    def process_keys(
-        self, keys: pd.DataFrame, chunk_size: int | None = None, run_config: dict[str, Any] | None = None
-    ) -> StepResult:
-        """Recompute ``keys`` in chunks (as ``BatchTransformStep.process_keys``); ``run_config`` reaches
-        the function and hooks that declare a ``run_config`` parameter. A ``PipeBreak`` or ``PipeError``
-        stops the run after its chunk: the keys not reached stay stale."""
-        self.run_config = dict(run_config or {})
-        self._stopped = False
-        return super().process_keys(keys, chunk_size)
-
     def _process_chunks(self, keys: pd.DataFrame, size: int, result: StepResult, whole: WholeInputs) -> None:
         try:
             super()._process_chunks(keys, size, result, whole)
@@ -268,12 +240,12 @@ class RowTransformStep(BatchTransformStep):
         Returns the validated output frames, the keys processed (to mark done and to clean outputs
         under), the failed keys with their errors, and the ``PipeBreak`` message if one stopped the chunk.
         """
-        ds = self.ds
         tk = self.transform_keys
-        ctx = {"ds": ds, "idx": keys[tk], "run_config": self.run_config, "context": SimpleNamespace()}
+        shared = SimpleNamespace()  # the chunk's ``context``, one for the hooks and every row
+        ctx = {which: self.context_args(names, keys, shared) for which, names in self._hook_ctx.items()}
         rows = to_records(df)
         if self.prepare is not None:
-            kept = self.prepare(rows, **self._ctx_args("prepare", ctx))
+            kept = self.prepare(rows, **ctx["prepare"])
             if kept is not None:
                 rows = list(kept)
         produced: dict[tuple[Any, ...], list[list[dict[str, Any]]]] = {}
@@ -284,7 +256,7 @@ class RowTransformStep(BatchTransformStep):
             for row in rows:
                 key = tuple(row[k] for k in tk)
                 try:
-                    produced[key] = self._rows_of(row, ctx)
+                    produced[key] = self._rows_of(row, ctx["func"])
                 except SkipRow:
                     pass
                 except (PipeBreak, PipeError):
@@ -298,7 +270,7 @@ class RowTransformStep(BatchTransformStep):
             if self.finish is not None:
                 names = [dt.name for dt in self.output_dts]
                 results = {n: [r for out in produced.values() for r in out[i]] for i, n in enumerate(names)}
-                self.finish(results, **self._ctx_args("finish", ctx))
+                self.finish(results, **ctx["finish"])
         outs = self._validated(produced, failed)
         ok_keys = keys[tk]
         if broke is not None:

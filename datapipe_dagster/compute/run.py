@@ -99,7 +99,7 @@ def step_errors(step: ComputeStep) -> Iterator[None]:
 def run_step(ds: DataStore, step: ComputeStep, changelist: ChangeList | None = None) -> StepResult:
     """Run one step (in full, or along ``changelist``); database errors name the step (``step_errors``)."""
     with step_errors(step):
-        return step.run_full(ds) if changelist is None else step.run_changelist(ds, changelist)
+        return step.run_full() if changelist is None else step.run_changelist(changelist)
 
 
 def _finish(summary: RunSummary, raise_on_error: bool) -> RunSummary:

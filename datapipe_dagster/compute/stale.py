@@ -6,34 +6,60 @@ contributes by how much of the transform key it carries:
 
 - *full* inputs hold every key column: rows above the watermark, left-joined to the transform metadata;
 - *partial* inputs hold some key columns: their changed rows make every processed key sharing them stale;
-- *keyless* inputs (a small config table) hold none: any change makes every processed key stale.
+- *keyless* inputs (a small config table) hold none: any change makes every processed key stale;
+- *factor* inputs: when no input holds every key column, the keys are the join of the inputs' key
+  values (a cross product where they share no column, datapipe's cross join). A changed row makes stale
+  the processed keys sharing its values and the new keys it forms with the other factors' live rows.
+
+An input may carry a key column under another name (``Input(table, keys={"user_id": "author_id"})``):
+its role maps the transform's names to its own.
 
 Only rows above the per-input watermark are scanned (an index range on ``seq``), so the cost follows
-what changed, not the table's size.
+what changed, not the table's size; a table whose watermark has reached the current sequence value (nothing
+written anywhere since) is not queried at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.meta.tables import TransformMetaTable
-from datapipe_dagster.store.sql import fetch_frame
+from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 
 @dataclass
 class InputRole:
     dt: DataTable
-    shared: list[str]  # transform-key columns this input carries in its primary key
-    kind: str  # "full" | "partial" | "keyless" | "output"
+    shared: list[str]  # transform-key columns this input carries in its primary key (transform's names)
+    kind: str  # "full" | "partial" | "factor" | "keyless" | "output"
+    aliases: dict[str, str] = field(default_factory=dict)  # transform key -> the table's column
 
     @property
     def mark(self) -> str:
         """The name this role's watermark is kept under."""
-        return f"out:{self.dt.name}" if self.kind == "output" else self.dt.name
+        if self.kind == "output":
+            return f"out:{self.dt.name}"
+        if self.aliases:
+            return self.dt.name + "[" + ",".join(f"{k}={c}" for k, c in sorted(self.aliases.items())) + "]"
+        return self.dt.name
+
+    def col(self, key: str) -> str:
+        """The table's column for transform key ``key``."""
+        return self.aliases.get(key, key)
+
+    def key_columns(self, table: sa.FromClause) -> list[sa.ColumnElement]:
+        """``table``'s (the row metadata's) columns for the shared keys, labelled with the transform's names."""
+        return [table.c[self.col(k)].label(k) for k in self.shared]
+
+    def to_table_names(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df.rename(columns=self.aliases) if self.aliases else df
+
+    def to_key_names(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df.rename(columns={c: k for k, c in self.aliases.items()}) if self.aliases else df
 
 
 def output_roles(output_dts: list[DataTable], keys: list[str]) -> list[InputRole]:
@@ -42,13 +68,54 @@ def output_roles(output_dts: list[DataTable], keys: list[str]) -> list[InputRole
     return [InputRole(dt, list(keys), "output") for dt in output_dts]
 
 
-def classify_inputs(input_dts: list[DataTable], keys: list[str]) -> list[InputRole]:
+def classify_inputs(
+    input_dts: list[DataTable], keys: list[str], aliases: list[dict[str, str]] | None = None
+) -> list[InputRole]:
+    """The role of each input (``aliases``: per input, transform key -> the table's column)."""
+    from datapipe_dagster.compute.spec import effective_keys
+
     roles = []
-    for dt in input_dts:
-        shared = [k for k in keys if k in dt.primary_keys]
+    for i, dt in enumerate(input_dts):
+        al = dict(aliases[i]) if aliases else {}
+        pks = effective_keys(dt, al)
+        shared = [k for k in keys if k in pks]
         kind = "full" if len(shared) == len(keys) and keys else ("partial" if shared else "keyless")
-        roles.append(InputRole(dt, shared, kind))
+        roles.append(InputRole(dt, shared, kind, {k: c for k, c in al.items() if k in shared}))
+    if keys and not any(r.kind == "full" for r in roles):
+        for r in roles:
+            if r.kind == "partial":
+                r.kind = "factor"
     return roles
+
+
+def factor_indexes(roles: list[InputRole], keys: list[str]) -> list[list[str]]:
+    """Transform-state indexes for inputs holding part of the key (factors of a cross join, partial
+    inputs): one per such key-column set that is not a prefix of the state's primary key, so a changed
+    row finds the processed keys holding its values by index. Created with the state table."""
+    out: list[list[str]] = []
+    for r in roles:
+        if r.kind in ("factor", "partial") and r.shared != keys[: len(r.shared)] and r.shared not in out:
+            out.append(list(r.shared))
+    return out
+
+
+def join_factors(
+    roles: list[InputRole],
+    start: sa.FromClause,
+    provided: dict[str, sa.ColumnElement],
+    skip: InputRole | None,
+) -> tuple[sa.FromClause, dict[str, sa.ColumnElement]]:
+    """``start`` joined to the live row metadata of every factor but ``skip``, on the key columns they
+    share (a cross join where none); returns the join and the column that provides each key."""
+    src = start
+    provided = dict(provided)
+    for n, r in enumerate(x for x in roles if x.kind == "factor" and x is not skip):
+        mo = r.dt.meta.table.alias(f"factor_{n}")
+        on = [mo.c[r.col(k)] == provided[k] for k in r.shared if k in provided]
+        src = src.join(mo, sa.and_(mo.c.delete_ts.is_(None), *on))
+        for k in r.shared:
+            provided.setdefault(k, mo.c[r.col(k)])
+    return src, provided
 
 
 def stale_keys_query(
@@ -69,71 +136,127 @@ def stale_keys_query(
     frames: list[pd.DataFrame] = []
     new_marks: dict[str, int] = {}
     for role in roles:
-        m = role.dt.meta.table
         wm = watermarks.get(role.mark, 0)
-        if role.kind == "output":
-            fresh = (
-                sa.select(*[m.c[k] for k in keys], m.c.seq)
-                .where(m.c.seq > wm, m.c.delete_ts.is_(None))
-                .cte(f"out_{role.dt.name}")
-                .prefix_with("MATERIALIZED")
-            )
-            on = sa.and_(*[fresh.c[k] == t.c[k] for k in keys])
-            stmt = (
-                sa.select(*[fresh.c[k] for k in keys], sa.func.min(fresh.c.seq))
-                .select_from(fresh.outerjoin(t, on))
-                .where(t.c[keys[0]].is_(None))
-                .group_by(*[fresh.c[k] for k in keys])
-            )
-        elif role.kind in ("full", "partial"):
-            # The rows above the watermark come first, from the seq index, materialised: left to itself,
-            # SQLite would walk the whole table in key order to serve the GROUP BY.
-            changed = (
-                sa.select(*[m.c[k] for k in role.shared], m.c.seq, m.c.delete_ts)
-                .where(m.c.seq > wm)
-                .cte(f"changed_{role.dt.name}")
-                .prefix_with("MATERIALIZED")
-            )
-            on = sa.and_(*[changed.c[k] == t.c[k] for k in role.shared])
-            if role.kind == "full":
-                stmt = (
-                    sa.select(*[changed.c[k] for k in keys], sa.func.min(changed.c.seq))
-                    .select_from(changed.outerjoin(t, on))
-                    .where(
-                        sa.or_(
-                            sa.and_(t.c[keys[0]].is_(None), changed.c.delete_ts.is_(None)),
-                            changed.c.seq > t.c.processed_seq,
-                        )
-                    )
-                    .group_by(*[changed.c[k] for k in keys])
-                )
-            else:
-                stmt = (
-                    sa.select(*[t.c[k] for k in keys], sa.func.min(changed.c.seq))
-                    .select_from(changed.join(t, on))
-                    .where(changed.c.seq > t.c.processed_seq)
-                    .group_by(*[t.c[k] for k in keys])
-                )
-        else:
-            top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
-            if top is None:
-                new_marks[role.mark] = current
-                continue
-            stmt = sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(t.c.processed_seq < top)
+        # At or past ``current`` (read before this query) no row of the table can be above the
+        # watermark: an idle run asks nothing here.
+        stmt = None if wm >= current else role_stale_query(conn, role, roles, t, keys, wm)
+        if stmt is None:
+            new_marks[role.mark] = current
+            continue
         df = fetch_frame(conn, stmt, keys + ["min_seq"])
         new_marks[role.mark] = int(df["min_seq"].min()) - 1 if len(df) else current
         frames.append(df[keys])
     if include_failed:
-        failed = fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys)
-        frames.append(failed)
+        frames.append(fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys))
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({k: [] for k in keys}), new_marks
-    out = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
-    return out, new_marks
+    return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True), new_marks
 
 
-def all_keys_query(conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str]) -> pd.DataFrame:
+def role_stale_query(
+    conn: sa.Connection, role: InputRole, roles: list[InputRole], t: sa.Table, keys: list[str], wm: int
+) -> sa.Select | sa.CompoundSelect | None:
+    """The keys one input (or swept output) makes stale above its watermark ``wm``, with ``min_seq``, the
+    oldest row that makes each stale; None when nothing of it changed (a keyless input asked directly)."""
+    if role.kind == "output":
+        return _orphan_outputs(role, t, keys, wm)
+    if role.kind == "keyless":
+        return _keyless_changed(conn, role, t, keys, wm)
+    changed = _changed_rows(role, wm)
+    on = sa.and_(*[changed.c[k] == t.c[k] for k in role.shared])
+    if role.kind == "factor":
+        return sa.union_all(_factor_processed(changed, t, on, keys), _factor_new(roles, role, changed, t, keys))
+    if role.kind == "full":
+        return _full_changed(changed, t, on, keys)
+    return _factor_processed(changed, t, on, keys)  # partial: the processed keys sharing its values
+
+
+def _changed_rows(role: InputRole, wm: int) -> sa.CTE:
+    """An input's rows above the watermark, taken from the seq index and materialised: left to itself,
+    SQLite would walk the whole table in key order to serve the GROUP BY."""
+    m = role.dt.meta.table
+    return (
+        sa.select(*role.key_columns(m), m.c.seq, m.c.delete_ts)
+        .where(m.c.seq > wm)
+        .cte(f"changed_{role.dt.name}")
+        .prefix_with("MATERIALIZED")
+    )
+
+
+def _full_changed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], keys: list[str]) -> sa.Select:
+    """Keys of a full input's changed rows that were never processed or processed before the change."""
+    return (
+        sa.select(*[changed.c[k] for k in keys], sa.func.min(changed.c.seq))
+        .select_from(changed.outerjoin(t, on))
+        # A deleted row of a key never processed counts too: a processor may be computing that key from
+        # the row right now, and its commit (marked below the delete) must be overtaken, or the key's
+        # outputs would outlive its inputs.
+        .where(sa.or_(t.c[keys[0]].is_(None), changed.c.seq > t.c.processed_seq))
+        .group_by(*[changed.c[k] for k in keys])
+    )
+
+
+def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: int) -> sa.Select:
+    """Keys of live output rows above the watermark that the transform never processed."""
+    m = role.dt.meta.table
+    fresh = (
+        sa.select(*[m.c[k] for k in keys], m.c.seq)
+        .where(m.c.seq > wm, m.c.delete_ts.is_(None))
+        .cte(f"out_{role.dt.name}")
+        .prefix_with("MATERIALIZED")
+    )
+    on = sa.and_(*[fresh.c[k] == t.c[k] for k in keys])
+    return (
+        sa.select(*[fresh.c[k] for k in keys], sa.func.min(fresh.c.seq))
+        .select_from(fresh.outerjoin(t, on))
+        .where(t.c[keys[0]].is_(None))
+        .group_by(*[fresh.c[k] for k in keys])
+    )
+
+
+def _keyless_changed(conn: sa.Connection, role: InputRole, t: sa.Table, keys: list[str], wm: int) -> sa.Select | None:
+    """Every key processed before a keyless input's newest change (None: it did not change)."""
+    m = role.dt.meta.table
+    top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
+    if top is None:
+        return None
+    return sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(t.c.processed_seq < top)
+
+
+def _factor_processed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], keys: list[str]) -> sa.Select:
+    """Processed keys sharing a changed row's key values (the row changed after they were processed)."""
+    return (
+        sa.select(*[t.c[k] for k in keys], sa.func.min(changed.c.seq).label("min_seq"))
+        .select_from(changed.join(t, on))
+        .where(changed.c.seq > t.c.processed_seq)
+        .group_by(*[t.c[k] for k in keys])
+    )
+
+
+def _factor_new(
+    roles: list[InputRole], role: InputRole, changed: sa.CTE, t: sa.Table, keys: list[str]
+) -> sa.Select:
+    """Keys never processed that a changed row of factor ``role`` forms with the other factors' live
+    rows: the changed rows (few, from the seq index) joined to the others, not the whole product. A
+    deleted row counts too (as for full inputs): a processor may be computing its keys right now."""
+    src, provided = join_factors(roles, changed, {k: changed.c[k] for k in role.shared}, role)
+    cols = [provided[k] for k in keys]
+    on = sa.and_(*[t.c[k] == provided[k] for k in keys])
+    return (
+        sa.select(
+            *[c.label(k) for c, k in zip(cols, keys, strict=True)],
+            sa.func.min(changed.c.seq).label("min_seq"),
+        )
+        .select_from(src.outerjoin(t, on))
+        .where(t.c[keys[0]].is_(None))
+        .group_by(*cols)
+    )
+
+
+def all_keys_query(
+    conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str]
+) -> pd.DataFrame:
     """Every key the transform knows: live keys of its full inputs and swept outputs, and keys it
     processed before."""
     t = tmeta.table
@@ -141,14 +264,31 @@ def all_keys_query(conn: sa.Connection, roles: list[InputRole], tmeta: Transform
     for role in roles:
         if role.kind in ("full", "output"):
             m = role.dt.meta.table
-            selects.append(sa.select(*[m.c[k] for k in keys]).where(m.c.delete_ts.is_(None)))
+            selects.append(
+                sa.select(*[m.c[role.col(k)].label(k) for k in keys]).where(m.c.delete_ts.is_(None))
+            )
+    factors = [r for r in roles if r.kind == "factor"]
+    if factors:
+        first = factors[0]
+        m0 = first.dt.meta.table.alias("factor_first")
+        src, provided = join_factors(roles, m0, {k: m0.c[first.col(k)] for k in first.shared}, first)
+        selects.append(
+            sa.select(*[provided[k].label(k) for k in keys]).select_from(src).where(m0.c.delete_ts.is_(None))
+        )
     return fetch_frame(conn, sa.union(*selects), keys)
 
 
-def keys_matching(conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str], idx: pd.DataFrame) -> pd.DataFrame:
-    """Transform keys that share values with ``idx`` (a partial-key change): from the full inputs and the
-    transform metadata."""
-    from datapipe_dagster.store.sql import fetch_by_keys
+def keys_matching(
+    conn: sa.Connection,
+    roles: list[InputRole],
+    tmeta: TransformMetaTable,
+    keys: list[str],
+    idx: pd.DataFrame,
+    changed: InputRole | None = None,
+) -> pd.DataFrame:
+    """Transform keys that share values with ``idx`` (a partial-key change, transform's names): from the
+    full inputs and the transform metadata; for a change of factor ``changed``, also the keys the values
+    form with the other factors' live rows."""
 
     sub = [c for c in idx.columns if c in keys]
     t = tmeta.table
@@ -156,9 +296,44 @@ def keys_matching(conn: sa.Connection, roles: list[InputRole], tmeta: TransformM
     for role in roles:
         if role.kind == "full":
             m = role.dt.meta.table
-            base = sa.select(*[m.c[k] for k in keys]).where(m.c.delete_ts.is_(None)).distinct()
-            frames.append(fetch_by_keys(conn, base, m, sub, idx, keys))
+            base = sa.select(*[m.c[role.col(k)] for k in keys]).where(m.c.delete_ts.is_(None)).distinct()
+            found = fetch_by_keys(
+                conn,
+                base,
+                m,
+                [role.col(k) for k in sub],
+                role.to_table_names(idx),
+                [role.col(k) for k in keys],
+            )
+            frames.append(role.to_key_names(found))
+    if changed is not None and changed.kind == "factor":
+        frames.append(factor_keys(conn, roles, changed, idx[sub]))
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({k: [] for k in keys})
     return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
+def factor_keys(
+    conn: sa.Connection, roles: list[InputRole], changed: InputRole, idx: pd.DataFrame
+) -> pd.DataFrame:
+    """The keys that ``idx`` (values of factor ``changed``'s key columns) forms with the other factors'
+    live rows: each factor is read by the values it shares with what is known so far (all its live key
+    values when it shares none)."""
+    acc = idx[changed.shared].drop_duplicates()
+    for r in roles:
+        if r.kind != "factor" or r is changed or len(acc) == 0:
+            continue
+        m = r.dt.meta.table
+        base = sa.select(*r.key_columns(m)).where(m.c.delete_ts.is_(None)).distinct()
+        common = [k for k in r.shared if k in acc.columns]
+        if common:
+            rows = r.to_key_names(
+                fetch_by_keys(
+                    conn, base, m, [r.col(k) for k in common], r.to_table_names(acc[common]), r.shared
+                )
+            )
+            acc = acc.merge(rows.drop_duplicates(), on=common, how="inner")
+        else:
+            acc = acc.merge(fetch_frame(conn, base, r.shared), how="cross")
+    return acc

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-    from datapipe_dagster.compute.datatable import DataStore, DataTable
+    from datapipe_dagster.compute.datatable import DataTable
     from datapipe_dagster.compute.evaluate import EvalResult
     from datapipe_dagster.compute.result import StepResult
     from datapipe_dagster.types import ChangeList
@@ -40,11 +40,11 @@ class Step(Protocol):
     code_version: str | None
     """Changes when the step's code changes (None: unknown)."""
 
-    def run_full(self, ds: DataStore | None = None) -> StepResult:
+    def run_full(self) -> StepResult:
         """Process everything that needs work and report what was written."""
         ...
 
-    def run_changelist(self, ds: DataStore | None, changelist: ChangeList) -> StepResult:
+    def run_changelist(self, changelist: ChangeList) -> StepResult:
         """Process what the changes in ``changelist`` make stale; the result's ``changed`` feeds the next step."""
         ...
 

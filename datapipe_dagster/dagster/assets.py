@@ -15,10 +15,10 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from datapipe_dagster.compute.datatable import DataStore
+from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.compute.partition_runner import PartitionOutcome, PartitionRunner
 from datapipe_dagster.compute.partitioning import Buckets
-from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.result import OutputStats
 from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster._provenance import (
@@ -58,13 +58,14 @@ def run_mode(tags: Mapping[str, str]) -> str:
     return c.MODE_REPARSE
 
 
-def _preview(result: StepResult, dt: Any) -> pd.DataFrame | None:
-    changed = result.changed.get(dt.name)
+def preview(dt: DataTable, changed: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The first changed rows of an output as they are now (None when nothing changed or they cannot be
+    read: a preview must never fail a run that already committed)."""
     if changed is None or len(changed) == 0:
         return None
     try:
         return dt.get_data(changed.head(c.PREVIEW_ROWS))
-    except Exception:  # noqa: BLE001 - a preview must never fail a run that already committed
+    except Exception:  # noqa: BLE001 - see the docstring
         return None
 
 
@@ -95,7 +96,6 @@ def describe_step(props: StepProps) -> str:
 def run_step(
     step: Step,
     runner: PartitionRunner | None,
-    ds: DataStore,
     props: StepProps,
     mode: str,
     partitions: list[str] | None,
@@ -105,7 +105,7 @@ def run_step(
     ``dg.Failure``."""
     try:
         if runner is None:
-            return [PartitionOutcome(None, step.run_full(ds), 0)]
+            return [PartitionOutcome(None, step.run_full(), 0)]
         return runner.run(mode, partitions, retry_failed=tags.get(c.TAG_RETRY_FAILED) == "true")
     except DatapipeError as e:
         raise dg.Failure(description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}) from e
@@ -140,7 +140,7 @@ def materializations(
                 partition=o.partition,
                 key_cols=key_cols,
                 stale_remaining=o.stale_remaining,
-                preview=_preview(o.result, dt),
+                preview=preview(dt, o.result.changed.get(dt.name)),
                 parts=runner.parts if runner is not None else None,
             )
             for o in outcomes
@@ -189,7 +189,6 @@ def build_step_asset(
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions | None,
-    ds: DataStore,
     *,
     fail_run_on_failed_keys: bool = True,
 ) -> dg.AssetsDefinition:
@@ -204,6 +203,7 @@ def build_step_asset(
     runner = PartitionRunner(step, parts) if isinstance(step, KeyedStep) else None
     partitioned = runner is not None and runner.parts is not None
     source_keys = [specs.key(t) for t in props.inputs if t in specs.partitioned_sources]
+    ds = step.output_dts[0].ds  # its write sequence versions the outputs (a step asset has outputs)
 
     @dg.multi_asset(
         name=c.op_name(props.name),
@@ -224,7 +224,7 @@ def build_step_asset(
         if baseline and partitions:
             yield from source_observations(baseline, partitions, ds.current_seq())
         pointers = latest_observation_ids(context.instance, baseline)
-        outcomes = run_step(step, runner, ds, props, mode, partitions, context.run.tags)
+        outcomes = run_step(step, runner, props, mode, partitions, context.run.tags)
         summary = run_summary(partitions, [o.result for o in outcomes])
         context.log.info("%s: %s (%s)", props.name, summary, mode)
         tag_run(context, summary)

@@ -162,9 +162,9 @@ def build_definitions(
             ]
             automated.extend(spec.key for spec in specs.step_specs[props.name])
         if fan_out_partitions and parts is not None and props.partitioned and isinstance(step, KeyedStep):
-            asset = build_fanout_step_asset(step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys)
+            asset = build_fanout_step_asset(step, props, specs, parts, fail_run_on_failed_keys=fail_run_on_failed_keys)
         else:
-            asset = build_step_asset(step, props, specs, parts, datastore, fail_run_on_failed_keys=fail_run_on_failed_keys)
+            asset = build_step_asset(step, props, specs, parts, fail_run_on_failed_keys=fail_run_on_failed_keys)
         all_assets.append(asset)
         if conditioned:
             continue

@@ -16,13 +16,12 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext, OpExecutionContext
 
-from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.partition_runner import PartitionRunner, stale_by_partition
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster._provenance import output_reported_by_body, partition_materialization
-from datapipe_dagster.dagster.assets import failed_keys_check, failure_message, run_mode, tag_run
+from datapipe_dagster.dagster.assets import failed_keys_check, failure_message, preview, run_mode, tag_run
 from datapipe_dagster.dagster.metadata import failed_with_partitions, output_metadata, run_summary
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
@@ -79,7 +78,6 @@ def build_fanout_step_asset(
     props: StepProps,
     specs: DatapipeSpecs,
     parts: BucketPartitions,
-    ds: DataStore,
     *,
     fail_run_on_failed_keys: bool = True,
 ) -> dg.AssetsDefinition:
@@ -99,6 +97,7 @@ def build_fanout_step_asset(
     }
     check_outs = [cs.get_python_identifier() for cs in check_specs]
     source_keys = [specs.key(t) for t in props.inputs if t in specs.partitioned_sources]
+    ds = step.output_dts[0].ds  # its write sequence versions the outputs (a step asset has outputs)
     tags = {"datapipe/step": props.name}
 
     @dg.op(
@@ -150,7 +149,6 @@ def build_fanout_step_asset(
             mats = []
             for p, r in results.items():
                 changed = pd.DataFrame(by_table[p].get(dt.name, []))
-                preview = _preview(dt, changed)
                 md = output_metadata(
                     result=r,
                     stats=r.outputs.get(dt.name, OutputStats()),
@@ -158,7 +156,7 @@ def build_fanout_step_asset(
                     partition=p,
                     key_cols=key_cols,
                     stale_remaining=counts.get(p, 0),
-                    preview=preview,
+                    preview=preview(dt, changed),
                     parts=parts,
                 )
                 stats = r.outputs.get(dt.name, OutputStats())
@@ -202,11 +200,3 @@ def build_fanout_step_asset(
 
     return _graph
 
-
-def _preview(dt: Any, changed: pd.DataFrame) -> pd.DataFrame | None:
-    if len(changed) == 0:
-        return None
-    try:
-        return dt.get_data(changed)
-    except Exception:  # noqa: BLE001 - a preview must never fail a run that already committed
-        return None

@@ -50,12 +50,14 @@ class Binding:
         return name
 
     def bucket_columns(self, table: str) -> list[str]:
-        """The columns a table's rows are bucketed by: its writer's transform keys, else its primary key."""
+        """The columns a table's rows are bucketed by: its writer's transform keys (when the table holds
+        them: an ``Output(cleanup=False)`` need not), else its primary key."""
         writer = self.specs.tables[table].writer
+        pks = [n for n, _, pk in self.specs.tables[table].columns if pk]
         for p in self.specs.steps:
-            if p.name == writer and p.transform_keys:
+            if p.name == writer and p.transform_keys and all(k in pks for k in p.transform_keys):
                 return list(p.transform_keys)
-        return [n for n, _, pk in self.specs.tables[table].columns if pk]
+        return pks
 
 
 class DatapipeIOManager(dg.ConfigurableIOManager):

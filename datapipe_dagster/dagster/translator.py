@@ -140,7 +140,7 @@ def step_props(step: Step) -> StepProps:
     return StepProps(
         name=step.name,
         kind=type(step).__name__,
-        inputs=tuple(dt.name for dt in step.input_dts),
+        inputs=tuple(dict.fromkeys(dt.name for dt in step.input_dts)),  # a table read twice (two aliases) is one dep
         outputs=tuple(dt.name for dt in step.output_dts),
         transform_keys=tuple(step.transform_keys) if isinstance(step, KeyedStep) else None,
         code_version=step.code_version,

@@ -113,10 +113,12 @@ class MetaTable:
         self.dbconn.ensure_table(self.table)
 
     def get_existing(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
-        """Metadata (deleted rows included) of the rows whose keys are in ``idx`` (all key columns)."""
+        """Metadata (deleted rows included) of the rows whose key columns match ``idx`` (all key
+        columns, or a subset: every row under those)."""
         cols = self.primary_keys + ["hash", "create_ts", "delete_ts"]
         base = sa.select(*[self.table.c[c] for c in cols])
-        return fetch_by_keys(conn, base, self.table, self.primary_keys, idx, cols)
+        sub = [c for c in idx.columns if c in self.primary_keys]
+        return fetch_by_keys(conn, base, self.table, sub, idx, cols)
 
     def get_alive_keys(self, conn: sa.Connection, idx: pd.DataFrame) -> pd.DataFrame:
         """Keys of live rows whose key columns match ``idx`` (which may hold a subset of the key columns)."""
@@ -159,10 +161,17 @@ class TransformMetaTable:
 
     BACKFILL_CHUNK = 10_000
 
-    def __init__(self, dbconn: DBConn, name: str, key_schema: list[sa.Column]):
+    def __init__(
+        self, dbconn: DBConn, name: str, key_schema: list[sa.Column], indexes: list[list[str]] | None = None
+    ):
         self.dbconn = dbconn
         self.name = name
         self.keys = [c.name for c in key_schema]
+        # Further indexes on key columns (a cross-join transform's factors), created with the table.
+        extra = [
+            sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_{'_'.join(cols)}"), *cols)
+            for cols in indexes or []
+        ]
         # "__transform_meta" keeps a transform's state apart from a table's "<name>_meta" of the same name.
         self.table = own_table(
             dbconn,
@@ -177,6 +186,7 @@ class TransformMetaTable:
             sa.Column("key_hash", sa.BigInteger, nullable=True),
             sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_success"), "is_success"),
             sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_key_hash"), "key_hash"),
+            *extra,
         )
 
     def create(self) -> None:

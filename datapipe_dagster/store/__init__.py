@@ -1,0 +1,1 @@
+"""Where rows live: the TableStore interface, its stores (SQL, file folders, file tables) and SQL helpers."""

@@ -18,7 +18,14 @@ from sqlalchemy.exc import DBAPIError
 from datapipe_dagster.errors import ConfigurationError, LockTimeoutError, StorageFullError
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame, executemany_frame
-from datapipe_dagster.store.schema import conform_types, hash_rows, to_records
+from datapipe_dagster.store.schema import (
+    conform_types,
+    decode_json_texts,
+    hash_rows,
+    json_encoder,
+    json_text_columns,
+    to_records,
+)
 from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
 
 try:  # COPY raises the driver's own error, not SQLAlchemy's
@@ -59,6 +66,7 @@ tick) catches these and tries again later."""
 # PostgreSQL cuts identifiers at NAMEDATALEN - 1 = 63 bytes; SQLite has no limit.
 MAX_IDENTIFIER_BYTES = {"postgresql": 63}
 DEFAULT_LOCK_TIMEOUT = 60.0
+SQLITE_CACHE_KB = 65536
 
 
 def fit_identifier(name: str, limit: int | None) -> str:
@@ -155,8 +163,11 @@ class DBConn:
     def _create_engine(self) -> sa.Engine:
         # SQLite has no "forever": a day stands in for lock_timeout=None.
         wait_ms = int((self.lock_timeout if self.lock_timeout is not None else 86400) * 1000)
+        # JSON values are stored in the canonical text the row hash reads (keys sorted), on every write
+        # path: the bulk paths store the hash's text as it is, so serialising happens once.
+        engine_kwargs = {"json_serializer": json_encoder(strict=False), **self.engine_kwargs}
         if self.backend == "sqlite":
-            kwargs = dict(self.engine_kwargs)
+            kwargs = dict(engine_kwargs)
             connect_args = {"timeout": wait_ms / 1000, **kwargs.pop("connect_args", {})}
             engine = sa.create_engine(self.url, connect_args=connect_args, **kwargs)
 
@@ -169,6 +180,10 @@ class DBConn:
                 cur.execute(f"PRAGMA busy_timeout={wait_ms}")
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
+                # SQLite's default page cache (2 MB) spills dirty pages to the WAL in the middle of a bulk
+                # write once the indexes outgrow it: 64 MB doubled ingest at 1M rows (an upper bound, per
+                # connection, filled only as pages are touched).
+                cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KB}")
                 cur.close()
 
             @event.listens_for(engine, "begin")
@@ -179,7 +194,7 @@ class DBConn:
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         else:
-            kwargs = dict(self.engine_kwargs)
+            kwargs = dict(engine_kwargs)
             if self.url.startswith("postgresql+psycopg2"):
                 # Batch executemany of UPDATE and INSERT .. ON CONFLICT too (the default batches plain INSERTs only).
                 kwargs.setdefault("executemany_mode", "values_plus_batch")
@@ -256,17 +271,20 @@ class DBConn:
             if not insp.has_table(table.name, schema=table.schema):
                 raise
 
-    def insert_new(self, conn: sa.Connection, table: sa.Table, df: pd.DataFrame, keys: list[str]) -> None:
+    def insert_new(
+        self, conn: sa.Connection, table: sa.Table, df: pd.DataFrame, keys: list[str], encoded: pd.DataFrame | None = None
+    ) -> None:
         """Insert rows believed new with a plain INSERT (COPY on PostgreSQL for many rows); if some exist
-        after all (a table written outside the library), fall back to an upsert."""
+        after all (a table written outside the library), fall back to an upsert. ``encoded``: JSON columns
+        already serialised, aligned with ``df`` (used by the bulk paths)."""
         if len(df) == 0:
             return
         try:
             with conn.begin_nested():
                 if len(df) < COPY_MIN_ROWS:
                     conn.execute(sa.insert(table), to_records(df))
-                elif not (self.backend == "postgresql" and copy_frame(conn, table, df)):
-                    executemany_frame(conn, table, df)
+                elif not (self.backend == "postgresql" and copy_frame(conn, table, df, encoded)):
+                    executemany_frame(conn, table, df, encoded)
         except (sa.exc.IntegrityError, UniqueViolation):
             self.upsert(conn, table, to_records(df), keys)
 
@@ -324,9 +342,14 @@ class TableStoreDB(TableStore):
         create_table: create the table (on first use) when it does not exist.
     """
 
-    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
-        # A SQL JSON column takes only what the database's JSON encoder writes: refuse the rest by name.
-        return hash_rows(df, self.get_schema(), table or self.name, strict_json=True)
+    def hash_rows(
+        self, df: pd.DataFrame, table: str | None = None, json_texts: dict[str, list[str | None]] | None = None
+    ) -> np.ndarray:
+        """Row hashes; with ``json_texts``, also the JSON text of each JSON column, for ``insert_rows``.
+
+        A SQL JSON column takes only what the database's JSON encoder writes: the rest is refused by name.
+        """
+        return hash_rows(df, self.get_schema(), table or self.name, strict_json=True, json_texts=json_texts)
 
     def __init__(self, name: str, dbconn: DBConn, data_sql_schema: list[sa.Column], create_table: bool = True):
         if not data_sql_schema:
@@ -373,13 +396,14 @@ class TableStoreDB(TableStore):
 
     def read_rows(self, idx: pd.DataFrame | None = None, conn: Any = None) -> pd.DataFrame:
         cols = [c.name for c in self.data_sql_schema]
+        base = sa.select(*json_text_columns(self.data_table, cols))
         with self._conn(conn, write=False) as c:
             if idx is None:
-                df = fetch_frame(c, sa.select(self.data_table), cols)
+                df = fetch_frame(c, base, cols)
             else:
                 key_cols = [k for k in idx.columns if k in self.data_table.c]
-                df = fetch_by_keys(c, sa.select(self.data_table), self.data_table, key_cols, idx, cols)
-        return conform_types(df, self.data_sql_schema)
+                df = fetch_by_keys(c, base, self.data_table, key_cols, idx, cols)
+        return conform_types(decode_json_texts(df, self.data_sql_schema), self.data_sql_schema)
 
     def write_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
         if len(df) == 0:
@@ -387,11 +411,13 @@ class TableStoreDB(TableStore):
         with self._conn(conn, write=True) as c:
             self.dbconn.upsert(c, self.data_table, to_records(df), self.primary_keys)
 
-    def insert_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
+    def insert_rows(self, df: pd.DataFrame, conn: Any = None, encoded: pd.DataFrame | None = None) -> None:
+        """Insert new rows; ``encoded`` holds JSON columns already serialised (by ``hash_rows``), aligned
+        with ``df``, which the bulk paths store as they are."""
         if len(df) == 0:
             return
         with self._conn(conn, write=True) as c:
-            self.dbconn.insert_new(c, self.data_table, df, self.primary_keys)
+            self.dbconn.insert_new(c, self.data_table, df, self.primary_keys, encoded=encoded)
 
     def delete_rows(self, idx: pd.DataFrame, conn: Any = None) -> None:
         if len(idx) == 0:

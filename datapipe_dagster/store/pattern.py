@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 
 _TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}|(\*\*/)|(\*\*)|(\*)|\(([^()/|]*(?:\|[^()/|]*)+)\)")
-FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass

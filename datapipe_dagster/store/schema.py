@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import numpy as np
@@ -387,11 +389,66 @@ def empty_frame(columns: list[sa.Column]) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series([], dtype=object) for c in columns})
 
 
-def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?", strict_json: bool = False) -> np.ndarray:
+def json_encoder(strict: bool) -> Callable[[Any], str]:
+    """The canonical JSON text of a value: ``json.dumps(v, sort_keys=True)`` exactly (so stored hashes
+    never change), from one C encoder built once instead of one per call (about 2x faster per value).
+
+    ``strict`` refuses what a SQL JSON column cannot hold (NaN, infinity, numpy scalars, bytes,
+    date/times); otherwise those become JSON through ``_json_default``.
+    """
+    return _STRICT_ENCODE if strict else _LOOSE_ENCODE
+
+
+def _make_encoder(strict: bool) -> Callable[[Any], str]:
+    default = None if strict else _json_default
+    if c_make_encoder is None:  # pragma: no cover - CPython always has the C accelerator
+        return json.JSONEncoder(sort_keys=True, allow_nan=not strict, default=default).encode
+
+    def _raise(v: Any) -> Any:
+        raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
+
+    # Arguments: markers (None: no cycle check; a cycle ends in RecursionError), default, string encoder,
+    # indent, key separator, item separator, sort_keys, skipkeys, allow_nan.
+    chunks = c_make_encoder(None, default or _raise, encode_basestring_ascii, None, ": ", ", ", True, False, not strict)
+    join = "".join
+    return lambda v: join(chunks(v, 0))
+
+
+def _is_null(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def encode_json_column(values: list[Any], strict: bool, table: str, column: str, df: pd.DataFrame, pks: list[str]) -> list[str | None]:
+    """Every value's canonical JSON text (None for a missing value).
+
+    Raises:
+        SchemaError: a value that cannot be serialised (names the column and the row's key).
+    """
+    encode = json_encoder(strict)
+    try:
+        return [None if v is None or (isinstance(v, float) and v != v) else encode(v) for v in values]
+    except (TypeError, ValueError, RecursionError):
+        for pos, v in enumerate(values):
+            try:
+                None if _is_null(v) else encode(v)
+            except (TypeError, ValueError, RecursionError) as e:
+                raise SchemaError(table, f"value is not JSON-serialisable: {e}", column, _key_of(df, pos, pks)) from None
+        raise
+
+
+def hash_rows(
+    df: pd.DataFrame,
+    columns: list[sa.Column],
+    table: str = "?",
+    strict_json: bool = False,
+    json_texts: dict[str, list[str | None]] | None = None,
+) -> np.ndarray:
     """A 63-bit content hash per row, from every column (JSON values canonicalised), as int64.
 
     With ``strict_json`` (values bound for a SQL JSON column), JSON values must be what the database's
-    JSON encoder writes: no NaN/infinity, no bytes, date/times or numpy scalars inside.
+    JSON encoder writes: no NaN/infinity, no bytes, date/times or numpy scalars inside. With
+    ``json_texts``, the canonical JSON text of every JSON column is left there (column -> texts, None
+    for a missing value), so a writer can store the text it hashed instead of serialising again.
 
     Raises:
         SchemaError: a JSON value that cannot be serialised (names the column and key).
@@ -403,22 +460,11 @@ def hash_rows(df: pd.DataFrame, columns: list[sa.Column], table: str = "?", stri
     for col in columns:
         s = df[col.name]
         is_json = isinstance(col.type, sa.JSON)
-        strict = strict_json and is_json
         if is_json or s.dtype == object:
-            # One encoder for the column (``json.dumps`` with options builds one per call); the text is
-            # exactly ``json.dumps(v, sort_keys=True, ...)``, so stored hashes do not change.
-            encode = json.JSONEncoder(sort_keys=True, allow_nan=not strict, default=None if strict else _json_default).encode
-            vals = s.tolist()
-            try:
-                out = [_NULL if v is None or (isinstance(v, float) and v != v) else encode(v) for v in vals]
-            except (TypeError, ValueError):
-                for pos, v in enumerate(vals):
-                    try:
-                        _NULL if v is None or (isinstance(v, float) and v != v) else encode(v)
-                    except (TypeError, ValueError) as e:
-                        raise SchemaError(table, f"value is not JSON-serialisable: {e}", col.name, _key_of(df, pos, pks)) from None
-                raise
-            s = pd.Series(out, index=df.index, dtype=object)
+            texts = encode_json_column(s.tolist(), strict_json and is_json, table, col.name, df, pks)
+            if is_json and json_texts is not None:
+                json_texts[col.name] = texts
+            s = pd.Series([_NULL if t is None else t for t in texts], index=df.index, dtype=object)
         parts[col.name] = s
     h = pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy()
     return (h >> np.uint64(1)).astype(np.int64)
@@ -432,6 +478,36 @@ def _json_default(v: Any) -> Any:
     if isinstance(v, (bytes, bytearray)):
         return v.hex()
     raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+_STRICT_ENCODE = _make_encoder(strict=True)
+_LOOSE_ENCODE = _make_encoder(strict=False)
+
+
+def json_text_columns(table: sa.Table | sa.FromClause, names: list[str]) -> list[sa.ColumnElement[Any]]:
+    """Columns to select for ``names``, JSON ones as their text (``CAST(… AS TEXT)``), so the driver does
+    not parse every value on its own (one ``json.loads`` per row): ``decode_json_texts`` parses them in bulk."""
+    return [sa.cast(table.c[n], sa.Text).label(n) if isinstance(table.c[n].type, sa.JSON) else table.c[n] for n in names]
+
+
+_DECODE_SLICE = 10_000
+
+
+def decode_json_texts(df: pd.DataFrame, columns: list[sa.Column]) -> pd.DataFrame:
+    """Parse JSON columns selected with ``json_text_columns`` (SQL NULL and JSON null become None).
+
+    One ``json.loads`` of a JSON array per slice of values: about 3x faster than a call per value.
+    """
+    for col in columns:
+        if not isinstance(col.type, sa.JSON) or col.name not in df.columns or not len(df):
+            continue
+        texts = df[col.name].tolist()
+        vals: list[Any] = []
+        for i in range(0, len(texts), _DECODE_SLICE):
+            part = texts[i : i + _DECODE_SLICE]
+            vals.extend(json.loads("[" + ",".join(t if isinstance(t, str) else "null" for t in part) + "]"))
+        df[col.name] = pd.Series(vals, index=df.index, dtype=object)
+    return df
 
 
 def _plain_list(s: pd.Series) -> list[Any]:

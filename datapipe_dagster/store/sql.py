@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.store.pgcopy import executemany_frame
 from datapipe_dagster.store.schema import to_records
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def temp_keys(conn: sa.Connection, table: sa.Table | sa.FromClause, columns: lis
     )
     tmp.create(conn)
     try:
-        conn.execute(sa.insert(tmp), to_records(keys[columns]))
+        executemany_frame(conn, tmp, keys[columns])  # tuples: no per-row dictionaries
         yield tmp
     finally:
         tmp.drop(conn)

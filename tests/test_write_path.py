@@ -1,0 +1,147 @@
+"""The hot write path (issue 11): JSON serialised once in a canonical text, hashes unchanged, the
+write-sequence lock taken only after a commit's reads, SQLite's page cache. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import JSON, Column, Integer, String
+
+from datapipe_dagster import (
+    BatchTransform,
+    Catalog,
+    DataStore,
+    Pipeline,
+    Table,
+    TableStoreDB,
+    build_compute,
+    run_steps,
+)
+from datapipe_dagster.store.database import SQLITE_CACHE_KB
+from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS
+from datapipe_dagster.store.schema import _NULL, hash_rows, json_encoder
+
+
+def _docs(dbconn):  # noqa: ANN001, ANN202
+    schema = [Column("k", Integer(), primary_key=True), Column("j", JSON())]
+    return Catalog({"docs": Table(TableStoreDB("docs", dbconn, schema))}).get_datatable(DataStore(dbconn), "docs")
+
+
+def _stored_text(dbconn, k: int) -> str:  # noqa: ANN001
+    with dbconn.engine.connect() as c:
+        t = sa.Table("docs", sa.MetaData(schema=dbconn.schema), autoload_with=c)
+        return c.execute(sa.select(sa.cast(t.c.j, sa.Text)).where(t.c.k == k)).scalar_one()
+
+
+def test_json_is_stored_canonical_on_the_bulk_and_the_small_path(dbconn) -> None:
+    dt = _docs(dbconn)
+    value = {"b": 1, "a": {"d": [1, None], "c": "x\ty"}}
+    bulk = pd.DataFrame({"k": range(COPY_MIN_ROWS), "j": [value] * COPY_MIN_ROWS})
+    dt.store_chunk(bulk)  # COPY / executemany of the hash's text
+    dt.store_chunk(pd.DataFrame({"k": [10_000], "j": [value]}))  # a plain INSERT through SQLAlchemy
+    dt.store_chunk(pd.DataFrame({"k": [0], "j": [{"z": 0, "y": 1}]}))  # an upsert of a changed row
+    canonical = json.dumps(value, sort_keys=True)
+    assert _stored_text(dbconn, 1) == canonical
+    assert _stored_text(dbconn, 10_000) == canonical
+    assert _stored_text(dbconn, 0) == '{"y": 1, "z": 0}'
+    got = dt.get_data(pd.DataFrame({"k": [1, 10_000]}))
+    assert [list(v) for v in got["j"]] == [["a", "b"], ["a", "b"]]
+    assert got["j"].tolist() == [value, value]
+    # Written once more unchanged: the stored text hashes as the incoming value, nothing is rewritten.
+    assert len(dt.store_chunk(bulk.iloc[1:])) == 0
+
+
+def test_json_nulls_and_strings_read_back_from_the_bulk_text(dbconn) -> None:
+    dt = _docs(dbconn)
+    values = [None, "a json string", 3.5, [1, "two"], {"k": None}, True]
+    n = COPY_MIN_ROWS + len(values)
+    dt.store_chunk(pd.DataFrame({"k": range(n), "j": [values[i % len(values)] for i in range(n)]}))
+    got = dt.get_data().sort_values("k")["j"].tolist()
+    assert got == [values[i % len(values)] for i in range(n)]
+    assert dt.store.read_rows(pd.DataFrame({"k": [1, 2]})).sort_values("k")["j"].tolist() == ["a json string", 3.5]
+
+
+def test_row_hashes_are_those_of_the_sorted_json_dumps() -> None:
+    """Stored hashes must not change with the faster encoder: the text is ``json.dumps(sort_keys=True)``."""
+    cols = [Column("k", String(), primary_key=True), Column("j", JSON())]
+    df = pd.DataFrame({"k": ["a", "b", "c"], "j": [{"b": [1.5, None], "a": "é"}, None, ["x", {"z": 1, "y": 2}]]})
+    texts: dict[str, list[str | None]] = {}
+    got = hash_rows(df, cols, "t", strict_json=True, json_texts=texts)
+    ref_j = [_NULL if v is None else json.dumps(v, sort_keys=True) for v in df["j"]]
+    ref = pd.util.hash_pandas_object(pd.DataFrame({"k": df["k"], "j": ref_j}), index=False).to_numpy()
+    assert got.tolist() == (ref >> np.uint64(1)).astype(np.int64).tolist()
+    assert texts["j"] == [json.dumps(df["j"][0], sort_keys=True), None, json.dumps(df["j"][2], sort_keys=True)]
+    assert json_encoder(strict=False)(np.int64(3)) == "3"
+
+
+def test_a_commit_reads_every_output_before_taking_the_sequence_lock(dbconn) -> None:
+    """The write-sequence lock is held to commit: a transform's commit reads (hashes, stored metadata of
+    both outputs, superseded keys) and marks its keys first, so the lock spans only the writes."""
+    events = [Column("user_id", String(), primary_key=True), Column("event_id", String(), primary_key=True), Column("n", Integer())]
+    outs = {name: [Column("user_id", String(), primary_key=True), Column(name, Integer())] for name in ("total", "count")}
+    catalog = Catalog(
+        {"events": Table(TableStoreDB("events", dbconn, events))}
+        | {name: Table(TableStoreDB(name, dbconn, cols)) for name, cols in outs.items()}
+    )
+
+    def agg(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        g = df.groupby("user_id", as_index=False)
+        return g["n"].sum().rename(columns={"n": "total"}), g["n"].count().rename(columns={"n": "count"})
+
+    ds = DataStore(dbconn)
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(agg, ["events"], ["total", "count"])]))
+    catalog.get_datatable(ds, "events").store_chunk(
+        pd.DataFrame({"user_id": ["u1", "u1", "u2"], "event_id": ["e1", "e2", "e3"], "n": [1, 2, 3]})
+    )
+    statements: list[str] = []
+
+    @sa.event.listens_for(dbconn.engine, "before_cursor_execute")
+    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(" ".join(statement.split()).lower())
+
+    run_steps(ds, steps)
+    sa.event.remove(dbconn.engine, "before_cursor_execute", record)
+    takes = [i for i, s in enumerate(statements) if s.startswith("update") and "datapipe_seq" in s.split(" set ")[0]]
+    assert takes, statements
+    first = takes[0]
+    after = statements[first:]
+    assert not [s for s in after if s.startswith("select") and ("total_meta" in s or "count_meta" in s)], after
+    assert not [s for s in after if "__transform_meta" in s], after
+    total = catalog.get_datatable(ds, "total").get_data()
+    assert dict(zip(total["user_id"], total["total"], strict=True)) == {"u1": 3, "u2": 3}
+
+
+def test_sqlite_connections_get_a_bigger_page_cache(tmp_path) -> None:
+    from datapipe_dagster import DBConn
+
+    db = DBConn(f"sqlite:///{tmp_path}/c.sqlite")
+    with db.connect() as c:
+        assert c.exec_driver_sql("PRAGMA cache_size").scalar_one() == -SQLITE_CACHE_KB
+
+
+def test_an_idle_run_queries_no_table_and_a_change_is_still_seen(dbconn) -> None:
+    """Once every watermark has reached the current write sequence, a run with nothing stale asks only
+    the sequence, the watermarks and the failed keys: no input or output table is scanned."""
+    from tests.engine_helpers import event, seed_setup
+
+    ds, catalog, steps = seed_setup(dbconn)
+    events = catalog.get_datatable(ds, "events")
+    events.store_chunk(pd.DataFrame([event("u1", "e1", "click", "1.1.1.1"), event("u2", "e2", "view", "2.2.2.2")]))
+    run_steps(ds, steps)
+    run_steps(ds, steps)  # the outputs' watermarks catch up with the run's own writes
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(statement.lower())
+
+    sa.event.listen(dbconn.engine, "before_cursor_execute", record)
+    assert run_steps(ds, steps).steps[0].keys_processed == 0
+    sa.event.remove(dbconn.engine, "before_cursor_execute", record)
+    assert statements and not [s for s in statements if "events_meta" in s or "click_count_meta" in s or "ip_meta" in s]
+    events.store_chunk(pd.DataFrame([event("u1", "e1", "clack", "3.3.3.3")]))
+    assert run_steps(ds, steps).steps[0].keys_processed == 1
+    ip = catalog.get_datatable(ds, "ip").get_data()
+    assert dict(zip(ip["user_id"], ip["ip"], strict=True)) == {"u1": "3.3.3.3", "u2": "2.2.2.2"}
