@@ -194,6 +194,7 @@ def drive(home: Path, db: Path, events: pd.DataFrame | None, run: bool) -> None:
     observations) and, when ``run``, execute the runs it requests (a run whose keys fail may fail)."""
     import dagster as dg
 
+    from datapipe_dagster.dagster.inprocess import execute_request
     from example_project.definitions import make_definitions
     from example_project.demo import Driver
 
@@ -204,17 +205,9 @@ def drive(home: Path, db: Path, events: pd.DataFrame | None, run: bool) -> None:
         defs = make_definitions(st, partitions=PARTITIONS)
         with warnings.catch_warnings(), dg.DagsterInstance.from_config(str(home)) as instance:
             warnings.simplefilter("ignore")
-            res = Driver(defs, instance, BucketPartitions(PARTITIONS)).tick("parse_clicks_ip_stale_sensor")
+            res = Driver(defs, instance, parts=BucketPartitions(PARTITIONS)).tick("parse_clicks_ip_stale_sensor")
             for req in res.run_requests if run else []:
-                job = defs.resolve_implicit_job_def_def_for_assets(list(req.asset_selection or []))
-                assert job is not None
-                job.execute_in_process(
-                    instance=instance,
-                    partition_key=req.partition_key,
-                    asset_selection=list(req.asset_selection or []),
-                    tags=dict(req.tags),
-                    raise_on_error=False,
-                )
+                execute_request(defs, instance, req, raise_on_error=False)
     finally:
         st.dispose()
 
