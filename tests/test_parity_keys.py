@@ -20,6 +20,7 @@ from datapipe_dagster import (
     Input,
     Output,
     Pipeline,
+    RowTransform,
     Table,
     TableStoreDB,
     build_compute,
@@ -126,6 +127,11 @@ def test_cross_join_changelist_path(dbconn) -> None:
     changed = left.store_chunk(pd.DataFrame({"id_left": [1], "a": [5]}))
     res = run_steps_changelist(ds, [step], ChangeList.create("left", changed))
     assert res["lxr"].keys_processed == 2 and set(out.get_data().query("id_left == 1")["a"]) == {5}
+    left.store_chunk(pd.DataFrame({"id_left": [1], "a": [6]}))
+    ev = step.eval(pd.DataFrame({"id_left": [1], "id_right": [7]}))  # one key of the product, nothing written
+    assert ev.outputs["lxr"].updated[["id_left", "id_right", "a"]].to_numpy().tolist() == [[1, 7, 6]]
+    assert set(out.get_data().query("id_left == 1")["a"]) == {5}
+    run_steps(ds, [step])
     gone = left.delete_by_idx(pd.DataFrame({"id_left": [2]}))
     run_steps_changelist(ds, [step], ChangeList.create("left", gone))
     assert rows(out, ["id_left", "id_right"]) == [(1, 7), (1, 8)]
@@ -413,6 +419,8 @@ def test_inputs_and_outputs_must_be_names_or_specs() -> None:
         BatchTransform(cross, ["a", 3], ["b"])  # type: ignore[list-item]
     with pytest.raises(ConfigurationError, match=r"an output must be a table name or Output"):
         BatchTransform(cross, ["a"], [Input("b")])  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError, match=r"RowTransform 'cross': inputs and outputs are table names"):
+        RowTransform(cross, [Input("a", keys={"x": "y"})], ["b"])  # type: ignore[list-item]
 
 
 # ---------------------------------------------------------------- 3. outputs without the transform keys

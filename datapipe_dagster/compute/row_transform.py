@@ -110,6 +110,12 @@ class RowTransform(PipelineStep):
             raise ConfigurationError(
                 f"RowTransform {self.name!r}: needs exactly one input table, got {list(inputs)}"
             )
+        specs = [x for x in [*inputs, *outputs] if not isinstance(x, str)]
+        if specs:
+            raise ConfigurationError(
+                f"RowTransform {self.name!r}: inputs and outputs are table names, got {specs[0]!r}; key aliases "
+                "(Input) and cleanup=False outputs (Output) are BatchTransform's"
+            )
         if not outputs:
             raise ConfigurationError(f"RowTransform {self.name!r}: needs at least one output table")
         if chunk_size < 1:

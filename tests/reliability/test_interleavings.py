@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -167,7 +168,9 @@ class GatedProcessor:
     """A processor (its own DataStore and steps, as another process would have) whose transform stops at
     a gate before computing, so a scheduler decides when each call goes on."""
 
-    def __init__(self, dbconn, name: str, changelist: bool):  # noqa: ANN001
+    def __init__(self, dbconn, name: str, changelist: bool, setup=None, inner=parse_clicks_ip):  # noqa: ANN001
+        """``setup(dbconn, func)`` builds ``(ds, catalog, steps)`` around the gated ``func``, which calls
+        ``inner`` (default: the seed's pipeline)."""
         self.name, self.changelist = name, changelist
         self.state = "idle"  # idle | running | gate
         self.cond = threading.Condition()
@@ -175,16 +178,20 @@ class GatedProcessor:
         self.pending = None  # the changelist of the next run (changelist processors)
         self.error: BaseException | None = None
 
-        def func(df: pd.DataFrame):  # noqa: ANN202
+        def func(*dfs: pd.DataFrame):  # noqa: ANN202
             with self.cond:
                 self.state, self.go = "gate", False
                 self.cond.notify_all()
                 assert self.cond.wait_for(lambda: self.go, GATE_TIMEOUT), "never released"
                 self.state = "running"
-            return parse_clicks_ip(df)
+            return inner(*dfs)
 
-        func.__name__ = "parse_clicks_ip"
-        self.ds, self.catalog, self.steps = seed_setup(dbconn.__class__(dbconn.connstr, schema=dbconn.schema), func=func, chunk_size=1)
+        func.__name__ = inner.__name__
+        own = dbconn.__class__(dbconn.connstr, schema=dbconn.schema)
+        if setup is None:
+            self.ds, self.catalog, self.steps = seed_setup(own, func=func, chunk_size=1)
+        else:
+            self.ds, self.catalog, self.steps = setup(own, func)
         _ = self.steps[0].meta  # first use (DDL) before the race
 
     def _run(self) -> None:
@@ -219,6 +226,33 @@ class GatedProcessor:
         self._settle()
 
 
+def schedule(
+    rng: random.Random,
+    procs: list[GatedProcessor],
+    write: Callable[[], ChangeList],
+    check: Callable[[], None],
+    steps: int,
+    write_share: float,
+) -> None:
+    """``steps`` actions, each a write (``write_share`` of them) or the next move of a random processor
+    (release its gate, or start a run; a changelist processor's on a fresh write), ``check()`` after
+    each; then every processor is let finish."""
+    for _ in range(steps):
+        p = rng.choice(procs)
+        if rng.random() < write_share:
+            write()
+        elif p.state == "gate":
+            p.release()
+        elif p.changelist:
+            p.start(write())
+        else:
+            p.start()
+        check()
+    for p in procs:
+        while p.state == "gate":
+            p.release()
+
+
 @pytest.mark.parametrize("seed", [0, 2, 3])
 def test_random_interleavings(dbconn, seed: int) -> None:
     """A scheduler interleaves writes, full runs and changelist runs of three processors at random, one
@@ -239,23 +273,13 @@ def test_random_interleavings(dbconn, seed: int) -> None:
             return events.delete_by_idx(pd.DataFrame([row])[["user_id", "event_id"]])
         return events.store_chunk(pd.DataFrame([row]))
 
-    for _ in range(STEPS):
-        p = rng.choice(procs)
-        roll = rng.random()
-        if roll < 0.35:
-            write()
-        elif p.state == "gate":
-            p.release()
-        elif p.changelist:
-            p.start(ChangeList.create("events", write()))
-        else:
-            p.start()
+    def check() -> None:
+        nonlocal checks
         wrong = wrong_users(catalog, ds, events.get_data())
         assert wrong <= set(steps[0].get_stale_keys(advance_watermark=False)["user_id"]), f"silently wrong: {wrong}"
         checks += 1
-    for p in procs:
-        while p.state == "gate":
-            p.release()
+
+    schedule(rng, procs, lambda: ChangeList.create("events", write()), check, STEPS, write_share=0.35)
     run_steps(ds, steps, raise_on_error=True)
     assert wrong_users(catalog, ds, events.get_data()) == set()
     assert len(steps[0].get_stale_keys()) == 0

@@ -3,15 +3,17 @@ with a ``cleanup=False`` output: no update is lost and no deleted key's output c
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+import pytest
 
-from datapipe_dagster import DataStore, DBConn, run_steps
+from datapipe_dagster import ChangeList, DataStore, DBConn, run_steps
 from tests.engine_helpers import event, seed_setup
-from tests.reliability.test_interleavings import gated
+from tests.reliability.test_interleavings import GatedProcessor, gated, schedule
 from tests.test_parity_keys import cross, cross_setup, lr, means, model_setup, rows, stale
 
 GATE_TIMEOUT = 30
@@ -131,3 +133,45 @@ def test_first_processing_of_a_key_beside_the_delete_of_its_only_row(dbconn) -> 
     assert res_a[0].ok
     assert len(cat_a.get_datatable(ds_a, "click_count").get_data()) == 0
     assert len(steps_a[0].get_stale_keys(advance_watermark=False)) == 0
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_random_interleavings_of_a_cross_join(dbconn, seed: int) -> None:
+    """As ``test_interleavings.test_random_interleavings``, for a cross-join transform: writes (and
+    deletes) to either input, full runs and changelist runs of three processors, one action at a time.
+    A key whose output differs from the pandas product is always stale; at the end one run settles all."""
+    rng = random.Random(seed)
+
+    def setup(own: DBConn, func: Callable[..., Any]) -> tuple:
+        ds, step, *_ = cross_setup(own, func, name="lxr")
+        step.chunk_size = 2
+        _ = step.meta  # first use (DDL) before the race
+        return ds, None, [step]
+
+    ds, step, left, right, out = cross_setup(dbconn)
+    procs = [
+        GatedProcessor(dbconn, "full-a", False, setup, cross),
+        GatedProcessor(dbconn, "full-b", False, setup, cross),
+        GatedProcessor(dbconn, "cl", True, setup, cross),
+    ]
+
+    def write() -> ChangeList:
+        dt, col, val = rng.choice([(left, "id_left", "a"), (right, "id_right", "b")])
+        i = rng.randrange(3)
+        if rng.random() < 0.2:
+            return ChangeList.create(dt.name, dt.delete_by_idx(pd.DataFrame({col: [i]})))
+        return ChangeList.create(dt.name, dt.store_chunk(pd.DataFrame({col: [i], val: [rng.randrange(100)]})))
+
+    def wrong() -> set[tuple]:
+        want = cross(left.get_data(), right.get_data())
+        cols = ["id_left", "id_right", "a", "b"]
+        expected = {tuple(r[:2]): tuple(r) for r in want[cols].to_numpy().tolist()} if len(want) else {}
+        got = {tuple(r[:2]): tuple(r) for r in out.get_data()[cols].to_numpy().tolist()}
+        return {k for k in set(got) | set(expected) if got.get(k) != expected.get(k)}
+
+    def check() -> None:
+        assert wrong() <= set(stale(step)), "silently wrong"
+
+    schedule(rng, procs, write, check, 60, write_share=0.4)
+    run_steps(ds, [step], raise_on_error=True)
+    assert wrong() == set() and stale(step) == []
