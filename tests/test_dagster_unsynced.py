@@ -205,3 +205,24 @@ def test_a_source_mapped_to_every_partition_is_back_in_sync_after_the_runs(tmp_p
         b = sensor_round(defs, instance, "events_copy_stale_sensor", b)
         for key in [*KEYS, cp]:
             assert unsynced(defs, instance, key) == {}
+
+
+def test_a_partition_a_pending_run_will_process_is_not_observed(tmp_path) -> None:
+    """The run in flight may already have read the new rows: observing the partition now could leave it
+    Unsynced after that run, with no stale key. The tick observes it once nothing will process it."""
+    from test_dagster_truth import _in_flight
+
+    ds, catalog, defs = build(_sqlite(tmp_path), partitions=N)
+    events = catalog.get_datatable(ds, "events")
+    events.store_chunk(make_events(12))
+    with dg.instance_for_test() as instance:
+        cursor = sensor_round(defs, instance, SENSOR, None)
+        events.store_chunk(pd.concat([new_event(5, 500), new_event(6, 600)]))
+        busy = part_of(5)
+        run_id = _in_flight(instance, defs, KEYS, **{"dagster/partition": busy})
+        res = tick(defs, instance, SENSOR, cursor)
+        observed = {ev.partition for ev in res.asset_events}
+        assert busy not in observed and observed == {part_of(6)} - {busy}
+        instance.delete_run(run_id)
+        res = tick(defs, instance, SENSOR, res.cursor)
+        assert busy in {ev.partition for ev in res.asset_events}
