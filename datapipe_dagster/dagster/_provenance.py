@@ -22,6 +22,8 @@ from dagster._core.definitions.data_version import get_input_event_pointer_tag
 from dagster._core.definitions.source_asset import SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION
 from dagster._core.execution.plan.execute_step import _build_data_version_tags, _get_input_provenance_data
 
+from datapipe_dagster.dagster import constants as c
+
 EVENTS_BY_BODY = SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION
 """Output metadata key: Dagster logs no materialization for the output, the body yields them."""
 
@@ -45,8 +47,8 @@ def partition_materialization(
     code_version = step.job_def.asset_layer.get(asset_key).code_version or step.dagster_run.run_id
     tags = _build_data_version_tags(data_version, code_version, _get_input_provenance_data(asset_key, step), True)
     tags.update(input_pointer_tags(pointers or {}))
-    if backfill := context.run.tags.get("dagster/backfill"):
-        tags["dagster/backfill"] = backfill
+    if backfill := context.run.tags.get(c.BACKFILL_TAG):
+        tags[c.BACKFILL_TAG] = backfill
     return dg.AssetMaterialization(asset_key=asset_key, partition=partition, metadata=dict(metadata), tags=tags)
 
 

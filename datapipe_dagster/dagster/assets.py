@@ -122,7 +122,7 @@ def materializations(
     ds: DataStore,
     pointers: Mapping[dg.AssetKey, int] | None = None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
-    """One ``MaterializeResult`` per output, each partition with its own data version (``versions``).
+    """One ``MaterializeResult`` per output, each partition with its own data version (``output_version``).
 
     A run over several partitions gives the result only the run's range and yields one materialization
     per partition itself, with that partition's metadata and data version (Dagster would give every
