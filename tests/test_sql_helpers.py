@@ -96,3 +96,21 @@ def test_key_positions_match_pandas_for_multi_column_keys() -> None:
     assert key_positions(table, probe, ["a", "b"]).tolist() == [2, -1, 3, 1, -1]
     with_nan = pd.DataFrame({"a": ["x", "y"], "b": [1.0, np.nan]})
     assert key_positions(with_nan, pd.DataFrame({"a": ["y", "x"], "b": [np.nan, 1.0]}), ["a", "b"]).tolist() == [1, 0]
+
+
+def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn) -> None:
+    """SQLite plans ``(a, b) IN (VALUES …)`` alone as a scan of the whole table; ``key_clause`` adds the
+    leading column's ``IN`` so a keyed read costs its keys, not the table."""
+    from datapipe_dagster.store.sql import key_clause
+
+    if dbconn.backend != "sqlite":
+        return  # PostgreSQL plans the row-value list as index lookups either way
+    t = sa.Table(
+        "seek", sa.MetaData(), sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.Integer, primary_key=True),
+    )
+    dbconn.ensure_table(t)
+    stmt = sa.select(t.c.a).where(key_clause(t, ["a", "b"], [("x", 1), ("y", 2)]))
+    with dbconn.connect() as conn:
+        compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall())
+    assert "SEARCH seek" in plan and "SCAN seek" not in plan, plan

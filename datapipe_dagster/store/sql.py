@@ -47,10 +47,15 @@ def _batched(values: list[Any], columns: list[str], max_params: int = MAX_PARAMS
 
 
 def key_clause(table: sa.Table | sa.FromClause, columns: list[str], values: list[Any]) -> sa.ColumnElement[bool]:
-    """``(cols) IN (values)`` for one batch from ``key_batches``."""
+    """``(cols) IN (values)`` for one batch from ``key_batches``.
+
+    With several columns, also ``first IN (its values)``: SQLite plans a row-value ``IN`` list as a scan
+    of the whole table (1,000 two-column keys against 100,000 rows: 20 ms, growing with the table); the
+    leading column's ``IN`` lets it seek the key index instead (3 ms), and changes no result."""
     if len(columns) == 1:
         return table.c[columns[0]].in_(values)
-    return sa.tuple_(*[table.c[c] for c in columns]).in_(values)
+    lead = list(dict.fromkeys(v[0] for v in values))
+    return sa.and_(table.c[columns[0]].in_(lead), sa.tuple_(*[table.c[c] for c in columns]).in_(values))
 
 
 @contextmanager
