@@ -76,6 +76,8 @@ def test_few_keys_fetch_once_per_key_and_in_bounded_batches(dbconn) -> None:
         one = fetch_by_keys(conn, base, t, ["a", "b"], pd.DataFrame({"a": ["k1", "k1", "k0"], "b": [1, 1, 5]}), ["a", "b", "v"])
         assert sorted(one["v"]) == [10], "(k1, 1) once, (k0, 5) does not exist"
         assert len(statements) == 1
+        # On SQLite the leading column's IN rides along (the key index is sought, not scanned).
+        assert ("few.a IN" in statements[0]) == (dbconn.backend == "sqlite"), statements[0]
         idx = pd.DataFrame({"a": [f"k{i % 3}" for i in range(n)] * 2, "b": list(range(n)) * 2})
         many = fetch_by_keys(conn, base, t, ["a", "b"], idx, ["a", "b", "v"])
         assert sorted(many["v"]) == [i * 10 for i in range(n)]
@@ -100,7 +102,8 @@ def test_key_positions_match_pandas_for_multi_column_keys() -> None:
 
 def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn) -> None:
     """SQLite plans ``(a, b) IN (VALUES …)`` alone as a scan of the whole table; ``key_clause`` adds the
-    leading column's ``IN`` so a keyed read costs its keys, not the table."""
+    leading column's ``IN`` (``seek_lead``, which the fetch and delete helpers pass on SQLite) so a keyed
+    read costs its keys, not the table."""
     from datapipe_dagster.store.sql import key_clause
 
     if dbconn.backend != "sqlite":
@@ -109,7 +112,7 @@ def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn) -> None:
         "seek", sa.MetaData(), sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.Integer, primary_key=True),
     )
     dbconn.ensure_table(t)
-    stmt = sa.select(t.c.a).where(key_clause(t, ["a", "b"], [("x", 1), ("y", 2)]))
+    stmt = sa.select(t.c.a).where(key_clause(t, ["a", "b"], [("x", 1), ("y", 2)], seek_lead=True))
     with dbconn.connect() as conn:
         compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
         plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall())

@@ -89,7 +89,7 @@ class FileFingerprints:
         in the caller's write transaction."""
         self.dbconn.upsert(conn, self.table, to_records(fingerprints), self.keys)
         for batch in key_batches(gone, self.keys):
-            conn.execute(sa.delete(self.table).where(key_clause(self.table, self.keys, batch)))
+            conn.execute(sa.delete(self.table).where(key_clause(self.table, self.keys, batch, conn.dialect.name == "sqlite")))
 
 
 def live_hashes(conn: sa.Connection, meta: sa.Table, keys: list[str]) -> pd.DataFrame:

@@ -46,14 +46,19 @@ def _batched(values: list[Any], columns: list[str], max_params: int = MAX_PARAMS
         yield values[i : i + step]
 
 
-def key_clause(table: sa.Table | sa.FromClause, columns: list[str], values: list[Any]) -> sa.ColumnElement[bool]:
+def key_clause(
+    table: sa.Table | sa.FromClause, columns: list[str], values: list[Any], seek_lead: bool = False
+) -> sa.ColumnElement[bool]:
     """``(cols) IN (values)`` for one batch from ``key_batches``.
 
-    With several columns, also ``first IN (its values)``: SQLite plans a row-value ``IN`` list as a scan
-    of the whole table (1,000 two-column keys against 100,000 rows: 20 ms, growing with the table); the
-    leading column's ``IN`` lets it seek the key index instead (3 ms), and changes no result."""
+    With ``seek_lead`` (pass it on SQLite) and several columns, also ``first IN (its values)``: SQLite plans
+    a row-value ``IN`` list as a scan of the whole table (1,000 two-column keys against 100,000 rows:
+    20 ms, growing with the table); the leading column's ``IN`` lets it seek the key index instead (3 ms),
+    and changes no result. PostgreSQL plans the row values as index lookups already."""
     if len(columns) == 1:
         return table.c[columns[0]].in_(values)
+    if not seek_lead:
+        return sa.tuple_(*[table.c[c] for c in columns]).in_(values)
     lead = list(dict.fromkeys(v[0] for v in values))
     return sa.and_(table.c[columns[0]].in_(lead), sa.tuple_(*[table.c[c] for c in columns]).in_(values))
 
@@ -120,7 +125,10 @@ def fetch_by_keys(
         values = _distinct_keys(keys, columns)
         if not values:
             return fetch_frame(conn, base.where(sa.false()), out_columns)
-        frames = [fetch_frame(conn, base.where(key_clause(table, columns, b)), out_columns) for b in _batched(values, columns)]
+        seek = conn.dialect.name == "sqlite"
+        frames = [
+            fetch_frame(conn, base.where(key_clause(table, columns, b, seek)), out_columns) for b in _batched(values, columns)
+        ]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     if conn.dialect.name == "postgresql":
         return fetch_frame(conn, base.where(_in_select(table, columns, _pg_unnest_keys(table, columns, keys))), out_columns)
@@ -133,7 +141,7 @@ def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx
     keys = idx[columns].drop_duplicates()
     if len(keys) <= SMALL_KEYS:
         for b in key_batches(keys, columns):
-            conn.execute(sa.delete(table).where(key_clause(table, columns, b)))
+            conn.execute(sa.delete(table).where(key_clause(table, columns, b, conn.dialect.name == "sqlite")))
         return
     if conn.dialect.name == "postgresql":
         conn.execute(sa.delete(table).where(_in_select(table, columns, _pg_unnest_keys(table, columns, keys))))
