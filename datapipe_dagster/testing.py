@@ -50,7 +50,7 @@ from datapipe_dagster.store.base import FileListing, TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
 from datapipe_dagster.store.filedir import BytesFile, JSONFile, TableStoreFiledir, TextFile
 from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 from datapipe_dagster.types import ChangeList
 
 StoreFactory = Callable[[Path, DBConn], TableStore]

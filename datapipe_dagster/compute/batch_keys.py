@@ -237,7 +237,7 @@ class KeyedBatchStep(ComputeStep):
             return tmeta.count_failed(conn)
 
     def _typed(self, keys: pd.DataFrame) -> pd.DataFrame:
-        from datapipe_dagster.store.schema import conform_types
+        from datapipe_dagster.store.records import conform_types
 
         return conform_types(keys.reset_index(drop=True), self.key_schema())
 

@@ -15,7 +15,7 @@ from datapipe_dagster.compute.datatable import DataTable, WriteResult
 from datapipe_dagster.compute.result import StepResult, failed_frame
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import anti_join
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 
 log = logging.getLogger("datapipe_dagster")
 

@@ -18,7 +18,7 @@ from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError
 from datapipe_dagster.frames import anti_join, has_key, plain
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 from datapipe_dagster.types import ChangeList
 
 log = logging.getLogger("datapipe_dagster")

@@ -407,7 +407,7 @@ class DataTable:
         return data.reset_index(drop=True)
 
     def _read_joined(self, conn: sa.Connection, d: sa.Table, idx: pd.DataFrame | None) -> pd.DataFrame:
-        from datapipe_dagster.store.schema import conform_types, decode_json_texts, json_text_columns
+        from datapipe_dagster.store.records import conform_types, decode_json_texts, json_text_columns
 
         store = self.table_store
         m = self.meta.table

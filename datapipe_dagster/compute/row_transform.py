@@ -40,7 +40,7 @@ from datapipe_dagster.compute.result import StepResult, error_text
 from datapipe_dagster.compute.spec import code_version_of
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, SkipRow
 from datapipe_dagster.frames import anti_join
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 
 log = logging.getLogger("datapipe_dagster")
 

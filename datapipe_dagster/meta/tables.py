@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.database import DBConn
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 META_COLUMNS = ["hash", "create_ts", "update_ts", "delete_ts", "seq"]

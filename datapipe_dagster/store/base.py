@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.store.schema import coerce_frame, empty_frame, hash_rows
+from datapipe_dagster.store.rowhash import hash_rows
+from datapipe_dagster.store.schema import coerce_frame, empty_frame
 
 if TYPE_CHECKING:
     from datapipe_dagster.store.database import DBConn

@@ -18,14 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from datapipe_dagster.errors import ConfigurationError, LockTimeoutError, StorageFullError
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame, executemany_frame
-from datapipe_dagster.store.schema import (
-    conform_types,
-    decode_json_texts,
-    hash_rows,
-    json_encoder,
-    json_text_columns,
-    to_records,
-)
+from datapipe_dagster.store.records import conform_types, decode_json_texts, json_text_columns, to_records
+from datapipe_dagster.store.rowhash import hash_rows, json_encoder
 from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
 
 try:  # COPY raises the driver's own error, not SQLAlchemy's

@@ -23,7 +23,8 @@ from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.fs import TMP_PREFIX, filesystem_of
 from datapipe_dagster.store.pattern import PathPattern
-from datapipe_dagster.store.schema import coerce_frame, conform_types, empty_frame, to_records
+from datapipe_dagster.store.records import conform_types, to_records
+from datapipe_dagster.store.schema import coerce_frame, empty_frame
 from datapipe_dagster.store.schemaless import SchemalessColumns
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

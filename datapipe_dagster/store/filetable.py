@@ -28,7 +28,8 @@ from datapipe_dagster.frames import anti_join, has_key
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.filedir import reason_of
 from datapipe_dagster.store.fs import atomic_write
-from datapipe_dagster.store.schema import coerce_frame, conform_types, empty_frame, to_records
+from datapipe_dagster.store.records import conform_types, to_records
+from datapipe_dagster.store.schema import coerce_frame, empty_frame
 from datapipe_dagster.store.schemaless import SchemalessColumns
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.store.pgcopy import executemany_frame
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 
 if TYPE_CHECKING:
     from datapipe_dagster.store.database import DBConn
