@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.database import DBConn, TableStoreDB
-from datapipe_dagster.store.filedir import BytesFile, JSONFile, TableStoreFiledir, TextFile
+from datapipe_dagster.store.file_adapters import BytesFile, JSONFile, TextFile
+from datapipe_dagster.store.filedir import TableStoreFiledir
 from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine
 from datapipe_dagster.store.records import to_records
 
