@@ -12,10 +12,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
-from datapipe_dagster.frames import key_positions
+from datapipe_dagster.frames import anti_join, key_positions
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
 from datapipe_dagster.store.base import SQLTable, TableStore
-from datapipe_dagster.store.database import DBConn, TableStoreDB
+from datapipe_dagster.store.database import DBConn
+from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame
 
 
@@ -272,10 +273,8 @@ class DataTable:
         )
 
     def _hash(self, df: pd.DataFrame, texts: dict[str, list[str | None]]) -> np.ndarray:
-        """Row hashes; a SQL store also leaves the JSON text it hashed in ``texts`` (serialised once)."""
-        if isinstance(self.table_store, TableStoreDB):
-            return self.table_store.hash_rows(df, self.name, json_texts=texts)
-        return self.table_store.hash_rows(df, self.name)
+        """Row hashes; a store that can store the JSON text it hashed leaves it in ``texts`` (serialised once)."""
+        return self.table_store.hash_rows(df, self.name, json_texts=texts)
 
     def _scoped_meta(self, conn: sa.Connection, df: pd.DataFrame, processed_idx: pd.DataFrame | None) -> pd.DataFrame | None:
         """The metadata (deleted rows included) of every row under ``processed_idx``, when each row of
@@ -317,8 +316,7 @@ class DataTable:
             alive_keys = self.meta.get_alive_keys(conn, processed_idx)
         if not len(alive_keys):
             return pd.DataFrame({c: [] for c in pks})
-        gone = key_positions(df, alive_keys, pks) < 0 if len(df) else np.ones(len(alive_keys), dtype=bool)
-        return alive_keys.loc[gone, pks].reset_index(drop=True)
+        return anti_join(alive_keys[pks], df, pks)
 
     def _write_rows(
         self,
@@ -340,11 +338,8 @@ class DataTable:
         if write_data:
             if fresh.any():
                 rows = wdf.loc[fresh]
-                if isinstance(self.table_store, TableStoreDB):
-                    texts = None if encoded is None else encoded.loc[rows.index]
-                    self.table_store.insert_rows(rows, conn=data_conn, encoded=texts)
-                else:
-                    self.table_store.insert_rows(rows, conn=data_conn)
+                texts = None if encoded is None else encoded.loc[rows.index]
+                self.table_store.insert_rows(rows, conn=data_conn, encoded=texts)
             if (~fresh).any():
                 self.table_store.write_rows(wdf.loc[~fresh], conn=data_conn)
         n = len(wdf)
@@ -369,15 +364,10 @@ class DataTable:
     def _mark_deleted(self, conn: sa.Connection, keys: pd.DataFrame, first_seq: int, now: float) -> None:
         t = self.meta.table
         pks = self.primary_keys
-        recs = keys[pks].to_dict("records")
         params = [
-            {**{f"k_{k}": r[k] for k in pks}, "d_ts": now, "d_seq": first_seq + i} for i, r in enumerate(recs)
+            {**{f"k_{k}": r[k] for k in pks}, "d_ts": now, "d_seq": first_seq + i}
+            for i, r in enumerate(to_records(keys[pks]))
         ]
-        for p in params:
-            for k in pks:
-                v = p[f"k_{k}"]
-                if isinstance(v, np.generic):
-                    p[f"k_{k}"] = v.item()
         stmt = (
             sa.update(t)
             .where(*[t.c[k] == sa.bindparam(f"k_{k}") for k in pks])

@@ -137,7 +137,9 @@ class TableStoreFiledir(TableStore):
             return self._free.validate(df)
         return super().validate(df)
 
-    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
+    def hash_rows(
+        self, df: pd.DataFrame, table: str | None = None, json_texts: dict[str, list[str | None]] | None = None
+    ) -> np.ndarray:
         if self._free is not None:
             return self._free.hash_rows(df)
         view = self.adapter.hashable(df, self.data_columns, table or self.name)

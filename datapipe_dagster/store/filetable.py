@@ -121,7 +121,9 @@ class FileTableStore(TableStore):
             return self._free.validate(df)
         return super().validate(df)
 
-    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
+    def hash_rows(
+        self, df: pd.DataFrame, table: str | None = None, json_texts: dict[str, list[str | None]] | None = None
+    ) -> np.ndarray:
         if self._free is not None:
             return self._free.hash_rows(df)
         return super().hash_rows(df, table)
