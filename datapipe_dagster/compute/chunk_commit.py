@@ -11,8 +11,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.batch_keys import KeyedBatchStep
-from datapipe_dagster.compute.datatable import DataTable, WriteResult
+from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.compute.result import StepResult, failed_frame
+from datapipe_dagster.compute.table_write import WriteResult
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import anti_join
 from datapipe_dagster.store.records import to_records
