@@ -59,6 +59,8 @@ def test_testing_module_does_not_import_pytest() -> None:
 
 def test_module_paths_users_import_survive_the_splits() -> None:
     """Names users import from a module path (datapipe's own, or the conformance suites) stay there."""
+    from datapipe_dagster.store.database import DBConn as DBConn_
+    from datapipe_dagster.store.database import TableStoreDB as TableStoreDB_
     from datapipe_dagster.store.filedir import BytesFile, FileAdapter, JSONFile, TableStoreFiledir, TextFile
     from datapipe_dagster.testing import StepCase, StepConformance, StoreConformance, builtin_store_factories
 
@@ -66,6 +68,7 @@ def test_module_paths_users_import_survive_the_splits() -> None:
         datapipe_dagster.BytesFile, datapipe_dagster.FileAdapter, datapipe_dagster.JSONFile,
         datapipe_dagster.TableStoreFiledir, datapipe_dagster.TextFile,
     )
+    assert (DBConn_, TableStoreDB_) == (DBConn, TableStoreDB)
     assert all(callable(x) for x in (StepCase, StepConformance, StoreConformance, builtin_store_factories))
 
 

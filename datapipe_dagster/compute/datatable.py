@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from datapipe_dagster.compute.table_write import TableWriter
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
 from datapipe_dagster.store.base import SQLTable, TableStore
-from datapipe_dagster.store.database import DBConn
+from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.meta.keyhash import key_hash
-from datapipe_dagster.store.database import DBConn
+from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 

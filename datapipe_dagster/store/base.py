@@ -25,7 +25,7 @@ from datapipe_dagster.store.rowhash import hash_rows
 from datapipe_dagster.store.schema import coerce_frame, empty_frame
 
 if TYPE_CHECKING:
-    from datapipe_dagster.store.database import DBConn
+    from datapipe_dagster.store.dbconn import DBConn
 
 
 @dataclass(frozen=True)

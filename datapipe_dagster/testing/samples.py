@@ -14,7 +14,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.database import DBConn, TableStoreDB
+from datapipe_dagster.store.database import TableStoreDB
+from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.file_adapters import BytesFile, JSONFile, TextFile
 from datapipe_dagster.store.filedir import TableStoreFiledir
 from datapipe_dagster.store.filetable import TableStoreCSV, TableStoreExcel, TableStoreJsonLine

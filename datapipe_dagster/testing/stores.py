@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.store.base import FileListing, TableStore
-from datapipe_dagster.store.database import DBConn
+from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.testing.samples import canonical, first_data_column, sample_frame
 
