@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -70,11 +71,18 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=50)
     ap.add_argument("--partitions", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=120.0, help="per sample")
+    ap.add_argument(
+        "--instance-yaml",
+        default=str(REPO / "example_project" / "dagster.yaml"),
+        help="dagster.yaml copied into the temporary DAGSTER_HOME ('none': Dagster's defaults)",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_latency_") as tmp:
         home = Path(tmp) / "dagster_home"
         home.mkdir()
+        if args.instance_yaml != "none":
+            shutil.copy(args.instance_yaml, home / "dagster.yaml")
         db = Path(tmp) / "data.sqlite"
         env = {
             "DATAPIPE_EXAMPLE_SENSOR_INTERVAL": str(args.interval),
@@ -110,7 +118,8 @@ def main() -> None:
                 time.sleep(rng.uniform(0, args.interval))
             queued, worker = run_breakdown(home)
     print(
-        f"event -> derived row through dagster dev (interval {args.interval} s, {args.samples} samples): "
+        f"event -> derived row through dagster dev (interval {args.interval} s, {args.samples} samples, "
+        f"instance {Path(args.instance_yaml).name}): "
         f"p50 {statistics.median(lat):.2f} s, p95 {percentile(lat, 0.95):.2f} s, "
         f"min {min(lat):.2f} s, max {max(lat):.2f} s"
     )
@@ -125,6 +134,7 @@ def run_breakdown(home: Path) -> tuple[list[float], list[float]]:
     """Per finished run: created -> started, and started -> finished (seconds)."""
     import dagster as dg
 
+    os.environ["DAGSTER_HOME"] = str(home)  # the example's dagster.yaml names its storage by it
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
     queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time and r.end_time]

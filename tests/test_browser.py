@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
 import pytest
 from example_helpers import EXAMPLE_TABLES, REPO, running_dagster_dev
 
@@ -117,14 +118,98 @@ def test_asset_graph_and_partitions_page_in_chromium(
             page.screenshot(
                 path=str(ARTIFACTS / f"click_count-partition-{materialized[0]}.png"), full_page=True
             )
+
+            # The runs settled with no stale key: no partition is Unsynced (Dagster shows staleness of a
+            # partitioned asset on each partition's page).
+            part_url = f"{web.url}/assets/click_count?view=partitions&partition="
+            page.goto(part_url + materialized[0], wait_until="domcontentloaded")
+            expect(page.get_by_text("datapipe/keys_processed").first).to_be_visible()
+            assert page.get_by_text("Unsynced").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "in-sync.png"), full_page=True)
+
+            # A new event of one user, seen by the sensor's tick, its run not yet executed: exactly that
+            # partition is Unsynced; once the run committed, it is in sync again.
+            user, partition = first_user(db)
+            drive(
+                home,
+                db,
+                pd.DataFrame(
+                    [{"user_id": user, "event_id": "x1", "event": {"event_type": "click", "ip": "9.9.9.9"}}]
+                ),
+                run=False,
+            )
+            page.goto(part_url + partition, wait_until="domcontentloaded")
+            expect(page.get_by_text("Unsynced").first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "unsynced.png"), full_page=True)
+            drive(home, db, None, run=True)
+            page.goto(part_url + partition, wait_until="domcontentloaded")
+            expect(page.get_by_text("datapipe/keys_processed").first).to_be_visible()
+            assert page.get_by_text("Unsynced").count() == 0
+
+            # An event whose JSON does not parse: its run fails that key, and the check on click_count
+            # turns red naming the key and its partition.
+            drive(
+                home, db, pd.DataFrame([{"user_id": user, "event_id": "x2", "event": "{not json"}]), run=True
+            )
+            page.goto(f"{web.url}/assets/click_count?view=checks", wait_until="domcontentloaded")
+            page.get_by_text("parse_clicks_ip_no_failed_keys").first.click()
+            expect(page.get_by_text("Failed").first).to_be_visible()
+            # The check's table of failed keys: user_id | partition | error.
+            expect(page.get_by_role("columnheader", name="partition", exact=True).first).to_be_visible()
+            expect(page.get_by_role("cell", name=user, exact=True).first).to_be_visible()
+            expect(page.get_by_role("cell", name=partition, exact=True).first).to_be_visible()
+            expect(page.get_by_text("JSONDecodeError").first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "failed-key-check.png"), full_page=True)
         finally:
             browser.close()
     for name in (
         "asset-graph.png",
         "click_count-partitions.png",
         f"click_count-partition-{materialized[0]}.png",
+        "in-sync.png",
+        "unsynced.png",
+        "failed-key-check.png",
     ):
         assert (ARTIFACTS / name).stat().st_size > 10_000, name
+    if os.environ.get("DATAPIPE_UPDATE_DOC_IMAGES", "") not in ("", "0"):
+        for name in ("in-sync.png", "unsynced.png", "failed-key-check.png"):
+            shutil.copy(ARTIFACTS / name, REPO / "docs" / "img" / name)
+
+
+def first_user(db: Path) -> tuple[str, str]:
+    """A user with derived rows, and its partition."""
+    st = open_store(db)
+    try:
+        user = str(st.catalog.get_datatable(st.ds, "click_count").get_data()["user_id"].iloc[0])
+    finally:
+        st.dispose()
+    (partition,) = BucketPartitions(PARTITIONS).stale_partitions(
+        pd.DataFrame({"user_id": [user]}), ["user_id"]
+    )
+    return user, partition
+
+
+def drive(home: Path, db: Path, events: pd.DataFrame | None, run: bool) -> None:
+    """Store ``events``, tick ``parse_clicks_ip``'s sensor in process as the daemon would (recording its
+    observations) and, when ``run``, execute the runs it requests (a run whose keys fail may fail)."""
+    import dagster as dg
+
+    from datapipe_dagster.dagster.inprocess import execute_request
+    from example_project.definitions import make_definitions
+    from example_project.demo import Driver
+
+    st = open_store(db)
+    try:
+        if events is not None:
+            st.catalog.get_datatable(st.ds, "events").store_chunk(events)
+        defs = make_definitions(st, partitions=PARTITIONS)
+        with warnings.catch_warnings(), dg.DagsterInstance.from_config(str(home)) as instance:
+            warnings.simplefilter("ignore")
+            res = Driver(defs, instance, parts=BucketPartitions(PARTITIONS)).tick("parse_clicks_ip_stale_sensor")
+            for req in res.run_requests if run else []:
+                execute_request(defs, instance, req, raise_on_error=False)
+    finally:
+        st.dispose()
 
 
 def dismiss_welcome(page: Page) -> None:

@@ -15,12 +15,17 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from datapipe_dagster.compute.datatable import DataTable
+from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.compute.partition_runner import PartitionOutcome, PartitionRunner
 from datapipe_dagster.compute.partitioning import Buckets
 from datapipe_dagster.compute.result import OutputStats
 from datapipe_dagster.compute.steps import KeyedStep, Step
 from datapipe_dagster.dagster import constants as c
+from datapipe_dagster.dagster._provenance import (
+    input_pointer_tags,
+    output_reported_by_body,
+    partition_materialization,
+)
 from datapipe_dagster.dagster.metadata import (
     check_metadata,
     failed_with_partitions,
@@ -29,6 +34,12 @@ from datapipe_dagster.dagster.metadata import (
 )
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
+from datapipe_dagster.dagster.versions import (
+    latest_observation_ids,
+    never_observed,
+    output_version,
+    source_observations,
+)
 from datapipe_dagster.errors import DatapipeError
 
 
@@ -108,10 +119,18 @@ def materializations(
     mode: str,
     partitions: list[str] | None,
     runner: PartitionRunner | None,
-) -> Iterator[dg.MaterializeResult]:
-    """One ``MaterializeResult`` per output; a run over several partitions attaches each partition's own
-    metadata with ``add_asset_metadata`` and gives the result only the run's range."""
+    ds: DataStore,
+    pointers: Mapping[dg.AssetKey, int] | None = None,
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+    """One ``MaterializeResult`` per output, each partition with its own data version (``output_version``).
+
+    A run over several partitions gives the result only the run's range and yields one materialization
+    per partition itself, with that partition's metadata and data version (Dagster would give every
+    partition of the run the same one). ``pointers``: source observations the run read, when Dagster
+    found none at step start.
+    """
     key_cols = runner.key_cols if runner is not None else []
+    seq = ds.current_seq()  # the data version of every output partition this run changed
     for spec, dt in zip(out_specs, step.output_dts, strict=True):
         per_partition = {
             o.partition: output_metadata(
@@ -126,15 +145,26 @@ def materializations(
             )
             for o in outcomes
         }
+        versions = {
+            o.partition: output_version(
+                context.instance, spec.key, o.partition, o.result.outputs.get(dt.name, OutputStats()), seq
+            )
+            for o in outcomes
+        }
         if len(outcomes) == 1 or not partitions:
-            yield dg.MaterializeResult(asset_key=spec.key, metadata=per_partition[outcomes[0].partition])
+            p0 = outcomes[0].partition
+            yield dg.MaterializeResult(
+                asset_key=spec.key,
+                metadata=per_partition[p0],
+                data_version=versions[p0],
+                tags=input_pointer_tags(pointers or {}) or None,
+            )
             continue
+        run_md = {c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"}
+        yield dg.MaterializeResult(asset_key=spec.key, metadata=output_reported_by_body(run_md))
         for p, md in per_partition.items():
-            context.add_asset_metadata(md, asset_key=spec.key, partition_key=p)
-        yield dg.MaterializeResult(
-            asset_key=spec.key,
-            metadata={c.META_MODE: mode, c.META_RUN_PARTITIONS: f"{partitions[0]}..{partitions[-1]}"},
-        )
+            assert p is not None
+            yield partition_materialization(context, spec.key, p, md, versions[p], pointers)
 
 
 def fail_on_failed_keys(props: StepProps, outcomes: list[PartitionOutcome], runner: PartitionRunner | None) -> None:
@@ -172,6 +202,8 @@ def build_step_asset(
     check_specs = specs.check_specs.get(props.name, [])
     runner = PartitionRunner(step, parts) if isinstance(step, KeyedStep) else None
     partitioned = runner is not None and runner.parts is not None
+    source_keys = [specs.key(t) for t in props.inputs if t in specs.partitioned_sources]
+    ds = step.output_dts[0].ds  # its write sequence versions the outputs (a step asset has outputs)
 
     @dg.multi_asset(
         name=c.op_name(props.name),
@@ -185,11 +217,18 @@ def build_step_asset(
     def _step_asset(context: AssetExecutionContext) -> Iterator[Any]:
         mode = run_mode(context.run.tags)
         partitions = list(context.partition_keys) if partitioned else None
+        # A source table never observed gives the run no event to point to, and Dagster could then never
+        # tell that the table changed after it: observe it first (in the run's partitions) and record
+        # that observation as what the run read.
+        baseline = never_observed(context.instance, source_keys) if partitions else []
+        if baseline and partitions:
+            yield from source_observations(baseline, partitions, ds.current_seq())
+        pointers = latest_observation_ids(context.instance, baseline)
         outcomes = run_step(step, runner, props, mode, partitions, context.run.tags)
         summary = run_summary(partitions, [o.result for o in outcomes])
         context.log.info("%s: %s (%s)", props.name, summary, mode)
         tag_run(context, summary)
-        yield from materializations(context, step, out_specs, outcomes, mode, partitions, runner)
+        yield from materializations(context, step, out_specs, outcomes, mode, partitions, runner, ds, pointers)
         if runner is not None:  # checks are declared for keyed steps only
             for cs in check_specs:
                 yield failed_keys_check(runner.step, cs, runner.key_cols, runner.parts)

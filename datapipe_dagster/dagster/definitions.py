@@ -25,6 +25,7 @@ from datapipe_dagster.dagster.io_manager import Binding, DatapipeIOManager
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.sensors import Upstream, build_step_sensor
 from datapipe_dagster.dagster.translator import DatapipeSpecs, DatapipeTranslator, StepProps, build_specs
+from datapipe_dagster.dagster.versions import observable_table
 from datapipe_dagster.errors import ConfigurationError
 
 DEFAULT_IO_MANAGER_KEY = "datapipe_io_manager"
@@ -131,8 +132,13 @@ def build_definitions(
     user_keys = _keys_of(assets)
     status = dg.DefaultSensorStatus.RUNNING if sensors_running else dg.DefaultSensorStatus.STOPPED
 
+    input_dts = {dt.name: dt for step in steps for dt in step.input_dts}
     all_assets: list[Any] = [
-        specs.table_specs[t] for t in specs.source_tables if specs.key(t) not in user_keys
+        specs.table_specs[t]
+        if t in specs.partitioned_sources or t not in input_dts
+        else observable_table(specs.table_specs[t], input_dts[t])
+        for t in specs.source_tables
+        if specs.key(t) not in user_keys
     ]
     sensors: list[dg.SensorDefinition] = []
     jobs: list[dg.UnresolvedAssetJobDefinition] = []

@@ -20,10 +20,12 @@ from datapipe_dagster.compute.partition_runner import PartitionRunner, stale_by_
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster import constants as c
+from datapipe_dagster.dagster._provenance import output_reported_by_body, partition_materialization
 from datapipe_dagster.dagster.assets import failed_keys_check, failure_message, preview, run_mode, tag_run
 from datapipe_dagster.dagster.metadata import failed_with_partitions, output_metadata, run_summary
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
+from datapipe_dagster.dagster.versions import never_observed, output_version, source_observations
 from datapipe_dagster.errors import DatapipeError
 
 PARTITION_OP_SUFFIX = "_partition"
@@ -94,6 +96,8 @@ def build_fanout_step_asset(
         for i, (key, d) in enumerate(deps.items())
     }
     check_outs = [cs.get_python_identifier() for cs in check_specs]
+    source_keys = [specs.key(t) for t in props.inputs if t in specs.partitioned_sources]
+    ds = step.output_dts[0].ds  # its write sequence versions the outputs (a step asset has outputs)
     tags = {"datapipe/step": props.name}
 
     @dg.op(
@@ -105,6 +109,12 @@ def build_fanout_step_asset(
     def plan(context: OpExecutionContext):  # noqa: ANN202 - a generator of DynamicOutputs
         for p in context.partition_keys:
             parts.bucket_of(p)  # an unknown key fails here, naming the valid ones
+        # A source never observed is observed here, before the fan-in step reads its provenance (see
+        # assets.build_step_asset).
+        baseline = never_observed(context.instance, source_keys)
+        if baseline:
+            yield from source_observations(baseline, list(context.partition_keys), ds.current_seq())
+        for p in context.partition_keys:
             yield dg.DynamicOutput(p, mapping_key=p)
 
     @dg.op(name=base + PARTITION_OP_SUFFIX, tags=tags)
@@ -134,7 +144,9 @@ def build_fanout_step_asset(
         tag_run(context, summary)
         counts = stale_by_partition(step, parts).counts
         by_table = {s["partition"]: s["changed"] for s in summaries}
+        seq = ds.current_seq()
         for (name, _), spec, dt in zip(outs.items(), out_specs, step.output_dts, strict=True):
+            mats = []
             for p, r in results.items():
                 changed = pd.DataFrame(by_table[p].get(dt.name, []))
                 md = output_metadata(
@@ -147,11 +159,18 @@ def build_fanout_step_asset(
                     preview=preview(dt, changed),
                     parts=parts,
                 )
-                context.add_asset_metadata(md, asset_key=spec.key, partition_key=p)
-            run_md = {c.META_MODE: mode}
+                stats = r.outputs.get(dt.name, OutputStats())
+                mats.append(
+                    partition_materialization(
+                        context, spec.key, p, md, output_version(context.instance, spec.key, p, stats, seq)
+                    )
+                )
+            run_md: dict[str, Any] = {c.META_MODE: mode}
             if partitions:
                 run_md[c.META_RUN_PARTITIONS] = f"{partitions[0]}..{partitions[-1]}"
-            yield dg.Output(None, output_name=name, metadata=run_md)
+            # Each partition gets its own data version: the fan-in reports the materializations itself.
+            yield dg.Output(None, output_name=name, metadata=output_reported_by_body(run_md))
+            yield from mats
         for cs in check_specs:
             yield failed_keys_check(step, cs, key_cols, parts)
         failed_total = sum(r.keys_failed for r in results.values())

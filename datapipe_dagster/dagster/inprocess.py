@@ -93,4 +93,8 @@ class SensorDriver:
         res = tick_sensor(self.defs, self.instance, name, self.cursors.get(name))
         if res.cursor is not None:
             self.cursors[name] = res.cursor
+        # The daemon records a tick's observations (source tables that changed): so does the driver,
+        # so Dagster's staleness ("Unsynced") reads the same history as under `dagster dev`.
+        for ev in res.asset_events:
+            self.instance.report_runless_asset_event(ev)
         return res

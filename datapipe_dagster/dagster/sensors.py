@@ -32,6 +32,7 @@ from datapipe_dagster.compute.steps import KeyedStep, ScanningStep, Step
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.partitions import BucketPartitions
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
+from datapipe_dagster.dagster.versions import source_observations
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.database import UNREACHABLE_ERRORS
 
@@ -45,6 +46,7 @@ class Cursor:
     top: int | None = None  # unkeyed steps: the highest input sequence seen
     src: dict[str, int] = field(default_factory=dict)  # observed source tables: their highest sequence
     wait: float | None = None  # since when (epoch seconds) the step waits for its upstream steps
+    wide: int | None = None  # the newest Dagster event of the step's wide inputs its runs covered
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor:
@@ -60,20 +62,30 @@ class Cursor:
             top=d.get("top"),
             src=dict(d.get("src") or {}),
             wait=d.get("wait"),
+            wide=d.get("wide"),
         )
 
     def dump(self) -> str:
-        d = {"seq": self.seq, "code": self.code, "top": self.top, "src": self.src or None, "wait": self.wait}
+        d = {
+            "seq": self.seq,
+            "code": self.code,
+            "top": self.top,
+            "src": self.src or None,
+            "wait": self.wait,
+            "wide": self.wide,
+        }
         return json.dumps({k: v for k, v in d.items() if v is not None})
 
 
 def observe_sources(
-    ds: DataStore, sources: dict[str, Any], cur: Cursor
+    ds: DataStore, sources: dict[str, Any], cur: Cursor, partitioned: set[str] | frozenset[str] = frozenset()
 ) -> tuple[list[dg.AssetObservation], dict[str, int]]:
-    """Observations of the source tables written since the cursor (data version = highest sequence).
+    """Observations of the unpartitioned source tables written since the cursor (data version = highest
+    sequence), and the highest sequence of every source table.
 
     Source tables are written outside Dagster; an observation makes their changes visible in the UI
-    (and marks the assets reading them as having newer upstream data).
+    (and marks the assets reading them as having newer upstream data). ``partitioned`` sources are
+    observed per partition instead (``partition_observations``).
     """
     events: list[dg.AssetObservation] = []
     tops: dict[str, int] = {}
@@ -82,7 +94,7 @@ def observe_sources(
     tops = ds.last_seqs(dt for _, dt in sources.values())
     for name, (key, _) in sources.items():
         top = tops[name]
-        if cur.src.get(name) != top and top > 0:
+        if cur.src.get(name) != top and top > 0 and name not in partitioned:
             events.append(
                 dg.AssetObservation(
                     asset_key=key,
@@ -91,6 +103,20 @@ def observe_sources(
                 )
             )
     return events, tops
+
+
+def partition_observations(
+    sources: dict[str, Any], partitioned: set[str] | frozenset[str], partitions: list[str], seq: int
+) -> list[dg.AssetObservation]:
+    """Observations of the partitioned source tables in ``partitions`` (data version: the tick's write
+    sequence).
+
+    Made only for the partitions holding stale keys that no queued or running run will process: the
+    runs requested for them start after the observation and record it as their input, so once they ran
+    the partitions are in sync again. A partition the engine has nothing to do for is never observed, so
+    Dagster cannot show it Unsynced while the engine says it holds no stale key.
+    """
+    return source_observations([key for name, (key, _) in sources.items() if name in partitioned], partitions, seq)
 
 
 class StaleTick:
@@ -120,6 +146,9 @@ class StaleTick:
         self.sources = sources or {}
         self.asset_keys = [s.key for s in specs.step_specs[props.name]]
         self.check_keys = [cs.key for cs in specs.check_specs.get(props.name, [])]
+        self.partitioned_sources = set(specs.partitioned_sources) & set(self.sources)
+        self.wide_keys = wide_inputs(props, specs) if self.parts is not None else []
+        self.observable = {specs.key(t) for t in specs.source_tables if t not in specs.partitioned_sources}
 
     def busy_from(self, pending: list[tuple[str, str] | None]) -> set[str]:
         """The partitions that pending runs (``pending_runs``) will process; ``"*"`` for all of them."""
@@ -132,6 +161,10 @@ class StaleTick:
             except ConfigurationError:  # a run from before the number of partitions changed
                 continue
         return out
+
+    def _free(self, partitions: list[str], pending: set[str]) -> list[str]:
+        """``partitions`` without those a queued or running run will process."""
+        return [] if "*" in pending else [p for p in partitions if p not in pending]
 
     def _request(
         self, run_key: str, mode: str, reason: str, first: str | None, last: str | None
@@ -159,6 +192,7 @@ class StaleTick:
         busy: Callable[[], set[str]] | None = None,
         upstream: Callable[[], str | None] | None = None,
         now: float | None = None,
+        wide_mark: Callable[[], int] | None = None,
     ) -> dg.SensorResult:
         """Evaluate a tick from ``cursor_text``.
 
@@ -169,14 +203,20 @@ class StaleTick:
                 queued or running, or it has stale keys its sensor is requesting), or None. While it
                 does, this step waits, at most ``max_upstream_wait`` seconds since it started waiting.
             now: the time (epoch seconds) of the tick.
+            wide_mark: for a step with wide inputs (tables Dagster maps to all its partitions): the
+                storage id of their newest Dagster event. When it is newer than the cursor's, Dagster
+                shows every partition Unsynced, so the runs requested cover every partition (stale
+                keys only: partitions without any just record being in sync again).
         """
         cur = Cursor.parse(cursor_text)
         now = time.time() if now is None else now
         code = self.props.code_version
         seq = self.ds.current_seq()
         code_changed = cur.code is not None and cur.code != code
-        if cur.seq == seq and not code_changed:
-            keep = Cursor(seq=seq, code=code, src=cur.src).dump()
+        mark = wide_mark() if wide_mark is not None else None
+        sync_all = mark is not None and mark > (cur.wide or 0)
+        if cur.seq == seq and not code_changed and not sync_all:
+            keep = Cursor(seq=seq, code=code, src=cur.src, wide=cur.wide).dump()
             return dg.SensorResult(skip_reason=f"nothing written since sequence {seq}", cursor=keep)
         if code_changed and self.reparse_on_code_change:
             first, last = (self.parts.keys[0], self.parts.keys[-1]) if self.parts else (None, None)
@@ -185,36 +225,45 @@ class StaleTick:
         # A failed key is retried only when one of its input rows changed (the query finds that by
         # itself) or the code changed; unrelated writes must not rerun it.
         stale = stale_by_partition(self.step, self.parts, include_failed=code_changed)
-        observations, tops = observe_sources(self.ds, self.sources, cur)
-        if stale.total == 0:
-            cursor = Cursor(seq=seq, code=code, src=tops).dump()
+        observations, tops = observe_sources(self.ds, self.sources, cur, self.partitioned_sources)
+        if stale.total == 0 and not sync_all:
+            cursor = Cursor(seq=seq, code=code, src=tops, wide=cur.wide).dump()
             return dg.SensorResult(skip_reason="no stale keys", cursor=cursor, asset_events=observations)
+        stale_parts = stale.partitions
         why = upstream() if upstream is not None else None
         if why is not None and (cur.wait is None or now - cur.wait < self.max_upstream_wait):
             # Runs now would read inputs that are about to change and run again right after: wait (the
             # cursor keeps the old sequence, so a later tick looks again), but not forever.
             wait = cur.wait if cur.wait is not None else now
-            cursor = Cursor(seq=cur.seq, code=cur.code, src=tops, wait=wait).dump()
+            cursor = Cursor(seq=cur.seq, code=cur.code, src=tops, wait=wait, wide=cur.wide).dump()
+            free = self._free(stale_parts, busy() if busy is not None and self.partitioned_sources else set())
             return dg.SensorResult(
                 skip_reason=f"waiting for upstream: {why} (since {now - wait:.0f} s, at most "
                 f"{self.max_upstream_wait:.0f} s)",
                 cursor=cursor,
-                asset_events=observations,
+                asset_events=observations + partition_observations(self.sources, self.partitioned_sources, free, seq),
             )
         pending = busy() if busy is not None else set()
-        stale_parts = stale.partitions
-        todo = [p for p in stale_parts if p not in pending and "*" not in pending]
+        todo = self._free(stale_parts, pending)
+        observations += partition_observations(self.sources, self.partitioned_sources, todo, seq)
+        if sync_all and self.parts is not None:
+            # A wide input (one Dagster maps to every partition) changed: Dagster now shows every
+            # partition Unsynced, stale keys or not. The runs cover them all (stale keys only: a
+            # partition without any just records being in sync again).
+            stale_parts = list(self.parts.keys)
+            todo = self._free(stale_parts, pending)
         # Partitions a pending run will process are left for a later tick: the cursor then keeps the old
         # sequence, so that tick looks again (cheaply: the watermarks moved) once the run is done.
-        deferred = len(todo) < len(stale_parts)
+        deferred = bool(set(stale_parts) - set(todo))
         cursor = Cursor(
             seq=cur.seq if deferred else seq,
             code=cur.code if deferred else code,
             src=tops,
             wait=cur.wait if deferred and why is not None else None,
+            wide=cur.wide if deferred else (mark if mark is not None else cur.wide),
         ).dump()
         # A changed function retries failed keys even without a reparse: the code is part of the marker.
-        marker = f"{seq}" + (f":{code}" if code_changed else "")
+        marker = f"{seq}" + (f":{code}" if code_changed else "") + (f"/w{mark}" if sync_all else "")
         reason = "code_version" if code_changed else "changes"
         if self.parts is None:
             reqs = [self._request(f"all@{marker}", c.MODE_STALE, reason, None, None)] if todo else []
@@ -231,6 +280,21 @@ class StaleTick:
         return dg.SensorResult(
             run_requests=reqs, cursor=cursor, asset_events=observations, skip_reason=None if reqs else skip
         )
+
+
+def wide_inputs(props: StepProps, specs: DatapipeSpecs) -> list[dg.AssetKey]:
+    """The inputs of a partitioned step that Dagster maps to *all* its partitions: unpartitioned tables
+    (a source read by steps keyed differently, a user's asset, an unpartitioned step's output) and
+    outputs of steps partitioned by other keys."""
+    writers = {out: p for p in specs.steps for out in p.outputs}
+    out = []
+    for t in props.inputs:
+        if t in specs.partitioned_sources:
+            continue
+        up = writers.get(t)
+        if up is None or not up.partitioned or up.transform_keys != props.transform_keys:
+            out.append(specs.key(t))
+    return out
 
 
 PENDING_STATUSES = [
@@ -389,6 +453,21 @@ def scan_in_run(step: ScanningStep) -> bool:
     return not step.incremental_scan
 
 
+def latest_event_id(instance: dg.DagsterInstance, keys: list[dg.AssetKey], observable: set[dg.AssetKey]) -> int:
+    """The storage id of the newest event of any of ``keys`` that changes its data version for Dagster: a
+    materialization, or an observation of an ``observable`` (source) asset. 0: none."""
+    best = 0
+    for key in keys:
+        fetches = [instance.fetch_materializations]
+        if key in observable:
+            fetches.append(instance.fetch_observations)
+        for fetch in fetches:
+            records = fetch(key, limit=1).records
+            if records:
+                best = max(best, records[0].storage_id)
+    return best
+
+
 def build_step_sensor(
     step: Step,
     props: StepProps,
@@ -448,6 +527,9 @@ def build_step_sensor(
                     lambda: tick.busy_from(pending_runs(context.instance, props.name, tick.asset_keys)),
                     (lambda: upstream.blocking(context.instance))
                     if upstream and (upstream.steps or upstream.asset_keys)
+                    else None,
+                    wide_mark=(lambda: latest_event_id(context.instance, tick.wide_keys, tick.observable))
+                    if tick.wide_keys
                     else None,
                 )
             if isinstance(tick, ScanTick):

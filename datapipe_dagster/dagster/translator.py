@@ -121,6 +121,8 @@ class DatapipeSpecs:
     table_specs: dict[str, dg.AssetSpec]  # every table, before deps/partitions
     source_tables: list[str]
     step_specs: dict[str, list[dg.AssetSpec]] = field(default_factory=dict)  # per step: its outputs
+    partitioned_sources: set[str] = field(default_factory=set)
+    """Source tables partitioned like the steps reading them (see ``source_partitioning``)."""
     check_specs: dict[str, list[dg.AssetCheckSpec]] = field(default_factory=dict)
 
     def key(self, table: str) -> dg.AssetKey:
@@ -189,6 +191,10 @@ def build_specs(
         source_tables=[n for n in names if n not in writer],
     )
     by_name = {p.name: p for p in props}
+    for t in specs.source_tables:
+        if source_partitioning(t, props, parts) is not None:
+            specs.partitioned_sources.add(t)
+            specs.table_specs[t] = specs.table_specs[t].replace_attributes(partitions_def=parts.definition if parts else None)
     for p in props:
         pdef = parts.definition if parts is not None and p.partitioned else None
         deps = [_dep(specs, by_name, writer, p, t, parts) for t in p.inputs]
@@ -218,6 +224,22 @@ def build_specs(
                 for out in p.outputs
             ]
     return specs
+
+
+def source_partitioning(table: str, steps: Sequence[StepProps], parts: BucketPartitions | None) -> tuple[str, ...] | None:
+    """The transform keys a source table is partitioned by, or None (an unpartitioned source).
+
+    A source table is partitioned like the steps that read it when they are all partitioned by the same
+    transform keys: its partition ``07`` holds the rows of the keys in the steps' partition ``07``, and
+    Dagster maps partition to partition, so a change to the table marks only the partitions holding the
+    changed keys as Unsynced. A source read by steps keyed differently (or unpartitioned) stays one
+    unpartitioned asset, and any change to it marks every partition downstream.
+    """
+    readers = [s for s in steps if table in s.inputs]
+    if parts is None or not readers or not all(s.partitioned for s in readers):
+        return None
+    keys = {s.transform_keys for s in readers}
+    return keys.pop() if len(keys) == 1 else None
 
 
 def _dep(
