@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from benchmarks.workload import build, clicks_ip, make_events, schemas
 from datapipe_dagster import ChangeList, DBConn, build_compute, run_steps, run_steps_changelist
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 
 PG_ADMIN = os.environ.get("DATAPIPE_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 

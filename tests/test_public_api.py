@@ -57,6 +57,21 @@ def test_testing_module_does_not_import_pytest() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_module_paths_users_import_survive_the_splits() -> None:
+    """Names users import from a module path (datapipe's own, or the conformance suites) stay there."""
+    from datapipe_dagster.store.database import DBConn as DBConn_
+    from datapipe_dagster.store.database import TableStoreDB as TableStoreDB_
+    from datapipe_dagster.store.filedir import BytesFile, FileAdapter, JSONFile, TableStoreFiledir, TextFile
+    from datapipe_dagster.testing import StepCase, StepConformance, StoreConformance, builtin_store_factories
+
+    assert (BytesFile, FileAdapter, JSONFile, TableStoreFiledir, TextFile) == (
+        datapipe_dagster.BytesFile, datapipe_dagster.FileAdapter, datapipe_dagster.JSONFile,
+        datapipe_dagster.TableStoreFiledir, datapipe_dagster.TextFile,
+    )
+    assert (DBConn_, TableStoreDB_) == (DBConn, TableStoreDB)
+    assert all(callable(x) for x in (StepCase, StepConformance, StoreConformance, builtin_store_factories))
+
+
 def test_postgres_url_without_a_driver_says_which_extra() -> None:
     import subprocess
     import sys

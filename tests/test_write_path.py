@@ -20,9 +20,9 @@ from datapipe_dagster import (
     build_compute,
     run_steps,
 )
-from datapipe_dagster.store.database import SQLITE_CACHE_KB
+from datapipe_dagster.store.dbconn import SQLITE_CACHE_KB
 from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS
-from datapipe_dagster.store.schema import _NULL, hash_rows, json_encoder
+from datapipe_dagster.store.rowhash import _NULL, hash_rows, json_encoder
 
 
 def _docs(dbconn):  # noqa: ANN001, ANN202

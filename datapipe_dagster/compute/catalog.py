@@ -15,7 +15,7 @@ from datapipe_dagster.meta.tables import (
     internal_table_names,
 )
 from datapipe_dagster.store.base import TableStore
-from datapipe_dagster.store.database import MAX_IDENTIFIER_BYTES, fit_identifier
+from datapipe_dagster.store.dbconn import MAX_IDENTIFIER_BYTES, fit_identifier
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.frames import has_key, key_positions
-from datapipe_dagster.store.schema import coerce_frame, to_records
+from datapipe_dagster.store.records import to_records
+from datapipe_dagster.store.schema import coerce_frame
 
 if TYPE_CHECKING:
     from datapipe_dagster.compute.datatable import DataTable

@@ -43,7 +43,7 @@ from datapipe_dagster.errors import ConfigurationError, SchemaError
 from datapipe_dagster.frames import anti_join, plain
 from datapipe_dagster.meta.external import ExternalScanState, FileFingerprints, live_hashes
 from datapipe_dagster.store.base import FileListing, SQLTable, TableStore
-from datapipe_dagster.store.schema import conform_types, decode_json_texts, json_text_columns, to_records
+from datapipe_dagster.store.records import conform_types, decode_json_texts, json_text_columns, to_records
 from datapipe_dagster.store.sql import fetch_frame
 from datapipe_dagster.types import ChangeList
 

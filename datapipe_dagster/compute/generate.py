@@ -18,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from datapipe_dagster.compute.batch_transform import code_version_of
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
 from datapipe_dagster.compute.datatable import DataStore, DataTable
 from datapipe_dagster.compute.result import OutputStats, StepResult, failed_frame
+from datapipe_dagster.compute.spec import code_version_of
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.frames import anti_join
 from datapipe_dagster.types import ChangeList

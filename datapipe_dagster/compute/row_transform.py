@@ -31,19 +31,16 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.compute.batch_transform import (
-    BatchTransformStep,
-    ChunkFailed,
-    WholeInputs,
-    code_version_of,
-)
+from datapipe_dagster.compute.batch_transform import BatchTransformStep
 from datapipe_dagster.compute.catalog import Catalog, ComputeStep, PipelineStep
+from datapipe_dagster.compute.chunk_runner import ChunkFailed, WholeInputs
 from datapipe_dagster.compute.context import CONTEXT_PARAMS, check_kwargs_clash, context_params
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.result import StepResult, error_text
+from datapipe_dagster.compute.spec import code_version_of
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError, SkipRow
 from datapipe_dagster.frames import anti_join
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 
 log = logging.getLogger("datapipe_dagster")
 

@@ -8,8 +8,11 @@ own primary key and never deleted because a key stopped producing them.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from datapipe_dagster.errors import ConfigurationError
 
@@ -112,3 +115,36 @@ def effective_keys(dt: DataTable, aliases: dict[str, str]) -> list[str]:
     """The input's primary-key columns under the transform's names."""
     back = {col: key for key, col in aliases.items()}
     return [back.get(c, c) for c in dt.primary_keys]
+
+
+ALL_KEY = "_datapipe_all"
+"""The synthetic key column of a transform without key columns (one key: the whole input)."""
+
+
+def code_version_of(func: Callable[..., Any], *extra: Any) -> str:
+    """A short digest of a function's source (or its qualified name if source is unavailable) and ``extra``."""
+    try:
+        src = inspect.getsource(func)
+    except (OSError, TypeError):
+        src = getattr(func, "__qualname__", repr(func))
+    h = hashlib.sha256(src.encode())
+    for e in extra:
+        h.update(repr(e).encode())
+    return h.hexdigest()[:16]
+
+
+def default_transform_keys(inputs: list[list[str]], outputs: list[list[str]]) -> list[str]:
+    """Primary-key columns common to all outputs and to every input that carries any of them (given the
+    primary-key columns of each input and output, inputs' under the transform's names).
+
+    Inputs that share none of the outputs' key columns (e.g. a config table) are passed whole.
+    """
+    tables = outputs or inputs[:1]
+    common = list(tables[0])
+    for t in tables[1:]:
+        common = [k for k in common if k in t]
+    for t in inputs:
+        narrowed = [k for k in common if k in t]
+        if narrowed:
+            common = narrowed
+    return common

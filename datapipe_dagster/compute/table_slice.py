@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.compute.datatable import DataTable, WriteResult
+from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.compute.partitioning import Buckets
+from datapipe_dagster.compute.table_write import WriteResult
 from datapipe_dagster.errors import ConfigurationError
 
 

@@ -8,12 +8,8 @@ no connection, like ``build_definitions``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import dagster as dg
@@ -23,11 +19,18 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from datapipe_dagster.compute.catalog import Catalog, Pipeline
 from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.dagster.definitions import build_definitions
+from datapipe_dagster.dagster.references import (
+    COMPONENT,
+    call_factory,
+    check_assets,
+    check_catalog,
+    check_pipeline,
+    import_reference,
+)
 from datapipe_dagster.dagster.translator import DatapipeTranslator, TableProps
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.database import DBConn
 
-COMPONENT = "DatapipeComponent"
 TEMPLATES = Path(__file__).parent / "templates"
 
 Automation = Literal["sensors", "conditions"]
@@ -40,94 +43,20 @@ def _component_context(context: dg.ResolutionContext) -> dg.ComponentLoadContext
         return None
 
 
-def import_reference(ref: str, attribute: str, context: dg.ComponentLoadContext | None = None) -> Any:
-    """The Python object a reference names: ``.module.attr`` (beside ``defs.yaml``) or ``pkg.module.attr``.
-
-    Raises:
-        ConfigurationError: the module does not import, or has no such attribute (both are named).
-    """
-    ref = ref.strip()
-    module_name, _, name = ref.rpartition(".")
-    if not name or not module_name.strip("."):
-        raise ConfigurationError(
-            f"{COMPONENT} attribute `{attribute}`: {ref!r} is not a reference to a Python object; write "
-            f"`.pipeline.{attribute}` (module pipeline.py beside defs.yaml) or `my_pkg.module.{attribute}`"
-        )
-    package = None
-    if module_name.startswith("."):
-        if context is None:
-            raise ConfigurationError(
-                f"{COMPONENT} attribute `{attribute}`: the relative reference {ref!r} needs the component's "
-                "folder (load it from a defs.yaml), or give an absolute reference such as `my_pkg.module.attr`"
-            )
-        folder = context.path if context.path.is_dir() else context.path.parent  # defs.yaml's or component.py's
-        package = context.defs_relative_module_name(folder)
-    try:
-        module = importlib.import_module(module_name, package=package)
-    except Exception as e:
-        where = importlib.util.resolve_name(module_name, package) if package else module_name
-        raise ConfigurationError(
-            f"{COMPONENT} attribute `{attribute}`: cannot import module {where!r} for reference {ref!r} "
-            f"(attribute {name!r}): {type(e).__name__}: {e}"
-        ) from e
-    if not hasattr(module, name):
-        defined = ", ".join(
-            n for n, v in sorted(vars(module).items()) if not n.startswith("_") and not isinstance(v, ModuleType)
-        )
-        raise ConfigurationError(
-            f"{COMPONENT} attribute `{attribute}`: module {module.__name__!r} has no attribute {name!r} "
-            f"(reference {ref!r}); it defines: {defined or '(nothing public)'}"
-        )
-    return getattr(module, name)
-
-
-def _kind(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _check_catalog(obj: Any, attribute: str, ref: str) -> Any:
-    if isinstance(obj, Catalog) or (callable(obj) and not isinstance(obj, (Pipeline, type))):
-        return obj
-    raise ConfigurationError(
-        f"{COMPONENT} attribute `{attribute}` ({ref}): expected a datapipe_dagster Catalog, or a function "
-        f"taking a DBConn and returning one; found {_kind(obj)}"
-    )
-
-
-def _check_pipeline(obj: Any, attribute: str, ref: str) -> Any:
-    if isinstance(obj, Pipeline) or (callable(obj) and not isinstance(obj, (Catalog, type))):
-        return obj
-    raise ConfigurationError(
-        f"{COMPONENT} attribute `{attribute}` ({ref}): expected a datapipe_dagster Pipeline, or a function "
-        f"without arguments returning one; found {_kind(obj)}"
-    )
-
-
 def _resolve_catalog(context: dg.ResolutionContext, value: Any) -> Any:
     value = context.resolve_value(value)
     if not isinstance(value, str):
-        return _check_catalog(value, "catalog", repr(value))
-    return _check_catalog(import_reference(value, "catalog", _component_context(context)), "catalog", value)
+        return check_catalog(value, "catalog", repr(value))
+    return check_catalog(import_reference(value, "catalog", _component_context(context)), "catalog", value)
 
 
 def _resolve_pipeline(context: dg.ResolutionContext, value: Any) -> Any:
     value = context.resolve_value(value)
     if not isinstance(value, str):
-        return _check_pipeline(value, "pipeline", repr(value))
-    return _check_pipeline(
+        return check_pipeline(value, "pipeline", repr(value))
+    return check_pipeline(
         import_reference(value, "pipeline", _component_context(context)), "pipeline", value
     )
-
-
-def _check_assets(obj: Any, ref: str) -> list[dg.AssetsDefinition | dg.AssetSpec]:
-    items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
-    for item in items:
-        if not isinstance(item, (dg.AssetsDefinition, dg.AssetSpec)):
-            raise ConfigurationError(
-                f"{COMPONENT} attribute `assets` ({ref}): expected a Dagster asset (an @asset function, an "
-                f"AssetsDefinition or an AssetSpec, or a list of them); found {_kind(item)}"
-            )
-    return items
 
 
 def _resolve_assets(context: dg.ResolutionContext, value: Any) -> list[dg.AssetsDefinition | dg.AssetSpec]:
@@ -135,9 +64,9 @@ def _resolve_assets(context: dg.ResolutionContext, value: Any) -> list[dg.Assets
     out: list[dg.AssetsDefinition | dg.AssetSpec] = []
     for i, ref in enumerate(refs):
         if isinstance(ref, str):
-            out += _check_assets(import_reference(ref, f"assets[{i}]", _component_context(context)), ref)
+            out += check_assets(import_reference(ref, f"assets[{i}]", _component_context(context)), ref)
         else:
-            out += _check_assets(ref, repr(ref))
+            out += check_assets(ref, repr(ref))
     return out
 
 
@@ -340,21 +269,21 @@ class DatapipeComponent(dg.Component, dg.Resolvable, dg.Model):
         catalog = self.catalog
         pipeline = self.pipeline
         if isinstance(catalog, str):  # given from Python as a reference
-            catalog = _check_catalog(import_reference(catalog, "catalog", _load_context(context)), "catalog", catalog)
+            catalog = check_catalog(import_reference(catalog, "catalog", _load_context(context)), "catalog", catalog)
         if isinstance(pipeline, str):
-            pipeline = _check_pipeline(
+            pipeline = check_pipeline(
                 import_reference(pipeline, "pipeline", _load_context(context)), "pipeline", pipeline
             )
         dbconn = DBConn(self._url(context))
         if not isinstance(catalog, Catalog):
-            catalog = _call(catalog, "catalog", Catalog, dbconn)
+            catalog = call_factory(catalog, "catalog", Catalog, dbconn)
         if not isinstance(pipeline, Pipeline):
-            pipeline = _call(pipeline, "pipeline", Pipeline)
+            pipeline = call_factory(pipeline, "pipeline", Pipeline)
         assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
         for i, item in enumerate(self.assets):
             if isinstance(item, str):  # given from Python as a reference
                 item = import_reference(item, f"assets[{i}]", _load_context(context))
-            assets += _check_assets(item, repr(item))
+            assets += check_assets(item, repr(item))
         extra: dict[str, Any] = {}
         if self.automation != "sensors":
             extra["automation"] = self.automation
@@ -400,22 +329,3 @@ def _load_context(context: dg.ComponentLoadContext) -> dg.ComponentLoadContext |
     except Exception:  # noqa: BLE001
         return None
     return context
-
-
-def _call(factory: Callable[..., Any], attribute: str, expected: type, *args: Any) -> Any:
-    name = getattr(factory, "__qualname__", repr(factory))
-    try:
-        inspect.signature(factory).bind(*args)  # the signature only: errors inside the factory are its own
-    except (TypeError, ValueError) as e:
-        need = "a DBConn" if args else "no arguments"
-        raise ConfigurationError(
-            f"{COMPONENT} attribute `{attribute}`: the function {name} must take {need} and return a "
-            f"{expected.__name__}: {e}"
-        ) from e
-    made = factory(*args)
-    if not isinstance(made, expected):
-        raise ConfigurationError(
-            f"{COMPONENT} attribute `{attribute}`: the function {name} must return a datapipe_dagster "
-            f"{expected.__name__}; it returned {_kind(made)}"
-        )
-    return made

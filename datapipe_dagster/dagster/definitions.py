@@ -21,9 +21,10 @@ from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster.assets import build_step_asset
 from datapipe_dagster.dagster.automation import stale_condition
 from datapipe_dagster.dagster.fanout import build_fanout_step_asset
+from datapipe_dagster.dagster.inflight import Upstream
 from datapipe_dagster.dagster.io_manager import Binding, DatapipeIOManager
 from datapipe_dagster.dagster.partitions import BucketPartitions
-from datapipe_dagster.dagster.sensors import Upstream, build_step_sensor
+from datapipe_dagster.dagster.sensors import build_step_sensor
 from datapipe_dagster.dagster.translator import DatapipeSpecs, DatapipeTranslator, StepProps, build_specs
 from datapipe_dagster.dagster.versions import observable_table
 from datapipe_dagster.errors import ConfigurationError

@@ -30,9 +30,11 @@ from datapipe_dagster.compute.datatable import DataStore
 from datapipe_dagster.compute.partition_runner import stale_by_partition
 from datapipe_dagster.compute.steps import KeyedStep, ScanningStep, Step
 from datapipe_dagster.dagster import constants as c
+from datapipe_dagster.dagster.inflight import Upstream, latest_event_id, pending_runs
 from datapipe_dagster.dagster.partitions import BucketPartitions
+from datapipe_dagster.dagster.scans import ScanTick, scan_in_run
 from datapipe_dagster.dagster.translator import DatapipeSpecs, StepProps
-from datapipe_dagster.dagster.versions import source_observations
+from datapipe_dagster.dagster.versions import partition_observations
 from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.database import UNREACHABLE_ERRORS
 
@@ -103,20 +105,6 @@ def observe_sources(
                 )
             )
     return events, tops
-
-
-def partition_observations(
-    sources: dict[str, Any], partitioned: set[str] | frozenset[str], partitions: list[str], seq: int
-) -> list[dg.AssetObservation]:
-    """Observations of the partitioned source tables in ``partitions`` (data version: the tick's write
-    sequence).
-
-    Made only for the partitions holding stale keys that no queued or running run will process: the
-    runs requested for them start after the observation and record it as their input, so once they ran
-    the partitions are in sync again. A partition the engine has nothing to do for is never observed, so
-    Dagster cannot show it Unsynced while the engine says it holds no stale key.
-    """
-    return source_observations([key for name, (key, _) in sources.items() if name in partitioned], partitions, seq)
 
 
 class StaleTick:
@@ -297,67 +285,6 @@ def wide_inputs(props: StepProps, specs: DatapipeSpecs) -> list[dg.AssetKey]:
     return out
 
 
-PENDING_STATUSES = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
-
-def _in_flight(
-    instance: dg.DagsterInstance, step_names: set[str], asset_keys: set[dg.AssetKey], limit: int
-) -> list[dg.DagsterRun]:
-    """Queued or running runs that materialize any of ``asset_keys`` (whoever launched them: a sensor,
-    a person, a backfill, automation) or carry the step tag of one of ``step_names``."""
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=PENDING_STATUSES), limit=limit)
-    return [
-        r
-        for r in runs
-        if r.tags.get(c.TAG_STEP) in step_names
-        or (r.asset_selection is not None and not asset_keys.isdisjoint(r.asset_selection))
-    ]
-
-
-def pending_runs(
-    instance: dg.DagsterInstance,
-    step_name: str,
-    asset_keys: list[dg.AssetKey] | None = None,
-    limit: int = 500,
-) -> list[tuple[str, str] | None]:
-    """Partition ranges (first, last) of the queued or running runs materializing this step's assets
-    (any launcher); None for a run without partitions (or whose partitions are not known)."""
-    out: list[tuple[str, str] | None] = []
-    for run in _in_flight(instance, {step_name}, set(asset_keys or ()), limit):
-        tags = run.tags
-        if "dagster/partition" in tags:
-            out.append((tags["dagster/partition"], tags["dagster/partition"]))
-        elif c.RANGE_START_TAG in tags and c.RANGE_END_TAG in tags:
-            out.append((tags[c.RANGE_START_TAG], tags[c.RANGE_END_TAG]))
-        else:
-            out.append(None)
-    return out
-
-
-@dataclass
-class Upstream:
-    """The steps that write a step's inputs, directly or through other steps."""
-
-    steps: list[tuple[str, KeyedStep]]  # (name, step) of keyed upstream steps
-    asset_keys: set[dg.AssetKey]
-
-    def blocking(self, instance: dg.DagsterInstance, limit: int = 500) -> str | None:
-        """Why the downstream step should wait, or None."""
-        names = {n for n, _ in self.steps}
-        runs = _in_flight(instance, names, self.asset_keys, limit)
-        if runs:
-            return f"run {runs[0].run_id[:8]} of an upstream step is {runs[0].status.value.lower()}"
-        for name, step in self.steps:
-            if stale_by_partition(step, None, advance_watermark=False).total:
-                return f"upstream step {name!r} has stale keys"
-        return None
-
-
 class InputsTick:
     """One evaluation of an unkeyed step's sensor: a run when any input row was written since last time."""
 
@@ -393,79 +320,6 @@ class InputsTick:
             tags={c.TAG_MODE: c.MODE_STALE, c.TAG_REASON: "changes", c.TAG_STEP: self.props.name},
         )
         return dg.SensorResult(run_requests=[req], cursor=new_cursor, asset_events=observations)
-
-
-class ScanTick:
-    """One evaluation of an external table's sensor: scan it (``UpdateExternalTable``) and report what
-    changed as an asset observation. The scan records the changes in the row metadata, so the sensors of
-    the transforms reading the table then request exactly the partitions those rows fall in."""
-
-    def __init__(self, step: ScanningStep, props: StepProps, specs: DatapipeSpecs, in_run: bool = False):
-        self.step = step
-        self.props = props
-        self.in_run = in_run
-        self.asset_keys = [s.key for s in specs.step_specs[props.name]]
-
-    def request_scan(self, busy: bool) -> dg.SensorResult:
-        """A scan too large for a tick: request a run of the table's asset (the run scans it, with logs
-        and no tick time limit), unless such a run is queued or in progress."""
-        if busy:
-            return dg.SensorResult(skip_reason=f"a scan of {self.props.name} is queued or running")
-        tags = {c.TAG_MODE: c.MODE_STALE, c.TAG_REASON: "scan", c.TAG_STEP: self.props.name}
-        return dg.SensorResult(run_requests=[dg.RunRequest(asset_selection=self.asset_keys, tags=tags)])
-
-    def __call__(self, cursor_text: str | None, busy: Callable[[], bool] | None = None) -> dg.SensorResult:
-        if self.in_run:
-            return self.request_scan(busy() if busy is not None else False)
-        result = self.step.scan()
-        events = []
-        for key, dt in zip(self.asset_keys, self.step.output_dts, strict=True):
-            stats = result.outputs.get(dt.name)
-            if stats is None or stats.inserted + stats.updated + stats.deleted == 0:
-                continue
-            top = dt.ds.last_seqs([dt])[dt.name]
-            events.append(
-                dg.AssetObservation(
-                    asset_key=key,
-                    metadata={
-                        c.META_INSERTED: stats.inserted,
-                        c.META_UPDATED: stats.updated,
-                        c.META_DELETED: stats.deleted,
-                        c.META_LAST_SEQ: top,
-                        c.META_ELAPSED: round(result.elapsed, 4),
-                    },
-                    tags={c.DATA_VERSION_TAG: str(top)},
-                )
-            )
-        if result.keys_failed:
-            first = result.failed.iloc[0]
-            context_note = f"; {result.keys_failed} rows could not be read, first: {first['error']}"
-        else:
-            context_note = ""
-        if not events:
-            return dg.SensorResult(skip_reason=f"no change in {self.props.name}{context_note}", cursor=cursor_text)
-        return dg.SensorResult(asset_events=events, cursor=cursor_text)
-
-
-def scan_in_run(step: ScanningStep) -> bool:
-    """Whether an external table's scan belongs in a run rather than a sensor tick: a scan that reads
-    every row (cost grows with the table) does; one that reads only what changed is cheap enough for a tick."""
-    return not step.incremental_scan
-
-
-def latest_event_id(instance: dg.DagsterInstance, keys: list[dg.AssetKey], observable: set[dg.AssetKey]) -> int:
-    """The storage id of the newest event of any of ``keys`` that changes its data version for Dagster: a
-    materialization, or an observation of an ``observable`` (source) asset. 0: none."""
-    best = 0
-    for key in keys:
-        fetches = [instance.fetch_materializations]
-        if key in observable:
-            fetches.append(instance.fetch_observations)
-        for fetch in fetches:
-            records = fetch(key, limit=1).records
-            if records:
-                best = max(best, records[0].storage_id)
-    return best
 
 
 def build_step_sensor(

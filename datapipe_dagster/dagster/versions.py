@@ -87,3 +87,17 @@ def observable_table(spec: dg.AssetSpec, dt: Any) -> dg.AssetsDefinition:
         return dg.ObserveResult(asset_key=spec.key, data_version=dg.DataVersion(str(top)), metadata={c.META_LAST_SEQ: top})
 
     return _observe
+
+
+def partition_observations(
+    sources: dict[str, Any], partitioned: set[str] | frozenset[str], partitions: list[str], seq: int
+) -> list[dg.AssetObservation]:
+    """Observations of the partitioned source tables in ``partitions`` (data version: the tick's write
+    sequence).
+
+    Made only for the partitions holding stale keys that no queued or running run will process: the
+    runs requested for them start after the observation and record it as their input, so once they ran
+    the partitions are in sync again. A partition the engine has nothing to do for is never observed, so
+    Dagster cannot show it Unsynced while the engine says it holds no stale key.
+    """
+    return source_observations([key for name, (key, _) in sources.items() if name in partitioned], partitions, seq)

@@ -13,8 +13,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.meta.tables import EXTERNAL_STATE_TABLE, key_columns_copy, own_table, row_meta_name
-from datapipe_dagster.store.database import DBConn
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.dbconn import DBConn
+from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
 
 

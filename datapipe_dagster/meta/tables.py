@@ -15,9 +15,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.meta.keyhash import key_hash
-from datapipe_dagster.store.database import DBConn
-from datapipe_dagster.store.schema import to_records
-from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
+from datapipe_dagster.store.dbconn import DBConn
+from datapipe_dagster.store.records import to_records
+from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame, pg_unnest
 
 META_COLUMNS = ["hash", "create_ts", "update_ts", "delete_ts", "seq"]
 
@@ -286,16 +286,13 @@ class TransformMetaTable:
         traceback: str | None,
     ) -> None:
         """One ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`` for the whole chunk of keys."""
-        from sqlalchemy.dialects.postgresql import ARRAY, insert
+        from sqlalchemy.dialects.postgresql import insert
 
         t = self.table
         recs = to_records(keys[self.keys])
         cols = self.keys + ["key_hash"]
-        hashes = key_hash(keys, self.keys).tolist()
-        arrays = [
-            sa.bindparam(f"mk_{i}", value=[r[k] for r in recs], type_=ARRAY(t.c[k].type)) for i, k in enumerate(self.keys)
-        ] + [sa.bindparam("mk_hash", value=hashes, type_=ARRAY(sa.BigInteger))]
-        u = sa.func.unnest(*arrays).table_valued(*cols).render_derived()
+        values_of = [[r[k] for r in recs] for k in self.keys] + [key_hash(keys, self.keys).tolist()]
+        u = pg_unnest(cols, values_of, [t.c[k].type for k in self.keys] + [sa.BigInteger()], prefix="mk")
         values = {
             "processed_seq": sa.literal(int(processed_seq), sa.BigInteger),
             "process_ts": sa.literal(float(now), sa.Float),

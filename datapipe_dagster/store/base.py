@@ -6,7 +6,9 @@ means implementing these few methods and passing ``datapipe_dagster.testing``'s 
 Capabilities beyond reading and writing are declared, never probed: ``TableStore.sql_table`` says
 whether the rows are one table of a SQL database (so a DataTable joins the chunk's transaction and its
 metadata in SQL, and an external-table scan can read by an updated-at column); a store that lists its
-files with size and mtime implements ``FileListing`` (so a scan opens only changed files).
+files with size and mtime implements ``FileListing`` (so a scan opens only changed files). A store that
+writes new rows faster from the JSON text it hashed fills ``hash_rows(json_texts=)`` and takes
+``insert_rows(encoded=)``; every other store ignores both.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.store.schema import coerce_frame, empty_frame, hash_rows
+from datapipe_dagster.store.rowhash import hash_rows
+from datapipe_dagster.store.schema import coerce_frame, empty_frame
 
 if TYPE_CHECKING:
-    from datapipe_dagster.store.database import DBConn
+    from datapipe_dagster.store.dbconn import DBConn
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,12 @@ class TableStore(ABC):
     def write_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
         """Insert or replace the rows of ``df`` (already validated, every schema column present)."""
 
-    def insert_rows(self, df: pd.DataFrame, conn: Any = None) -> None:
-        """Write rows the metadata says are new; stores may take a faster path than ``write_rows``."""
+    def insert_rows(self, df: pd.DataFrame, conn: Any = None, encoded: pd.DataFrame | None = None) -> None:
+        """Write rows the metadata says are new; stores may take a faster path than ``write_rows``.
+
+        ``encoded``: the JSON columns' canonical text, aligned with ``df``, as ``hash_rows`` left it in
+        ``json_texts`` (None when it left none); a store may write it as it is instead of serialising again.
+        """
         self.write_rows(df, conn=conn)
 
     @abstractmethod
@@ -101,8 +108,14 @@ class TableStore(ABC):
     def empty(self) -> pd.DataFrame:
         return empty_frame(self.get_schema())
 
-    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
-        """The content hash of every row of a validated frame (int64); rows read back hash as written."""
+    def hash_rows(
+        self, df: pd.DataFrame, table: str | None = None, json_texts: dict[str, list[str | None]] | None = None
+    ) -> np.ndarray:
+        """The content hash of every row of a validated frame (int64); rows read back hash as written.
+
+        ``json_texts``: a store whose ``insert_rows`` can write the JSON text it hashed fills this dict
+        (JSON column -> one text per row, None for a missing value); the default leaves it empty.
+        """
         return hash_rows(df, self.get_schema(), table or self.name)
 
 

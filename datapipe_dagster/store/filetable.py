@@ -28,7 +28,8 @@ from datapipe_dagster.frames import anti_join, has_key
 from datapipe_dagster.store.base import TableStore
 from datapipe_dagster.store.filedir import reason_of
 from datapipe_dagster.store.fs import atomic_write
-from datapipe_dagster.store.schema import coerce_frame, conform_types, empty_frame, to_records
+from datapipe_dagster.store.records import conform_types, to_records
+from datapipe_dagster.store.schema import coerce_frame, empty_frame
 from datapipe_dagster.store.schemaless import SchemalessColumns
 
 
@@ -120,7 +121,9 @@ class FileTableStore(TableStore):
             return self._free.validate(df)
         return super().validate(df)
 
-    def hash_rows(self, df: pd.DataFrame, table: str | None = None) -> np.ndarray:
+    def hash_rows(
+        self, df: pd.DataFrame, table: str | None = None, json_texts: dict[str, list[str | None]] | None = None
+    ) -> np.ndarray:
         if self._free is not None:
             return self._free.hash_rows(df)
         return super().hash_rows(df, table)

@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import ConfigurationError, SchemaError
-from datapipe_dagster.store.filedir import FileAdapter, _one_data_column
+from datapipe_dagster.store.file_adapters import FileAdapter, _one_data_column
 
 KIND = "datapipe/kind"
 """``Column.info`` key marking a column's values as images."""

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.store.schema import json_encoder
+from datapipe_dagster.store.rowhash import json_encoder
 
 COPY_MIN_ROWS = 500
 """Below this, a batched INSERT is as fast and simpler."""
@@ -111,7 +111,7 @@ def executemany_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame, en
     """``INSERT`` the rows of ``df`` through the driver's ``executemany`` with tuples, converting each column
     once with its type's bind processor (what SQLAlchemy would do per row), in the caller's transaction.
     JSON columns in ``encoded`` are already serialised and bound as they are."""
-    from datapipe_dagster.store.schema import _plain_list
+    from datapipe_dagster.store.records import _plain_list
 
     cols = [c for c in table.columns if c.name in df.columns]
     lists = []

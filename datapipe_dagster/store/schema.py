@@ -1,5 +1,7 @@
 """Validation and type coercion of incoming frames against a table's SQLAlchemy columns.
 
+Row hashes are in ``store.rowhash``; frames to and from database rows in ``store.records``.
+
 Every check names the table, the column and the key of the first offending row, and runs before anything
 is written, so a bad chunk writes nothing.
 """
@@ -7,10 +9,7 @@ is written, so a bad chunk writes nothing.
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,6 @@ import sqlalchemy as sa
 from datapipe_dagster.errors import SchemaError, _plain
 
 _JSON_TYPES = (dict, list, str, int, float, bool, np.integer, np.floating, np.bool_)
-_NULL = "\x00null"  # how a missing value enters the row hash
 _JSON_EXACT = {dict, list, str, int, float, bool, type(None)}
 
 _INF_FIX = "replace it with None (NULL) or declare the column Float"
@@ -387,176 +385,3 @@ def coerce_frame(table: str, columns: list[sa.Column], df: pd.DataFrame) -> pd.D
 def empty_frame(columns: list[sa.Column]) -> pd.DataFrame:
     """An empty frame with the columns of ``columns``."""
     return pd.DataFrame({c.name: pd.Series([], dtype=object) for c in columns})
-
-
-def json_encoder(strict: bool) -> Callable[[Any], str]:
-    """The canonical JSON text of a value: ``json.dumps(v, sort_keys=True)`` exactly (so stored hashes
-    never change), from one C encoder built once instead of one per call (about 2x faster per value).
-
-    ``strict`` refuses what a SQL JSON column cannot hold (NaN, infinity, numpy scalars, bytes,
-    date/times); otherwise those become JSON through ``_json_default``.
-    """
-    return _STRICT_ENCODE if strict else _LOOSE_ENCODE
-
-
-def _make_encoder(strict: bool) -> Callable[[Any], str]:
-    default = None if strict else _json_default
-    if c_make_encoder is None:  # pragma: no cover - CPython always has the C accelerator
-        return json.JSONEncoder(sort_keys=True, allow_nan=not strict, default=default).encode
-
-    def _raise(v: Any) -> Any:
-        raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
-
-    # Arguments: markers (None: no cycle check; a cycle ends in RecursionError), default, string encoder,
-    # indent, key separator, item separator, sort_keys, skipkeys, allow_nan.
-    chunks = c_make_encoder(None, default or _raise, encode_basestring_ascii, None, ": ", ", ", True, False, not strict)
-    join = "".join
-    return lambda v: join(chunks(v, 0))
-
-
-def _is_null(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
-
-
-def encode_json_column(values: list[Any], strict: bool, table: str, column: str, df: pd.DataFrame, pks: list[str]) -> list[str | None]:
-    """Every value's canonical JSON text (None for a missing value).
-
-    Raises:
-        SchemaError: a value that cannot be serialised (names the column and the row's key).
-    """
-    encode = json_encoder(strict)
-    try:
-        return [None if v is None or (isinstance(v, float) and v != v) else encode(v) for v in values]
-    except (TypeError, ValueError, RecursionError):
-        for pos, v in enumerate(values):
-            try:
-                None if _is_null(v) else encode(v)
-            except (TypeError, ValueError, RecursionError) as e:
-                raise SchemaError(table, f"value is not JSON-serialisable: {e}", column, _key_of(df, pos, pks)) from None
-        raise
-
-
-def hash_rows(
-    df: pd.DataFrame,
-    columns: list[sa.Column],
-    table: str = "?",
-    strict_json: bool = False,
-    json_texts: dict[str, list[str | None]] | None = None,
-) -> np.ndarray:
-    """A 63-bit content hash per row, from every column (JSON values canonicalised), as int64.
-
-    With ``strict_json`` (values bound for a SQL JSON column), JSON values must be what the database's
-    JSON encoder writes: no NaN/infinity, no bytes, date/times or numpy scalars inside. With
-    ``json_texts``, the canonical JSON text of every JSON column is left there (column -> texts, None
-    for a missing value), so a writer can store the text it hashed instead of serialising again.
-
-    Raises:
-        SchemaError: a JSON value that cannot be serialised (names the column and key).
-    """
-    if len(df) == 0:
-        return np.zeros(0, dtype=np.int64)
-    pks = [c.name for c in columns if c.primary_key]
-    parts = {}
-    for col in columns:
-        s = df[col.name]
-        is_json = isinstance(col.type, sa.JSON)
-        if is_json or s.dtype == object:
-            texts = encode_json_column(s.tolist(), strict_json and is_json, table, col.name, df, pks)
-            if is_json and json_texts is not None:
-                json_texts[col.name] = texts
-            s = pd.Series([_NULL if t is None else t for t in texts], index=df.index, dtype=object)
-        parts[col.name] = s
-    h = pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy()
-    return (h >> np.uint64(1)).astype(np.int64)
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, (dt.date, dt.datetime, pd.Timestamp)):
-        return v.isoformat()
-    if isinstance(v, (bytes, bytearray)):
-        return v.hex()
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
-
-
-_STRICT_ENCODE = _make_encoder(strict=True)
-_LOOSE_ENCODE = _make_encoder(strict=False)
-
-
-def json_text_columns(table: sa.Table | sa.FromClause, names: list[str]) -> list[sa.ColumnElement[Any]]:
-    """Columns to select for ``names``, JSON ones as their text (``CAST(… AS TEXT)``), so the driver does
-    not parse every value on its own (one ``json.loads`` per row): ``decode_json_texts`` parses them in bulk."""
-    return [sa.cast(table.c[n], sa.Text).label(n) if isinstance(table.c[n].type, sa.JSON) else table.c[n] for n in names]
-
-
-_DECODE_SLICE = 10_000
-
-
-def decode_json_texts(df: pd.DataFrame, columns: list[sa.Column]) -> pd.DataFrame:
-    """Parse JSON columns selected with ``json_text_columns`` (SQL NULL and JSON null become None).
-
-    One ``json.loads`` of a JSON array per slice of values: about 3x faster than a call per value.
-    """
-    for col in columns:
-        if not isinstance(col.type, sa.JSON) or col.name not in df.columns or not len(df):
-            continue
-        texts = df[col.name].tolist()
-        vals: list[Any] = []
-        for i in range(0, len(texts), _DECODE_SLICE):
-            part = texts[i : i + _DECODE_SLICE]
-            vals.extend(json.loads("[" + ",".join(t if isinstance(t, str) else "null" for t in part) + "]"))
-        df[col.name] = pd.Series(vals, index=df.index, dtype=object)
-    return df
-
-
-def _plain_list(s: pd.Series) -> list[Any]:
-    """A column as a list of plain Python values (None for missing)."""
-    kind = s.dtype.kind
-    if kind in "iub" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
-        return s.to_numpy().tolist()
-    if kind == "f" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
-        vals = s.to_numpy().tolist()
-        return [None if v != v else v for v in vals] if s.isna().any() else vals
-    if kind == "M":
-        return [None if v is pd.NaT or v is None else v.to_pydatetime() for v in s.tolist()]
-    vals = s.tolist()
-    if s.isna().any():
-        mask = s.isna().to_numpy()
-        vals = [None if m else v for v, m in zip(vals, mask, strict=True)]
-    if vals and any(isinstance(v, (np.generic, pd.Timestamp)) for v in vals[:1000]):
-        vals = [v.item() if isinstance(v, np.generic) else (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v) for v in vals]
-    return vals
-
-
-def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as dicts of plain Python values (numpy scalars and NaN/NaT become Python values/None)."""
-    if len(df) == 0:
-        return []
-    cols = [str(c) for c in df.columns]
-    lists = [_plain_list(df.iloc[:, i]) for i in range(len(cols))]
-    return [dict(zip(cols, row, strict=True)) for row in zip(*lists, strict=True)]
-
-
-def conform_types(df: pd.DataFrame, columns: list[sa.Column]) -> pd.DataFrame:
-    """Give a frame read back from storage the pandas types its columns declare (nullable ints stay ints)."""
-    for col in columns:
-        if col.name not in df.columns:
-            continue
-        s = df[col.name]
-        if isinstance(col.type, sa.Boolean):
-            if s.isna().any():
-                df[col.name] = s.astype("boolean")
-            elif len(s):
-                df[col.name] = s.astype(bool)
-        elif isinstance(col.type, sa.Integer):
-            if s.isna().any():
-                df[col.name] = s.astype("Int64")
-            elif len(s):
-                df[col.name] = s.astype("int64")
-        elif isinstance(col.type, (sa.Float, sa.Numeric)) and len(s):
-            df[col.name] = s.astype("float64")
-        elif isinstance(col.type, sa.DateTime) and col.type.timezone and len(s):
-            # PostgreSQL returns the session's time zone, SQLite naive UTC: both as aware UTC.
-            df[col.name] = pd.to_datetime(s, utc=True)
-    return df

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import plain
-from datapipe_dagster.store.schema import _json_default, coerce_frame, to_records
+from datapipe_dagster.store.records import to_records
+from datapipe_dagster.store.rowhash import _json_default
+from datapipe_dagster.store.schema import coerce_frame
 
 
 class SchemalessColumns:

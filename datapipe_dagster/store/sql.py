@@ -16,10 +16,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.store.pgcopy import executemany_frame
-from datapipe_dagster.store.schema import to_records
+from datapipe_dagster.store.records import to_records
 
 if TYPE_CHECKING:
-    from datapipe_dagster.store.database import DBConn
+    from datapipe_dagster.store.dbconn import DBConn
 
 MAX_PARAMS = 20000
 MAX_TUPLES = 500

@@ -26,7 +26,7 @@ from datapipe_dagster import (
     run_steps,
 )
 from datapipe_dagster.meta.tables import MetaTable, TransformMetaTable
-from datapipe_dagster.store.database import fit_identifier, mask_url
+from datapipe_dagster.store.dbconn import fit_identifier, mask_url
 from tests.conftest import PG_URL
 from tests.engine_helpers import event, events_schema, frame, parse_clicks_ip, seed_catalog
 

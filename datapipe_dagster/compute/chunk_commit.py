@@ -1,0 +1,129 @@
+"""The commit of a BatchTransform chunk: its outputs written and its keys marked, in one transaction,
+without regressing a key a concurrent processor committed from newer inputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.compute.batch_keys import KeyedBatchStep
+from datapipe_dagster.compute.datatable import DataTable
+from datapipe_dagster.compute.result import StepResult, failed_frame
+from datapipe_dagster.compute.table_write import WriteResult
+from datapipe_dagster.errors import SchemaError
+from datapipe_dagster.frames import anti_join
+from datapipe_dagster.store.records import to_records
+
+log = logging.getLogger("datapipe_dagster")
+
+
+@dataclass
+class Commit:
+    """What one chunk's commit did: keys processed, keys left to a newer state, writes per output, and
+    the failed keys it recorded."""
+
+    processed: int
+    superseded: int
+    writes: list[WriteResult]
+    failed: pd.DataFrame
+
+
+class SupersededPart(Exception):  # noqa: N818 - internal signal: a chunk's keys are partly newer elsewhere
+    """Raised inside a commit whose output cannot drop the rows of the keys a newer commit owns."""
+
+
+class CommittingStep(KeyedBatchStep):
+    """A keyed BatchTransform step that commits chunks (see ``_commit``)."""
+
+    def _count(self, result: StepResult, commit: Commit) -> None:
+        result.keys_processed += commit.processed
+        result.keys_superseded += commit.superseded
+        if len(commit.failed):
+            result.add_failed(commit.failed)
+        for dt, st in zip(self.output_dts, commit.writes, strict=True):
+            result.add_write(dt.name, dt.primary_keys, st)
+
+    def _commit(
+        self,
+        keys: pd.DataFrame,
+        outs: list[pd.DataFrame],
+        read_seq: int,
+        failed: pd.DataFrame | None = None,
+    ) -> Commit:
+        """Write a chunk's outputs and mark its keys as of ``read_seq``, in one transaction.
+
+        ``keys`` are the chunk's keys; those in ``failed`` (key columns, ``error``, ``traceback``) are
+        marked failed and keep their outputs, the others get ``outs`` and are marked processed.
+
+        The rule that keeps concurrent processors of this transform from losing an update: under the
+        transform's commit lock, keys whose recorded state is newer than ``read_seq`` are left alone
+        (outputs and state), so a commit never regresses a key's state nor overwrites outputs computed
+        from newer inputs. A key whose inputs moved after ``read_seq`` is marked with ``read_seq``, so the
+        newer rows keep it stale.
+        """
+        now = time.time()
+        kc = self.key_cols
+        failed = failed if failed is not None else pd.DataFrame(columns=kc + ["error", "traceback"])
+        with self.ds.meta_dbconn.begin_write() as conn:
+            self.meta.lock(conn)
+            newer = self.meta.newer_than(conn, keys[kc], read_seq)
+            if len(newer):
+                keys = anti_join(keys, newer, kc)
+                failed = anti_join(failed, newer, kc)
+                outs = [self._drop_newer(dt, o, newer, len(keys)) for dt, o in zip(self.output_dts, outs, strict=True)]
+            ok = anti_join(keys[kc], failed, kc)
+            stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
+            if len(ok):
+                # Every read first and the state marked (under the transform's lock already), so the
+                # write-sequence lock, taken by the first output write, is held only while writing.
+                prepared = [
+                    dt.prepare_write(conn, df, processed_idx=self._cleanup_scope(conn, dt, ok), now=now, validated=True)
+                    for dt, df in zip(self.output_dts, outs, strict=True)
+                ]
+                self.meta.mark(conn, ok, read_seq, now)
+                stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
+            for rec in to_records(failed):
+                one = pd.DataFrame([{k: rec[k] for k in kc}])
+                self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
+        for dt in self.output_dts:
+            dt.maybe_analyze()
+        self._statistics.grew(self.ds.meta_dbconn, len(keys), [self.meta.table])
+        return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
+
+    def _cleanup_scope(self, conn: sa.Connection, dt: DataTable, ok: pd.DataFrame) -> pd.DataFrame | None:
+        """The keys under which ``dt``'s rows not returned are deleted (None: ``cleanup=False``, none)."""
+        if dt.name in self.no_cleanup:
+            return None
+        return ok[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
+
+    def _drop_newer(self, dt: DataTable, out: pd.DataFrame, newer: pd.DataFrame, left: int) -> pd.DataFrame:
+        """``out`` without the rows of keys a newer commit already processed.
+
+        An output without the transform-key columns (``cleanup=False``) cannot be split by key: when only
+        some of the chunk's keys are newer the commit fails, and the chunk is split until each part is
+        wholly newer (nothing written) or not at all.
+        """
+        kc = self.key_cols
+        if self.keyless or left == 0:
+            return out.iloc[0:0]
+        if len(out) == 0:
+            return out
+        if all(k in out.columns for k in kc):
+            return anti_join(out, newer, kc)
+        raise SupersededPart(
+            f"transform {self.name!r}: a concurrent run processed {len(newer)} of this chunk's keys with newer "
+            f"inputs, and output {dt.name!r} (cleanup=False, without the transform-key columns) cannot be split by "
+            "key; the chunk is retried in parts"
+        )
+
+    def _mark_failed(self, keys: pd.DataFrame, e: BaseException, read_seq: int, result: StepResult) -> None:
+        """Record ``keys`` as failed with ``e``, as of the inputs read at ``read_seq`` (so a row written
+        after that read makes them stale again)."""
+        failed = failed_frame(keys[self.key_cols], e)
+        self._count(result, self._commit(keys, [dt.store.empty() for dt in self.output_dts], read_seq, failed))
+        if isinstance(e, SchemaError):
+            log.debug("transform %s produced bad output: %s", self.name, e)
