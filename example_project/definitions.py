@@ -11,6 +11,8 @@ only *declare* where data lives. Settings come from the environment so the same 
 - ``DATAPIPE_EXAMPLE_PARTITIONS``: hash buckets per transform key (default 16);
 - ``DATAPIPE_EXAMPLE_SENSOR_INTERVAL``: seconds between sensor ticks (default 30, Dagster's floor is 5);
 - ``DATAPIPE_EXAMPLE_SENSORS_RUNNING``: ``1`` to start the sensors as running (default: off until turned on);
+- ``DATAPIPE_EXAMPLE_AUTOMATION``: ``conditions`` for declarative automation conditions instead of one
+  sensor per transform (default ``sensors``);
 - ``DATAPIPE_EXAMPLE_FAN_OUT``: ``1`` to run each partition of a range run as its own step;
 - ``DATAPIPE_EXAMPLE_MAX_PARTITIONS_PER_RUN``: split backfills and sensor requests into runs of at most N;
 - ``DATAPIPE_EXAMPLE_CELERY_BROKER``: a broker URL (e.g. ``redis://127.0.0.1:6379/0``): the asset jobs run

@@ -185,3 +185,80 @@ def test_dagster_dev_sensor_launches_runs_for_stale_partitions(tmp_path: Path) -
         assert len(new) == 1 and run_partitions(new[0], parts) == {target}
         assert len(stale_runs(dev)) == n_before + 1
     print(f"first wave of runs done {first_wave:.1f}s after the events were stored")
+
+
+ALL_RUNS_QUERY = """
+query { runsOrError { ... on Runs { results { runId status tags { key value } } } } }
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_dagster_dev_automation_conditions_run_exactly_the_stale_partitions(tmp_path: Path) -> None:
+    """``automation="conditions"`` live: the daemon's automation sensor (evaluated in the code location)
+    requests the partitions holding stale keys, and its runs process those keys only."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    db = tmp_path / "data.sqlite"
+    parts = BucketPartitions(PARTITIONS)
+    events = make_events(200, 10, seed=7)
+    st = open_store(db)
+    try:
+        st.catalog.get_datatable(st.ds, "events").store_chunk(events)
+    finally:
+        st.dispose()
+    want = set(parts.stale_partitions(events[["user_id"]].drop_duplicates(), ["user_id"]))
+    assert 1 < len(want) < PARTITIONS
+    env = {
+        "DATAPIPE_EXAMPLE_SENSOR_INTERVAL": "5",
+        "DATAPIPE_EXAMPLE_PARTITIONS": str(PARTITIONS),
+        "DATAPIPE_EXAMPLE_AUTOMATION": "conditions",
+        "DATAPIPE_EXAMPLE_SENSORS_RUNNING": "1",
+    }
+    with running_dagster_dev(home, str(db), tmp_path / "dagster_dev.log", timeout=90, extra_env=env) as dev:
+        repo = {"repositoryName": REPOSITORY, "repositoryLocationName": LOCATION}
+        sensors = dev.graphql(SENSORS_QUERY, {"repo": repo})["sensorsOrError"]["results"]
+        assert [(s["name"], s["sensorState"]["status"]) for s in sensors] == [
+            ("datapipe_automation_sensor", "RUNNING")
+        ]
+
+        def parse_runs() -> list[dict[str, Any]]:
+            runs = dev.graphql(ALL_RUNS_QUERY)["runsOrError"]["results"]
+            for r in runs:
+                assert r["status"] not in ("FAILURE", "CANCELED"), f"run failed: {r}\n{dev.log_tail()}"
+            return [r for r in runs if run_partitions(r, parts) and any(
+                t["key"] == "dagster/from_automation_condition" for t in r["tags"])]
+
+        def first_wave_done() -> bool:
+            runs = parse_runs()
+            return bool(runs) and all(r["status"] == "SUCCESS" for r in runs) and derived_matches(db, events)
+
+        wait_for("the automation sensor to run the stale partitions", first_wave_done, timeout=150, interval=1.0)
+        runs = parse_runs()
+        covered = set().union(*(run_partitions(r, parts) for r in runs))
+        assert want <= covered, f"runs covered {sorted(covered)}, stale partitions were {sorted(want)}"
+        for r in runs:  # an automation run is never a reparse: it processes stale keys only
+            tags = {t["key"]: t["value"] for t in r["tags"]}
+            assert tags.get("datapipe/mode") != "reparse", tags
+
+        # One user's event is rewritten: a run for that user's partition brings the outputs up to date.
+        ev = events.iloc[[0]].copy()
+        ev["event"] = [{"event_type": "clack", "ip": "333.333.333.333"}]
+        st = open_store(db)
+        try:
+            st.catalog.get_datatable(st.ds, "events").store_chunk(ev)
+            events_now = st.catalog.get_datatable(st.ds, "events").get_data()
+        finally:
+            st.dispose()
+        (target,) = parts.stale_partitions(ev[["user_id"]], ["user_id"])
+        seen = {r["runId"] for r in runs}
+
+        def second_wave() -> list[dict[str, Any]] | None:
+            new = [r for r in parse_runs() if r["runId"] not in seen]
+            if new and all(r["status"] == "SUCCESS" for r in new) and derived_matches(db, events_now):
+                return new
+            return None
+
+        new = wait_for("the automation sensor to run the rewritten event's partition", second_wave, timeout=90,
+                       interval=1.0)
+        assert target in set().union(*(run_partitions(r, parts) for r in new))
