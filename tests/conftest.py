@@ -88,3 +88,9 @@ def dbconn(backend: str, tmp_path, request: pytest.FixtureRequest) -> Iterator[D
             conn._engine.dispose()
     else:
         yield request.getfixturevalue("pg_schema_conn")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests (a live ``dagster dev``, the browser, the whole demo) first, so that pytest-xdist
+    workers start them early instead of finishing the run on one of them (the order is otherwise kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
