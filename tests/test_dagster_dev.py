@@ -88,6 +88,18 @@ def derived_matches(db: Path, events: pd.DataFrame) -> bool:
     )
 
 
+def rewrite_first_event(db: Path, events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Store the first event again as the seed's "clack"; return it and every event now stored."""
+    ev = events.iloc[[0]].copy()
+    ev["event"] = [{"event_type": "clack", "ip": "333.333.333.333"}]
+    st = open_store(db)
+    try:
+        st.catalog.get_datatable(st.ds, "events").store_chunk(ev)
+        return ev, st.catalog.get_datatable(st.ds, "events").get_data()
+    finally:
+        st.dispose()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_dagster_dev_sensor_launches_runs_for_stale_partitions(tmp_path: Path) -> None:
@@ -162,14 +174,7 @@ def test_dagster_dev_sensor_launches_runs_for_stale_partitions(tmp_path: Path) -
         assert stats == {"numMaterialized": len(want), "numPartitions": PARTITIONS, "numFailed": 0}
 
         # One user's event is rewritten (the seed's "clack"): exactly one more run, for that user's partition.
-        ev = events.iloc[[0]].copy()
-        ev["event"] = [{"event_type": "clack", "ip": "333.333.333.333"}]
-        st = open_store(db)
-        try:
-            st.catalog.get_datatable(st.ds, "events").store_chunk(ev)
-            events_now = st.catalog.get_datatable(st.ds, "events").get_data()
-        finally:
-            st.dispose()
+        ev, events_now = rewrite_first_event(db, events)
         (target,) = parts.stale_partitions(ev[["user_id"]], ["user_id"])
         n_before = len(runs)
 
@@ -242,14 +247,7 @@ def test_dagster_dev_automation_conditions_run_exactly_the_stale_partitions(tmp_
             assert tags.get("datapipe/mode") != "reparse", tags
 
         # One user's event is rewritten: a run for that user's partition brings the outputs up to date.
-        ev = events.iloc[[0]].copy()
-        ev["event"] = [{"event_type": "clack", "ip": "333.333.333.333"}]
-        st = open_store(db)
-        try:
-            st.catalog.get_datatable(st.ds, "events").store_chunk(ev)
-            events_now = st.catalog.get_datatable(st.ds, "events").get_data()
-        finally:
-            st.dispose()
+        ev, events_now = rewrite_first_event(db, events)
         (target,) = parts.stale_partitions(ev[["user_id"]], ["user_id"])
         seen = {r["runId"] for r in runs}
 

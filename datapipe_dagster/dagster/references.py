@@ -64,22 +64,23 @@ def kind_of(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def check_catalog(obj: Any, attribute: str, ref: str) -> Any:
-    if isinstance(obj, Catalog) or (callable(obj) and not isinstance(obj, (Pipeline, type))):
+def _check_declaration(obj: Any, attribute: str, ref: str, expected: type, other: type, factory: str) -> Any:
+    """``obj`` when it is an ``expected`` (Catalog/Pipeline) or a function making one (not the ``other``
+    declaration, not a class); else an error naming the attribute, the reference and what was found."""
+    if isinstance(obj, expected) or (callable(obj) and not isinstance(obj, (other, type))):
         return obj
     raise ConfigurationError(
-        f"{COMPONENT} attribute `{attribute}` ({ref}): expected a datapipe_dagster Catalog, or a function "
-        f"taking a DBConn and returning one; found {kind_of(obj)}"
+        f"{COMPONENT} attribute `{attribute}` ({ref}): expected a datapipe_dagster {expected.__name__}, or a "
+        f"function {factory} returning one; found {kind_of(obj)}"
     )
+
+
+def check_catalog(obj: Any, attribute: str, ref: str) -> Any:
+    return _check_declaration(obj, attribute, ref, Catalog, Pipeline, "taking a DBConn and")
 
 
 def check_pipeline(obj: Any, attribute: str, ref: str) -> Any:
-    if isinstance(obj, Pipeline) or (callable(obj) and not isinstance(obj, (Catalog, type))):
-        return obj
-    raise ConfigurationError(
-        f"{COMPONENT} attribute `{attribute}` ({ref}): expected a datapipe_dagster Pipeline, or a function "
-        f"without arguments returning one; found {kind_of(obj)}"
-    )
+    return _check_declaration(obj, attribute, ref, Pipeline, Catalog, "without arguments")
 
 
 def check_assets(obj: Any, ref: str) -> list[dg.AssetsDefinition | dg.AssetSpec]:
