@@ -117,3 +117,27 @@ def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn) -> None:
         compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
         plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall())
     assert "SEARCH seek" in plan and "SCAN seek" not in plan, plan
+
+
+def test_many_keys_longer_than_the_column_match_no_prefix(dbconn) -> None:
+    """A key longer than its column's declared length matches nothing: PostgreSQL's explicit cast to a
+    bounded ``VARCHAR(n)[]`` would cut it to its prefix and fetch (or delete) that other key's row."""
+    import pandas as pd
+
+    from datapipe_dagster.store.sql import SMALL_KEYS, delete_by_keys, fetch_by_keys
+
+    t = sa.Table(
+        "short_keys", sa.MetaData(schema=dbconn.schema), sa.Column("k", sa.String(5), primary_key=True),
+        sa.Column("v", sa.Integer),
+    )
+    dbconn.ensure_table(t)
+    stored = pd.DataFrame({"k": [f"k{i:04d}" for i in range(SMALL_KEYS + 10)], "v": range(SMALL_KEYS + 10)})
+    with dbconn.begin_write() as conn:
+        conn.execute(sa.insert(t), stored.to_dict("records"))
+    # Every asked key is a stored key plus a suffix: cut to 5 characters, each would match a stored row.
+    asked = pd.DataFrame({"k": [k + "-long" for k in stored["k"]]})
+    with dbconn.begin_write() as conn:
+        got = fetch_by_keys(conn, sa.select(t), t, ["k"], asked, ["k", "v"])
+        assert got.empty, f"keys longer than VARCHAR(5) matched stored rows: {got['k'].tolist()[:3]}"
+        delete_by_keys(conn, t, ["k"], asked)
+        assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == len(stored)

@@ -88,9 +88,25 @@ def pg_unnest(
     from sqlalchemy.dialects.postgresql import ARRAY
 
     arrays = [
-        sa.bindparam(f"{prefix}_{i}", value=v, type_=ARRAY(t)) for i, (v, t) in enumerate(zip(values, types, strict=True))
+        sa.bindparam(f"{prefix}_{i}", value=v, type_=ARRAY(_unbounded(t)))
+        for i, (v, t) in enumerate(zip(values, types, strict=True))
     ]
     return sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+
+
+def _unbounded(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    """The array element type of ``t`` without its length, precision or collation: the array parameter is
+    rendered with an explicit cast, and PostgreSQL's explicit cast to ``VARCHAR(n)`` or ``NUMERIC(p, s)``
+    silently cuts or rounds a value, so a longer key would match (or delete) the row of its prefix."""
+    if isinstance(t, sa.Enum):  # a named type: its values are bounded by the type, not by a length
+        return t
+    if isinstance(t, sa.String):
+        return sa.String()
+    if isinstance(t, sa.Float):
+        return sa.Float()
+    if isinstance(t, sa.Numeric):
+        return sa.Numeric()
+    return t
 
 
 def _pg_unnest_keys(table: sa.Table | sa.FromClause, columns: list[str], keys: pd.DataFrame) -> sa.Select:
