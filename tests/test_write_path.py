@@ -145,3 +145,57 @@ def test_an_idle_run_queries_no_table_and_a_change_is_still_seen(dbconn) -> None
     assert run_steps(ds, steps).steps[0].keys_processed == 1
     ip = catalog.get_datatable(ds, "ip").get_data()
     assert dict(zip(ip["user_id"], ip["ip"], strict=True)) == {"u1": "3.3.3.3", "u2": "2.2.2.2"}
+
+
+def _statements_of(dbconn, fn):  # noqa: ANN001, ANN202
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(statement.lower())
+
+    sa.event.listen(dbconn.engine, "before_cursor_execute", record)
+    try:
+        out = fn()
+    finally:
+        sa.event.remove(dbconn.engine, "before_cursor_execute", record)
+    return out, statements
+
+
+def test_the_first_idle_run_after_a_run_sweeps_no_output(dbconn) -> None:
+    """A commit that finds nothing unseen in an output below its own writes moves that output's watermark
+    past them: the run right after a full run no longer rescans every output row the run wrote."""
+    from tests.engine_helpers import event, seed_setup
+
+    ds, catalog, steps = seed_setup(dbconn)
+    events = catalog.get_datatable(ds, "events")
+    events.store_chunk(pd.DataFrame([event(f"u{i}", "e1", "click", f"1.1.1.{i}") for i in range(5)]))
+    run_steps(ds, steps)
+    summary, statements = _statements_of(dbconn, lambda: run_steps(ds, steps))
+    assert summary.steps[0].keys_processed == 0
+    assert statements and not [s for s in statements if "click_count_meta" in s or "ip_meta" in s], statements
+    # The same after one change: the change's own run leaves nothing for the next one to sweep.
+    events.store_chunk(pd.DataFrame([event("u1", "e1", "clack", "3.3.3.3")]))
+    assert run_steps(ds, steps).steps[0].keys_processed == 1
+    summary, statements = _statements_of(dbconn, lambda: run_steps(ds, steps))
+    assert summary.steps[0].keys_processed == 0
+    assert not [s for s in statements if "click_count_meta" in s or "ip_meta" in s], statements
+
+
+def test_an_output_row_written_by_hand_before_a_commit_is_still_swept(dbconn) -> None:
+    """A row nobody's key produces, written into an output between two runs, sits below the next commit's
+    writes: that commit must not move the output's watermark past it, and the next run deletes it."""
+    from tests.engine_helpers import as_dict, event, seed_setup
+
+    ds, catalog, steps = seed_setup(dbconn)
+    events = catalog.get_datatable(ds, "events")
+    events.store_chunk(pd.DataFrame([event("u1", "e1"), event("u2", "e1")]))
+    run_steps(ds, steps)
+    cc = catalog.get_datatable(ds, "click_count")
+    cc.store_chunk(pd.DataFrame([{"user_id": "stray", "click_count": 9}]))
+    events.store_chunk(pd.DataFrame([event("u1", "e2")]))
+    # Process u1 alone (a changelist run), so the stray key is not processed with it.
+    steps[0].process_keys(pd.DataFrame({"user_id": ["u1"]}))
+    assert "stray" in set(steps[0].get_stale_keys(advance_watermark=False)["user_id"])
+    run_steps(ds, steps, raise_on_error=True)
+    assert as_dict(cc.get_data(), "user_id", "click_count") == {"u1": 2, "u2": 1}
+    assert len(steps[0].get_stale_keys()) == 0

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from datapipe_dagster.compute.batch_keys import KeyedBatchStep
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.compute.result import StepResult, failed_frame
+from datapipe_dagster.compute.stale import InputRole, output_roles
 from datapipe_dagster.compute.table_write import WriteResult
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import anti_join
@@ -85,7 +86,10 @@ class CommittingStep(KeyedBatchStep):
                     for dt, df in zip(self.output_dts, outs, strict=True)
                 ]
                 self.meta.mark(conn, ok, read_seq, now)
+                clean = self._clean_swept(conn)
                 stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
+                if clean:
+                    self.ds.watermarks.advance(conn, self.name, dict.fromkeys(clean, self.ds.seq.current(conn)))
             for rec in to_records(failed):
                 one = pd.DataFrame([{k: rec[k] for k in kc}])
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
@@ -93,6 +97,35 @@ class CommittingStep(KeyedBatchStep):
             dt.maybe_analyze()
         self._statistics.grew(self.ds.meta_dbconn, len(keys), [self.meta.table])
         return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
+
+    def _clean_swept(self, conn: sa.Connection) -> list[str]:
+        """The watermarks of swept outputs that this commit's writes may move past (see below); takes the
+        write-sequence lock (held to commit) when there are any.
+
+        Every live row a commit writes to a swept output is under a key it marks processed in the same
+        transaction, so it is no orphan, and the stale query need not scan it. A row between an output's
+        watermark and this commit's first sequence number may be one (written by hand or by another
+        writer): then that watermark stays for the stale query to look. The rows up to the sequence value
+        read first are probed before the lock; those numbered between that read and the lock (another
+        writer's, rare) under it, so the common commit reads nothing more while holding the lock.
+        """
+        if self.keyless or not self._swept_outputs():
+            return []
+        seen = self.ds.seq.current(conn)
+        marks = self.ds.watermarks.get(conn, self.name)
+        roles = [r for r in output_roles(self._swept_outputs(), self.transform_keys) if marks.get(r.mark, 0) < seen]
+        roles = [r for r in roles if not self._rows_between(conn, r, marks.get(r.mark, 0), seen)]
+        # Every number at or below ``below`` was committed before the lock was granted; the numbers above it
+        # are this commit's alone until it ends.
+        below = self.ds.seq.allocate(conn, 0) - 1  # allocate returns the first number it reserves
+        if below > seen:
+            roles = [r for r in roles if not self._rows_between(conn, r, seen, below)]
+        return [r.mark for r in roles]
+
+    @staticmethod
+    def _rows_between(conn: sa.Connection, role: InputRole, low: int, high: int) -> bool:
+        m = role.dt.meta.table
+        return conn.execute(sa.select(m.c.seq).where(m.c.seq > low, m.c.seq <= high).limit(1)).first() is not None
 
     def _cleanup_scope(self, conn: sa.Connection, dt: DataTable, ok: pd.DataFrame) -> pd.DataFrame | None:
         """The keys under which ``dt``'s rows not returned are deleted (None: ``cleanup=False``, none)."""

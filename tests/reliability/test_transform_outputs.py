@@ -105,3 +105,46 @@ def test_outputs_shared_by_two_steps_are_not_swept(dbconn) -> None:
     run_steps(ds, steps, raise_on_error=True)
     assert as_dict(catalog.get_datatable(ds, "click_count").get_data(), "user_id", "click_count") == {"a1": 1, "b1": 1}
     assert all(len(s.get_stale_keys()) == 0 for s in steps)
+
+
+def test_an_output_row_numbered_while_a_commit_waits_for_the_sequence_is_still_swept(pg_schema_conn) -> None:
+    """PostgreSQL (SQLite's writer lock admits no second writer inside a commit): A's commit has probed the
+    outputs below the sequence value it read and waits for the write-sequence lock; meanwhile a row no key
+    produces is written into ``click_count`` and numbered just above that value. A must not move
+    ``click_count``'s watermark past it (the probe under the lock sees it), so the next run deletes it."""
+    import threading
+
+    from tests.reliability.test_interleavings import GATE_TIMEOUT, second_processor
+
+    dbconn = pg_schema_conn
+    ds_a, catalog_a, steps_a = seed_setup(dbconn)
+    catalog_a.get_datatable(ds_a, "events").store_chunk(pd.DataFrame([event("u1", "a")]))
+    entered, release = threading.Event(), threading.Event()
+    real_allocate = ds_a.seq.allocate
+
+    def allocate(conn, n: int) -> int:  # noqa: ANN001 - the gate: before the commit's lock, once
+        if n == 0 and not release.is_set():
+            entered.set()
+            assert release.wait(GATE_TIMEOUT), "gate never opened"
+        return real_allocate(conn, n)
+
+    ds_a.seq.allocate = allocate  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def processor_a() -> None:
+        try:
+            run_steps(ds_a, steps_a, raise_on_error=True)
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    t = threading.Thread(target=processor_a)
+    t.start()
+    assert entered.wait(GATE_TIMEOUT)
+    ds_b, catalog_b, _ = second_processor(dbconn, ds_a)
+    catalog_b.get_datatable(ds_b, "click_count").store_chunk(pd.DataFrame([{"user_id": "stray", "click_count": 9}]))
+    release.set()
+    t.join(GATE_TIMEOUT)
+    assert not t.is_alive() and not errors, errors
+    assert "stray" in set(steps_a[0].get_stale_keys(advance_watermark=False)["user_id"])
+    run_steps(ds_a, steps_a, raise_on_error=True)
+    assert as_dict(catalog_a.get_datatable(ds_a, "click_count").get_data(), "user_id", "click_count") == {"u1": 1}
