@@ -72,6 +72,25 @@ class ChangeList:
             return None
         return self._get(table_name)
 
+    def head(self, table_name: str, n: int) -> IndexDF | None:
+        """The first ``n`` distinct changed keys of ``table_name`` (None when it is not in the list), read
+        from as few appended parts as hold them: a preview of a run's first keys must not merge (and keep)
+        the whole key set of a full run."""
+        if table_name not in self._parts:
+            return None
+        merged = self._merged.get(table_name)
+        frames = [merged] if merged is not None and len(merged) else []
+        seen = pd.DataFrame()
+        for part in self._parts[table_name]:
+            frames.append(part if not frames else part[list(frames[0].columns)])
+            seen = pd.concat(frames, ignore_index=True).drop_duplicates()
+            frames = [seen]
+            if len(seen) >= n:
+                break
+        if not frames:
+            return merged if merged is not None else pd.DataFrame()
+        return frames[0].head(n).reset_index(drop=True)
+
     def empty(self) -> bool:
         return all(
             not any(len(p) for p in self._parts[n]) and len(self._merged.get(n, ())) == 0 for n in self._parts

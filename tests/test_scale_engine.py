@@ -153,3 +153,30 @@ def test_a_state_table_without_key_hash_is_migrated_and_backfilled(dbconn) -> No
 def test_all_buckets_together_are_all_keys(dbconn, n: int) -> None:
     _, _, steps, _ = _setup(dbconn, 10)
     assert _sorted(steps[0].get_partition_keys(n, range(n))) == sorted(str(i) for i in range(10))
+
+
+def test_changelist_head_reads_only_the_parts_it_needs(monkeypatch) -> None:
+    """A preview takes a run's first changed keys: ``head`` de-duplicates across the first parts only and
+    leaves the rest unmerged (a full run's key set was merged whole to show five rows)."""
+    cl = ChangeList()
+    cl.append("t", pd.DataFrame({"k": [1, 1, 2]}))
+    cl.append("t", pd.DataFrame({"k": [2, 3, 4]}))
+    for i in range(200):
+        cl.append("t", pd.DataFrame({"k": range(1000 + i * 10, 1010 + i * 10)}))
+    rows_concatenated = 0
+    real_concat = pd.concat
+
+    def counting_concat(frames, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        nonlocal rows_concatenated
+        frames = list(frames)
+        rows_concatenated += sum(len(f) for f in frames)
+        return real_concat(frames, *a, **kw)
+
+    monkeypatch.setattr(dp_types.pd, "concat", counting_concat)
+    assert cl.head("t", 4)["k"].tolist() == [1, 2, 3, 4]
+    assert rows_concatenated <= 12
+    assert cl.head("missing", 4) is None
+    assert cl.head("t", 5)["k"].tolist() == [1, 2, 3, 4, 1000]
+    monkeypatch.undo()
+    assert len(cl.get("t")) == 2004, "head leaves the list whole"
+    assert cl.head("t", 3)["k"].tolist() == [1, 2, 3]

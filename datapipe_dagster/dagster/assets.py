@@ -140,7 +140,7 @@ def materializations(
                 partition=o.partition,
                 key_cols=key_cols,
                 stale_remaining=o.stale_remaining,
-                preview=preview(dt, o.result.changed.get(dt.name)),
+                preview=preview(dt, o.result.changed.head(dt.name, c.PREVIEW_ROWS)),
                 parts=runner.parts if runner is not None else None,
             )
             for o in outcomes

@@ -58,10 +58,16 @@ def summarize(partition: str, result: StepResult, key_cols: list[str]) -> dict[s
         "keys_failed": int(result.keys_failed),
         "failed": failed[cols].astype(object).to_dict("records") if len(failed) else [],
         "changed": {
-            t: result.changed_keys(t).head(c.PREVIEW_ROWS).astype(object).to_dict("records")
+            t: _first_changed(result, t).astype(object).to_dict("records")
             for t in result.outputs
         },
     }
+
+
+def _first_changed(result: StepResult, table: str) -> pd.DataFrame:
+    """The preview's keys: the first changed keys of ``table``, without merging the run's whole key set."""
+    idx = result.changed.head(table, c.PREVIEW_ROWS)
+    return pd.DataFrame() if idx is None else idx
 
 
 def restore(s: dict[str, Any]) -> _Summary:
