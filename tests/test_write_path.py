@@ -166,7 +166,7 @@ def test_the_first_idle_run_after_a_run_sweeps_no_output(dbconn) -> None:
     past them: the run right after a full run no longer rescans every output row the run wrote."""
     from tests.engine_helpers import event, seed_setup
 
-    ds, catalog, steps = seed_setup(dbconn)
+    ds, catalog, steps = seed_setup(dbconn, chunk_size=2)  # three chunks, three commits
     events = catalog.get_datatable(ds, "events")
     events.store_chunk(pd.DataFrame([event(f"u{i}", "e1", "click", f"1.1.1.{i}") for i in range(5)]))
     run_steps(ds, steps)

@@ -113,8 +113,11 @@ class CommittingStep(KeyedBatchStep):
             return []
         seen = self.ds.seq.current(conn)
         marks = self.ds.watermarks.get(conn, self.name)
-        roles = [r for r in output_roles(self._swept_outputs(), self.transform_keys) if marks.get(r.mark, 0) < seen]
-        roles = [r for r in roles if not self._rows_between(conn, r, marks.get(r.mark, 0), seen)]
+        roles = [
+            r
+            for r in output_roles(self._swept_outputs(), self.transform_keys)
+            if marks.get(r.mark, 0) >= seen or not self._rows_between(conn, r, marks.get(r.mark, 0), seen)
+        ]
         # Every number at or below ``below`` was committed before the lock was granted; the numbers above it
         # are this commit's alone until it ends.
         below = self.ds.seq.allocate(conn, 0) - 1  # allocate returns the first number it reserves
