@@ -199,3 +199,48 @@ def test_an_output_row_written_by_hand_before_a_commit_is_still_swept(dbconn) ->
     run_steps(ds, steps, raise_on_error=True)
     assert as_dict(cc.get_data(), "user_id", "click_count") == {"u1": 2, "u2": 1}
     assert len(steps[0].get_stale_keys()) == 0
+
+
+def test_a_watermark_never_moves_down(dbconn) -> None:
+    """``advance`` keeps the larger value in the upsert itself, so a late, lower advance (a stale query read
+    before a commit moved the mark) cannot undo a higher one."""
+    from datapipe_dagster.meta.tables import WatermarkTable
+
+    marks = WatermarkTable(dbconn)
+    marks.create()
+    with dbconn.begin_write() as conn:
+        marks.advance(conn, "t", {"a": 10})
+    with dbconn.begin_write() as conn:
+        marks.advance(conn, "t", {"a": 5, "b": 3})
+    with dbconn.connect() as conn:
+        assert marks.get(conn, "t") == {"a": 10, "b": 3}
+
+
+def test_a_lower_advance_racing_a_higher_one_keeps_the_higher(pg_schema_conn) -> None:
+    """PostgreSQL: the higher advance is uncommitted when the lower one starts; the lower one waits on the
+    row and must not overwrite the committed higher value with its own."""
+    import threading
+
+    from datapipe_dagster import DBConn
+    from datapipe_dagster.meta.tables import WatermarkTable
+
+    marks = WatermarkTable(pg_schema_conn)
+    marks.create()
+    other = DBConn(pg_schema_conn.connstr, schema=pg_schema_conn.schema)
+    done = threading.Event()
+
+    def lower() -> None:
+        with other.begin_write() as conn:
+            WatermarkTable(other).advance(conn, "t", {"a": 5})
+        done.set()
+
+    with pg_schema_conn.begin_write() as conn:
+        marks.advance(conn, "t", {"a": 10})
+        t = threading.Thread(target=lower)
+        t.start()
+        assert not done.wait(0.5), "the lower advance must wait for the row"
+    t.join(30)
+    assert done.is_set()
+    with pg_schema_conn.connect() as conn:
+        assert marks.get(conn, "t") == {"a": 10}
+    other.engine.dispose()

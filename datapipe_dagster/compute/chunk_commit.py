@@ -113,22 +113,30 @@ class CommittingStep(KeyedBatchStep):
             return []
         seen = self.ds.seq.current(conn)
         marks = self.ds.watermarks.get(conn, self.name)
-        roles = [
-            r
-            for r in output_roles(self._swept_outputs(), self.transform_keys)
-            if marks.get(r.mark, 0) >= seen or not self._rows_between(conn, r, marks.get(r.mark, 0), seen)
-        ]
+        roles = output_roles(self._swept_outputs(), self.transform_keys)
+        roles = self._without_rows_between(conn, roles, {r.mark: marks.get(r.mark, 0) for r in roles}, seen)
         # Every number at or below ``below`` was committed before the lock was granted; the numbers above it
         # are this commit's alone until it ends.
         below = self.ds.seq.allocate(conn, 0) - 1  # allocate returns the first number it reserves
         if below > seen:
-            roles = [r for r in roles if not self._rows_between(conn, r, seen, below)]
+            roles = self._without_rows_between(conn, roles, dict.fromkeys([r.mark for r in roles], seen), below)
         return [r.mark for r in roles]
 
     @staticmethod
-    def _rows_between(conn: sa.Connection, role: InputRole, low: int, high: int) -> bool:
-        m = role.dt.meta.table
-        return conn.execute(sa.select(m.c.seq).where(m.c.seq > low, m.c.seq <= high).limit(1)).first() is not None
+    def _without_rows_between(
+        conn: sa.Connection, roles: list[InputRole], low: dict[str, int], high: int
+    ) -> list[InputRole]:
+        """``roles`` whose table has no row numbered above its ``low`` and at most ``high`` (one statement)."""
+        asked = [r for r in roles if low[r.mark] < high]
+        if not asked:
+            return roles
+        probes = [
+            sa.exists().where(r.dt.meta.table.c.seq > low[r.mark], r.dt.meta.table.c.seq <= high).label(f"p{i}")
+            for i, r in enumerate(asked)
+        ]
+        found = conn.execute(sa.select(*probes)).one()
+        dirty = {r.mark for r, hit in zip(asked, found, strict=True) if hit}
+        return [r for r in roles if r.mark not in dirty]
 
     def _cleanup_scope(self, conn: sa.Connection, dt: DataTable, ok: pd.DataFrame) -> pd.DataFrame | None:
         """The keys under which ``dt``'s rows not returned are deleted (None: ``cleanup=False``, none)."""

@@ -341,14 +341,22 @@ class WatermarkTable:
         return {r[0]: int(r[1]) for r in rows}
 
     def advance(self, conn: sa.Connection, transform: str, marks: dict[str, int]) -> None:
-        """Raise watermarks to ``marks`` (never lowers one)."""
-        current = self.get(conn, transform)
-        recs: list[dict[str, Any]] = [
-            {"transform": transform, "input_table": t, "seq": int(s)}
-            for t, s in marks.items()
-            if int(s) > current.get(t, -1)
-        ]
-        self.dbconn.upsert(conn, self.table, recs, ["transform", "input_table"])
+        """Raise watermarks to ``marks`` (never lowers one, even against a concurrent advance: the larger
+        value is kept by the upsert itself, not by a read before it)."""
+        recs: list[dict[str, Any]] = [{"transform": transform, "input_table": t, "seq": int(s)} for t, s in marks.items()]
+        if not recs:
+            return
+        if self.dbconn.backend not in ("postgresql", "sqlite"):
+            current = self.get(conn, transform)
+            recs = [r for r in recs if r["seq"] > current.get(r["input_table"], -1)]
+            self.dbconn.upsert(conn, self.table, recs, ["transform", "input_table"])
+            return
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        t = self.table
+        stmt = (postgresql.insert if self.dbconn.backend == "postgresql" else sqlite.insert)(t)
+        higher = sa.case((stmt.excluded.seq > t.c.seq, stmt.excluded.seq), else_=t.c.seq)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["transform", "input_table"], set_={"seq": higher}), recs)
 
     def reset(self, conn: sa.Connection, transform: str) -> None:
         conn.execute(sa.delete(self.table).where(self.table.c.transform == transform))
