@@ -147,6 +147,7 @@ def _typed_table(dbconn: DBConn, name: str) -> sa.Table:
         sa.Column("f", sa.Float),
         sa.Column("b", sa.Boolean),
         sa.Column("s", sa.Text),
+        sa.Column("j", sa.JSON),
     )
     dbconn.ensure_table(t)
     return t
@@ -158,6 +159,7 @@ def _records(n: int, salt: int) -> list[dict[str, Any]]:
         {
             "k": f"k{i % 7}", "n": i, "big": (2**62 + i) * (1 if i % 2 else -1), "f": vals[(i + salt) % len(vals)],
             "b": [True, False, None][(i + salt) % 3], "s": None if i % 5 == 0 else f"s'{i}\"{salt}é",
+            "j": [{"b": [i, 0.1], "a": f"x'{salt}é"}, [1, None], "text", None, 1.5][(i + salt) % 5],
         }
         for i in range(n)
     ]
@@ -166,7 +168,7 @@ def _records(n: int, salt: int) -> list[dict[str, Any]]:
 def test_upsert_through_unnest_equals_the_row_by_row_upsert(dbconn: DBConn) -> None:
     """``DBConn.upsert`` of many records (one ``unnest`` statement on PostgreSQL) stores exactly what the
     row-by-row upsert stores: inserts, then updates of some rows, floats (NaN, inf, -0.0), big ints,
-    nulls and quotes included; a key given twice lets the last record win, as row by row."""
+    nulls, quotes and JSON values (stored as the same text) included; a key given twice lets the last record win, as row by row."""
     from sqlalchemy.dialects import postgresql, sqlite
 
     a, b = _typed_table(dbconn, "up_a"), _typed_table(dbconn, "up_b")
@@ -174,18 +176,37 @@ def test_upsert_through_unnest_equals_the_row_by_row_upsert(dbconn: DBConn) -> N
     n = UNNEST_MIN_KEYS * 4
     batches = [_records(n, 0), _records(n, 1)[::3], _records(n, 2)[:5]]
     batches.append(batches[2] + [{**batches[2][0], "big": 7}])  # a key twice
+    unnests: list[int] = []
     for recs in batches:
         with dbconn.begin_write() as conn:
-            dbconn.upsert(conn, a, recs, ["k", "n"])
+            unnests.append(len(_upserts(dbconn, lambda conn=conn, recs=recs: dbconn.upsert(conn, a, recs, ["k", "n"]))))
             for r in recs:  # the reference: one plain upsert per record
                 stmt = insert(b).values(**r)
-                conn.execute(stmt.on_conflict_do_update(index_elements=["k", "n"], set_={c: stmt.excluded[c] for c in ("big", "f", "b", "s")}))
+                conn.execute(stmt.on_conflict_do_update(index_elements=["k", "n"], set_={c: stmt.excluded[c] for c in ("big", "f", "b", "s", "j")}))
     with dbconn.connect() as conn:
-        rows_a = conn.execute(sa.select(a).order_by(a.c.k, a.c.n)).fetchall()
-        rows_b = conn.execute(sa.select(b).order_by(b.c.k, b.c.n)).fetchall()
+        rows_a = conn.execute(sa.select(a, sa.cast(a.c.j, sa.Text)).order_by(a.c.k, a.c.n)).fetchall()
+        rows_b = conn.execute(sa.select(b, sa.cast(b.c.j, sa.Text)).order_by(b.c.k, b.c.n)).fetchall()
     assert len(rows_a) == n
     assert [repr(tuple(r)) for r in rows_a] == [repr(tuple(r)) for r in rows_b]
     assert [r for r in rows_a if r[0] == "k0" and r[1] == 0][0][2] == 7
+    # PostgreSQL: one unnest statement for the two batches past UNNEST_MIN_KEYS, row by row otherwise.
+    assert unnests == ([1, 1, 0, 0] if dbconn.backend == "postgresql" else [0, 0, 0, 0])
+
+
+def _upserts(dbconn: DBConn, fn: Any) -> list[str]:
+    """The ``unnest`` statements ``fn`` executes."""
+    seen: list[str] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "unnest" in statement:
+            seen.append(statement)
+
+    sa.event.listen(dbconn.engine, "before_cursor_execute", grab)
+    try:
+        fn()
+    finally:
+        sa.event.remove(dbconn.engine, "before_cursor_execute", grab)
+    return seen
 
 
 def test_upsert_through_unnest_refuses_a_value_too_long(dbconn: DBConn) -> None:

@@ -293,7 +293,7 @@ class DBConn:
         if not records:
             return
         if self.backend == "postgresql" and len(records) > UNNEST_MIN_KEYS:
-            stmt = pg_unnest_upsert(table, records, keys)
+            stmt = pg_unnest_upsert(conn.dialect, table, records, keys)
             if stmt is not None:
                 conn.execute(stmt)
                 return

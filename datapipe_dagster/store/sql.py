@@ -225,29 +225,44 @@ class AnalyzeOnGrowth:
 
 
 ARRAY_SAFE_TYPES = (sa.String, sa.Integer, sa.Float, sa.Boolean)
-"""Column types whose values pass through an array parameter unchanged (JSON, dates, binary and user
-types keep the one-row-per-parameter-set statement)."""
+"""Column types whose values pass through an array parameter unchanged. JSON columns go through as the
+text their bind processor makes (what the row-by-row statement sends), cast back; dates, binary and
+user types keep the one-row-per-parameter-set statement."""
 
 
-def pg_unnest_upsert(table: sa.Table, records: list[dict[str, Any]], keys: list[str]) -> sa.Insert | None:
+def _array_safe(t: sa.types.TypeEngine[Any]) -> bool:
+    return isinstance(t, sa.JSON) or (isinstance(t, ARRAY_SAFE_TYPES) and not isinstance(t, sa.Enum))
+
+
+def pg_unnest_upsert(
+    dialect: sa.Dialect, table: sa.Table, records: list[dict[str, Any]], keys: list[str]
+) -> sa.Insert | None:
     """PostgreSQL: ``INSERT … SELECT FROM unnest(one array per column) ON CONFLICT (keys) DO UPDATE`` of
     ``records``: one statement with a parameter per column, where ``executemany`` sends a statement
     (``values_plus_batch``: pages of rows) whose text the server parses again per page.
 
-    None when it does not apply: a column type not in ``ARRAY_SAFE_TYPES``, records not holding every
+    None when it does not apply: a column type ``_array_safe`` refuses, records not holding every
     column, or a key twice (one statement may not update a row twice; the row-by-row upsert lets the last
     one win)."""
     from sqlalchemy.dialects.postgresql import insert
 
     cols = [c.name for c in table.columns]
-    if set(records[0]) != set(cols) or not all(
-        isinstance(c.type, ARRAY_SAFE_TYPES) and not isinstance(c.type, sa.Enum) for c in table.columns
-    ):
+    if set(records[0]) != set(cols) or not all(_array_safe(c.type) for c in table.columns):
         return None
     if len({tuple(r[k] for k in keys) for r in records}) != len(records):
         return None
-    u = pg_unnest(cols, [[r[c] for r in records] for c in cols], [unbounded(table.c[c].type) for c in cols], "up")
-    stmt = insert(table).from_select(cols, sa.select(*[u.c[c] for c in cols]))
+    values, types, selected = [], [], []
+    for c in table.columns:
+        vals = [r[c.name] for r in records]
+        if isinstance(c.type, sa.JSON):
+            encode = c.type.bind_processor(dialect)
+            vals = [encode(v) for v in vals] if encode is not None else vals
+        values.append(vals)
+        types.append(sa.Text() if isinstance(c.type, sa.JSON) else unbounded(c.type))
+    u = pg_unnest(cols, values, types, "up")
+    for c in table.columns:
+        selected.append(sa.cast(u.c[c.name], c.type) if isinstance(c.type, sa.JSON) else u.c[c.name])
+    stmt = insert(table).from_select(cols, sa.select(*selected))
     rest = [c for c in cols if c not in keys]
     if rest:
         return stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in rest})
