@@ -218,3 +218,39 @@ def test_upsert_through_unnest_refuses_a_value_too_long(dbconn: DBConn) -> None:
     recs[3]["k"] = "k-much-too-long"
     with pytest.raises(sa.exc.DataError), dbconn.begin_write() as conn:
         dbconn.upsert(conn, t, recs, ["k", "n"])
+
+
+def test_two_writers_racing_on_the_same_keys_lose_nothing(dbconn: DBConn) -> None:
+    """Two many-record upserts over overlapping keys, the second started while the first's transaction is
+    open: it waits for the first to commit, then wins on the shared keys; every key of both is there."""
+    import threading
+
+    t = _typed_table(dbconn, "up_race")
+    n = UNNEST_MIN_KEYS * 4
+    first = [{**r, "big": 1} for r in _records(n, 0)]
+    second = [{**r, "big": 2} for r in _records(2 * n, 0)[n // 2 :]]
+    started, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def writer_b() -> None:
+        try:
+            started.set()
+            with dbconn.begin_write() as conn:
+                dbconn.upsert(conn, t, second, ["k", "n"])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            done.set()
+
+    with dbconn.begin_write() as conn:
+        dbconn.upsert(conn, t, first, ["k", "n"])
+        b = threading.Thread(target=writer_b)
+        b.start()
+        started.wait(10)
+        assert not done.wait(0.5), "the second writer waits for the first's commit"
+    b.join(30)
+    assert not errors, errors
+    with dbconn.connect() as conn:
+        got = dict(conn.execute(sa.select(t.c.n, t.c.big)).fetchall())
+    assert sorted(got) == list(range(2 * n)), "no key lost"
+    assert all(got[i] == (1 if i < n // 2 else 2) for i in range(2 * n)), "the later commit wins on shared keys"
