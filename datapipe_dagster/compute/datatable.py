@@ -155,7 +155,8 @@ class DataTable(TableWriter):
             df = fetch_frame(conn, base.order_by(m.c.seq), cols + ["seq"])
         else:
             sub = [c for c in idx.columns if c in self.primary_keys]
-            df = fetch_by_keys(conn, base, d, sub, idx, cols + ["seq"])
+            # The keys filter the metadata too, not only the data (see ``fetch_by_keys``).
+            df = fetch_by_keys(conn, base, d, sub, idx, cols + ["seq"], also=(m,))
             if len(df) > 1:
                 df = df.sort_values("seq", kind="stable")
         df = df.drop(columns=["seq"]).reset_index(drop=True)

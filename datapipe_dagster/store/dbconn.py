@@ -20,7 +20,7 @@ from datapipe_dagster.errors import ConfigurationError, LockTimeoutError, Storag
 from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame, executemany_frame
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.rowhash import json_encoder
-from datapipe_dagster.store.sql import delete_by_keys
+from datapipe_dagster.store.sql import UNNEST_MIN_KEYS, delete_by_keys, pg_unnest_upsert
 
 try:  # COPY raises the driver's own error, not SQLAlchemy's
     from psycopg2.errors import UniqueViolation
@@ -61,6 +61,9 @@ tick) catches these and tries again later."""
 MAX_IDENTIFIER_BYTES = {"postgresql": 63}
 DEFAULT_LOCK_TIMEOUT = 60.0
 SQLITE_CACHE_KB = 65536
+SQLITE_MMAP_BYTES = 1 << 30
+"""Address space SQLite may map of a database file (a bound, not memory: the pages are the OS's file
+cache; mapped pages a process touched count in its RSS, though, shared with the cache)."""
 
 
 def fit_identifier(name: str, limit: int | None) -> str:
@@ -178,6 +181,9 @@ class DBConn:
                 # write once the indexes outgrow it: 64 MB doubled ingest at 1M rows (an upper bound, per
                 # connection, filled only as pages are touched).
                 cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KB}")
+                # Reads through a memory map instead of read() into the page cache: a keyed read of 10,000
+                # rows scattered over a 1M-row table took 170 ms instead of 290 (1,000 changes + run).
+                cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
                 cur.close()
 
             @event.listens_for(engine, "begin")
@@ -286,6 +292,11 @@ class DBConn:
         """Insert ``records`` into ``table``, replacing rows with the same ``keys``."""
         if not records:
             return
+        if self.backend == "postgresql" and len(records) > UNNEST_MIN_KEYS:
+            stmt = pg_unnest_upsert(conn.dialect, table, records, keys)
+            if stmt is not None:
+                conn.execute(stmt)
+                return
         if self.backend in ("postgresql", "sqlite"):
             from sqlalchemy.dialects import postgresql, sqlite
 

@@ -1,8 +1,9 @@
 """SQL helpers shared by the stores and the metadata: key filters that scale, fast fetches, statistics.
 
-Few keys are filtered with ``IN`` lists; many keys go through ``IN (SELECT …)`` over ``unnest`` of
-array parameters on PostgreSQL (which rejects long row-value ``IN`` lists) and over a temporary table
-on SQLite.
+Few keys are filtered with ``IN`` lists; more keys go through ``IN (SELECT …)`` over ``unnest`` of
+array parameters on PostgreSQL (past ``UNNEST_MIN_KEYS``: the planner then looks each key up in the
+index, where a long ``IN`` list gets a sequential scan or a plan of one branch per key) and over a
+temporary table on SQLite (past ``SMALL_KEYS``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 MAX_PARAMS = 20000
 MAX_TUPLES = 500
 SMALL_KEYS = 2000
+UNNEST_MIN_KEYS = 32
+"""PostgreSQL: above this many keys a keyed read, delete or upsert goes through ``unnest`` of arrays.
+Measured at 1M rows (``benchmarks/bench_thousand.py``): 1,000 user ids as an ``IN`` list made the
+planner scan a 100,000-row metadata table (13 ms) and 500 two-column keys planned as 500 bitmap
+branches (10 ms to plan); the ``unnest`` semi-join looks each key up in the index."""
 
 
 def _distinct_keys(idx: pd.DataFrame, columns: list[str]) -> list[Any]:
@@ -88,16 +94,17 @@ def pg_unnest(
     from sqlalchemy.dialects.postgresql import ARRAY
 
     arrays = [
-        sa.bindparam(f"{prefix}_{i}", value=v, type_=ARRAY(_unbounded(t)))
+        sa.bindparam(f"{prefix}_{i}", value=v, type_=ARRAY(unbounded(t)))
         for i, (v, t) in enumerate(zip(values, types, strict=True))
     ]
     return sa.func.unnest(*arrays).table_valued(*columns).render_derived()
 
 
-def _unbounded(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
-    """The array element type of ``t`` without its length, precision or collation: the array parameter is
-    rendered with an explicit cast, and PostgreSQL's explicit cast to ``VARCHAR(n)`` or ``NUMERIC(p, s)``
-    silently cuts or rounds a value, so a longer key would match (or delete) the row of its prefix."""
+def unbounded(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    """The array element type for values of a column of type ``t``: without its length, precision or
+    collation. An array parameter is rendered with an explicit cast, and PostgreSQL's explicit cast to
+    ``VARCHAR(n)`` or ``NUMERIC(p, s)`` silently cuts or rounds a value: a key 'abcdefg' looked up as
+    ``VARCHAR(5)`` would match (or delete) the row 'abcde'."""
     if isinstance(t, sa.Enum):  # a named type: its values are bounded by the type, not by a length
         return t
     if isinstance(t, sa.String):
@@ -110,9 +117,11 @@ def _unbounded(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
 
 
 def _pg_unnest_keys(table: sa.Table | sa.FromClause, columns: list[str], keys: pd.DataFrame) -> sa.Select:
-    """PostgreSQL: the keys as one ``unnest`` of arrays."""
+    """PostgreSQL: the keys as one ``unnest`` of arrays (element types unbounded, see ``unbounded``)."""
     recs = to_records(keys[columns])
-    derived = pg_unnest(columns, [[r[c] for r in recs] for c in columns], [table.c[c].type for c in columns])
+    derived = pg_unnest(
+        columns, [[r[c] for r in recs] for c in columns], [unbounded(table.c[c].type) for c in columns]
+    )
     return sa.select(*[derived.c[c] for c in columns])
 
 
@@ -133,33 +142,49 @@ def fetch_by_keys(
     columns: list[str],
     idx: pd.DataFrame,
     out_columns: list[str],
+    also: tuple[sa.Table | sa.FromClause, ...] = (),
 ) -> pd.DataFrame:
-    """Rows of ``base`` whose ``table.columns`` match a row of ``idx``; the result has ``out_columns``."""
+    """Rows of ``base`` whose ``table.columns`` match a row of ``idx``; the result has ``out_columns``.
+
+    ``also``: further tables of ``base`` (joined to ``table`` on these columns) filtered by the same keys.
+    A join condition alone does not carry the filter over: PostgreSQL hash-joined 10,000 keyed rows of
+    data to a sequential scan of all 1M rows of their metadata (200 ms instead of a few)."""
+    pg = conn.dialect.name == "postgresql"
     # Up to SMALL_KEYS keys (a commit's chunk, one changed key): IN lists, de-duplicated in Python.
     keys = idx[columns] if len(idx) <= SMALL_KEYS else idx[columns].drop_duplicates()
-    if len(keys) <= SMALL_KEYS:
+    if len(keys) <= SMALL_KEYS and not (pg and len(keys) > UNNEST_MIN_KEYS):
         values = _distinct_keys(keys, columns)
         if not values:
             return fetch_frame(conn, base.where(sa.false()), out_columns)
         seek = conn.dialect.name == "sqlite"
         frames = [
-            fetch_frame(conn, base.where(key_clause(table, columns, b, seek)), out_columns) for b in _batched(values, columns)
+            fetch_frame(
+                conn, base.where(*[key_clause(t, columns, b, seek) for t in (table, *also)]), out_columns
+            )
+            for b in _batched(values, columns)
         ]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    if conn.dialect.name == "postgresql":
-        return fetch_frame(conn, base.where(_in_select(table, columns, _pg_unnest_keys(table, columns, keys))), out_columns)
+    if pg:
+        if len(keys) <= SMALL_KEYS:
+            keys = keys.drop_duplicates()  # unnest feeds a join: no key twice
+            if len(keys) <= UNNEST_MIN_KEYS:  # duplicates only: IN lists after all
+                return fetch_by_keys(conn, base, table, columns, keys, out_columns, also)
+        sub = _pg_unnest_keys(table, columns, keys)
+        return fetch_frame(conn, base.where(*[_in_select(t, columns, sub) for t in (table, *also)]), out_columns)
     with temp_keys(conn, table, columns, keys) as tmp:
-        return fetch_frame(conn, base.where(keys_in_subquery(table, columns, tmp)), out_columns)
+        sub = sa.select(*[tmp.c[c] for c in columns])
+        return fetch_frame(conn, base.where(*[_in_select(t, columns, sub) for t in (table, *also)]), out_columns)
 
 
 def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx: pd.DataFrame) -> None:
     """Delete the rows of ``table`` whose ``columns`` match a row of ``idx``."""
     keys = idx[columns].drop_duplicates()
-    if len(keys) <= SMALL_KEYS:
+    pg = conn.dialect.name == "postgresql"
+    if len(keys) <= (UNNEST_MIN_KEYS if pg else SMALL_KEYS):
         for b in key_batches(keys, columns):
             conn.execute(sa.delete(table).where(key_clause(table, columns, b, conn.dialect.name == "sqlite")))
         return
-    if conn.dialect.name == "postgresql":
+    if pg:
         conn.execute(sa.delete(table).where(_in_select(table, columns, _pg_unnest_keys(table, columns, keys))))
         return
     with temp_keys(conn, table, columns, keys) as tmp:
@@ -204,3 +229,48 @@ class AnalyzeOnGrowth:
             return
         self.analyzed_at = self.written
         analyze(dbconn, tables)
+
+
+ARRAY_SAFE_TYPES = (sa.String, sa.Integer, sa.Float, sa.Boolean)
+"""Column types whose values pass through an array parameter unchanged. JSON columns go through as the
+text their bind processor makes (what the row-by-row statement sends), cast back; dates, binary and
+user types keep the one-row-per-parameter-set statement."""
+
+
+def _array_safe(t: sa.types.TypeEngine[Any]) -> bool:
+    return isinstance(t, sa.JSON) or (isinstance(t, ARRAY_SAFE_TYPES) and not isinstance(t, sa.Enum))
+
+
+def pg_unnest_upsert(
+    dialect: sa.Dialect, table: sa.Table, records: list[dict[str, Any]], keys: list[str]
+) -> sa.Insert | None:
+    """PostgreSQL: ``INSERT … SELECT FROM unnest(one array per column) ON CONFLICT (keys) DO UPDATE`` of
+    ``records``: one statement with a parameter per column, where ``executemany`` sends a statement
+    (``values_plus_batch``: pages of rows) whose text the server parses again per page.
+
+    None when it does not apply: a column type ``_array_safe`` refuses, records not holding every
+    column, or a key twice (one statement may not update a row twice; the row-by-row upsert lets the last
+    one win)."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    cols = [c.name for c in table.columns]
+    if set(records[0]) != set(cols) or not all(_array_safe(c.type) for c in table.columns):
+        return None
+    if len({tuple(r[k] for k in keys) for r in records}) != len(records):
+        return None
+    values, types, selected = [], [], []
+    for c in table.columns:
+        vals = [r[c.name] for r in records]
+        if isinstance(c.type, sa.JSON):
+            encode = c.type.bind_processor(dialect)
+            vals = [encode(v) for v in vals] if encode is not None else vals
+        values.append(vals)
+        types.append(sa.Text() if isinstance(c.type, sa.JSON) else unbounded(c.type))
+    u = pg_unnest(cols, values, types, "up")
+    for c in table.columns:
+        selected.append(sa.cast(u.c[c.name], c.type) if isinstance(c.type, sa.JSON) else u.c[c.name])
+    stmt = insert(table).from_select(cols, sa.select(*selected))
+    rest = [c for c in cols if c not in keys]
+    if rest:
+        return stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in rest})
+    return stmt.on_conflict_do_nothing(index_elements=keys)
