@@ -164,3 +164,47 @@ def test_a_first_runs_stale_keys_and_a_reparse_key_list_are_read_in_pages(
     pages.clear()
     assert len(step.get_all_keys()) == 120_000
     assert max(pages) <= 10_000 and len(pages) >= 12
+
+
+def test_a_plans_partition_keys_equal_the_per_partition_queries(dbconn: DBConn) -> None:
+    """Without Dagster: per partition, the planned keys equal what a partition step found by itself
+    (stale mode: the stale keys of its bucket; reparse: ``get_partition_keys``), same frames; ``done``
+    forgets one bucket of one plan only; planning again under the same id replaces the plan."""
+    from datapipe_dagster.compute.partition_runner import REPARSE, STALE
+    from datapipe_dagster.compute.partitioning import Buckets
+
+    ds = DataStore(dbconn)
+    catalog = Catalog({n: Table(TableStoreDB(n, dbconn, cols)) for n, cols in schemas().items()})
+    store = catalog.get_datatable(ds, "events")
+    store.store_chunk(make_events(80))
+    (step,) = build_compute(ds, catalog, seed_pipeline())
+    step.run_full()
+    store.store_chunk(make_events(120).iloc[200:].assign(ip="9.9.9.9"))  # users 66..119: 80.. new, 66..79 changed
+    buckets = Buckets(16)
+    plan = RunPlan(step, buckets)
+    stale = step.get_stale_keys(advance_watermark=False, include_failed=False)
+    assert plan.make("r1", STALE, buckets.keys) == buckets.counts(stale, ["user_id"])
+    plan.make("r2", REPARSE, buckets.keys[:8])
+
+    def same(got: pd.DataFrame, want: pd.DataFrame) -> None:
+        # An empty key frame's dtype is not pinned anywhere (process_keys returns at once).
+        assert len(got) == len(want)
+        if len(want):
+            pdt.assert_frame_equal(got.sort_values("user_id").reset_index(drop=True), want.sort_values("user_id").reset_index(drop=True))
+
+    for b, p in enumerate(buckets.keys):
+        same(plan.keys("r1", STALE, p), buckets.select(stale, ["user_id"], [p]))
+        if b < 8:
+            same(plan.keys("r2", REPARSE, p), step.get_partition_keys(16, [b]))
+        else:
+            assert len(plan.keys("r2", STALE, p)) == 0  # outside the run planned as r2
+    busy = next(p for p in buckets.keys if len(plan.keys("r1", STALE, p)))
+    plan.done("r1", busy)
+    assert len(plan.keys("r1", STALE, busy)) == 0
+    assert sum(len(plan.keys("r1", STALE, p)) for p in buckets.keys) == len(stale) - buckets.counts(stale, ["user_id"])[busy]
+    plan.make("r1", STALE, buckets.keys)  # a retried planning step: the same plan, not twice the rows
+    assert sum(len(plan.keys("r1", STALE, p)) for p in buckets.keys) == len(stale)
+    plan.drop("r1")
+    plan.drop("r2")
+    with dbconn.connect() as conn:
+        assert plan.table.plan_ids(conn) == []
