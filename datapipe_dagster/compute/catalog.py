@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from datapipe_dagster.errors import ConfigurationError, UnknownTableError
+from datapipe_dagster.meta.plan import PLAN_SUFFIX
 from datapipe_dagster.meta.tables import (
     EXTERNAL_STATE_TABLE,
     SEQ_TABLE,
@@ -65,6 +66,12 @@ def check_internal_names(names: list[str]) -> None:
                 f"catalog table {name!r} collides with the internal table {name!r}, the state of a transform "
                 f"named {step!r} (names ending in {TRANSFORM_META_SUFFIX!r} are reserved): rename the table"
             )
+        if name.endswith(PLAN_SUFFIX):
+            step = name[: -len(PLAN_SUFFIX)]
+            raise ConfigurationError(
+                f"catalog table {name!r} collides with the internal table {name!r}, the run plans of a transform "
+                f"named {step!r} (names ending in {PLAN_SUFFIX!r} are reserved): rename the table"
+            )
         if name in internal:
             raise ConfigurationError(
                 f"catalog table {name!r} collides with the internal table {name!r}, {internal[name]}: rename the table"
@@ -76,7 +83,7 @@ class Catalog:
 
     Raises:
         ConfigurationError: a name collides with a table the metadata layer creates (``datapipe_seq``,
-            ``<table>_meta`` of another catalog table, ``<step>__transform_meta``, ...).
+            ``<table>_meta`` of another catalog table, ``<step>__transform_meta``, ``<step>__plan``, ...).
     """
 
     def __init__(self, catalog: dict[str, Table]):

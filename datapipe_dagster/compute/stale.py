@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.meta.tables import TransformMetaTable
+from datapipe_dagster.store.paged import fetch_frame_paged
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
 
 
@@ -143,11 +144,13 @@ def stale_keys_query(
         if stmt is None:
             new_marks[role.mark] = current
             continue
-        df = fetch_frame(conn, stmt, keys + ["min_seq"])
+        # In pages: a first run's stale keys are every key (see store.paged).
+        df = fetch_frame_paged(conn, stmt, keys + ["min_seq"])
         new_marks[role.mark] = int(df["min_seq"].min()) - 1 if len(df) else current
         frames.append(df[keys])
     if include_failed:
-        frames.append(fetch_frame(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), keys))
+        failed = sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False))
+        frames.append(fetch_frame_paged(conn, failed, keys))
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({k: [] for k in keys}), new_marks
@@ -275,7 +278,7 @@ def all_keys_query(
         selects.append(
             sa.select(*[provided[k].label(k) for k in keys]).select_from(src).where(m0.c.delete_ts.is_(None))
         )
-    return fetch_frame(conn, sa.union(*selects), keys)
+    return fetch_frame_paged(conn, sa.union(*selects), keys)
 
 
 def keys_matching(

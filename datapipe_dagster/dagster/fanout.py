@@ -18,6 +18,7 @@ from dagster import AssetExecutionContext, OpExecutionContext
 
 from datapipe_dagster.compute.partition_runner import PartitionRunner, stale_by_partition
 from datapipe_dagster.compute.result import OutputStats, StepResult
+from datapipe_dagster.compute.run_plan import RunPlan
 from datapipe_dagster.compute.steps import KeyedStep
 from datapipe_dagster.dagster import constants as c
 from datapipe_dagster.dagster._provenance import output_reported_by_body, partition_materialization
@@ -91,6 +92,7 @@ def build_fanout_step_asset(
     out_specs = specs.step_specs[props.name]
     check_specs = specs.check_specs.get(props.name, [])
     runner = PartitionRunner(step, parts)
+    run_plan = RunPlan.of(step, parts)  # None: each partition step asks for its keys itself
     key_cols = runner.key_cols
     tk = list(props.transform_keys or ())
     base = c.op_name(props.name)
@@ -109,31 +111,53 @@ def build_fanout_step_asset(
     @dg.op(
         name=base + PLAN_OP_SUFFIX,
         ins={name: dg.In(dg.Nothing) for name in ins},
-        out=dg.DynamicOut(str),
+        out=dg.DynamicOut(dict),
         tags=tags,
     )
     def plan(context: OpExecutionContext):  # noqa: ANN202 - a generator of DynamicOutputs
         for p in context.partition_keys:
             parts.bucket_of(p)  # an unknown key fails here, naming the valid ones
+        # The run's keys are found once, here, and each partition step reads its own share (see
+        # compute.run_plan). The plan id travels with the partition: a re-execution of a failed
+        # partition step (a new run) reads the plan of the run that made it.
+        plan_id = None
+        if run_plan is not None:
+            run_tags = context.run.tags
+            try:
+                run_plan.make(
+                    context.run_id,
+                    run_mode(run_tags),
+                    list(context.partition_keys),
+                    retry_failed=run_tags.get(c.TAG_RETRY_FAILED) == "true",
+                )
+            except DatapipeError as e:
+                raise dg.Failure(description=str(e), metadata={c.META_TRANSFORM: props.name}) from e
+            plan_id = context.run_id
         # A source never observed is observed here, before the fan-in step reads its provenance (see
         # assets.build_step_asset).
         baseline = never_observed(context.instance, source_keys)
         if baseline:
             yield from source_observations(baseline, list(context.partition_keys), ds.current_seq())
         for p in context.partition_keys:
-            yield dg.DynamicOutput(p, mapping_key=p)
+            yield dg.DynamicOutput({"partition": p, "plan": plan_id}, mapping_key=p)
 
     @dg.op(name=base + PARTITION_OP_SUFFIX, tags=tags)
-    def run_partition(context: OpExecutionContext, partition: str) -> dict:
+    def run_partition(context: OpExecutionContext, task: dict) -> dict:
         run_tags = context.run.tags
         mode = run_mode(run_tags)
+        partition, plan_id = task["partition"], task.get("plan")
         try:
-            keys = runner.keys_for(mode, [partition], retry_failed=run_tags.get(c.TAG_RETRY_FAILED) == "true")
+            if run_plan is not None and plan_id is not None:
+                keys = run_plan.keys(plan_id, mode, partition)
+            else:
+                keys = runner.keys_for(mode, [partition], retry_failed=run_tags.get(c.TAG_RETRY_FAILED) == "true")
             result = step.process_keys(keys)
+            if run_plan is not None and plan_id is not None:
+                run_plan.done(plan_id, partition)  # kept after a failure: a re-execution reads them again
         except DatapipeError as e:
             raise dg.Failure(description=str(e), metadata={c.META_TRANSFORM: props.name, c.META_MODE: mode}) from e
         context.log.info("%s partition %s: %s (%s)", props.name, partition, result, mode)
-        return summarize(partition, result, key_cols)
+        return {**summarize(partition, result, key_cols), "plan": plan_id}
 
     @dg.op(
         name=base + COLLECT_OP_SUFFIX,
@@ -143,6 +167,9 @@ def build_fanout_step_asset(
     def collect(context: AssetExecutionContext, summaries: list[dict]):  # noqa: ANN202
         mode = run_mode(context.run.tags)
         summaries = sorted(summaries, key=lambda s: s["partition"])
+        if run_plan is not None:
+            for plan_id in {s["plan"] for s in summaries if s.get("plan")}:
+                run_plan.drop(plan_id)
         results = {s["partition"]: restore(s) for s in summaries}
         partitions = list(results)
         summary = run_summary(partitions, list(results.values()))

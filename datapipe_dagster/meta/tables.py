@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.dbconn import DBConn
+from datapipe_dagster.store.paged import fetch_frame_paged
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame, pg_unnest
 
@@ -229,7 +230,7 @@ class TransformMetaTable:
         stmt = sa.select(*[self.table.c[k] for k in self.keys]).where(
             sa.or_(*[sa.and_(h >= lo, h < hi) for lo, hi in ranges])
         )
-        return fetch_frame(conn, stmt, self.keys)
+        return fetch_frame_paged(conn, stmt, self.keys)
 
     def lock(self, conn: sa.Connection) -> None:
         """Serialise the commits of this transform until ``conn``'s transaction ends.

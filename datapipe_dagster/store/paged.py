@@ -1,0 +1,55 @@
+"""Reading a large result page by page, so a process's peak memory follows the page, not the result.
+
+``fetch_frame`` (``store.sql``) takes every row of a result as Python objects at once: a first run's
+stale keys (every key) or a reparse's key list of a million keys cost hundreds of megabytes of row
+objects before they become a compact frame. Here the rows come in pages of ``PAGE_ROWS`` (a server-side
+cursor on PostgreSQL, SQLite's own cursor stepping), each page turned into a small frame at once; the
+pages' frames hold typed columns (``int64`` keys take 8 bytes each), far less than their rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+PAGE_ROWS = 50_000
+"""Rows per page (read at call time, so a test or a caller short of memory can lower it)."""
+
+
+def page_frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
+    """One page of rows as a frame with ``columns`` (the same dtypes ``store.sql.fetch_frame`` gives)."""
+    if not rows:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    cols = list(zip(*rows, strict=True))
+    return pd.DataFrame({c: list(v) for c, v in zip(columns, cols, strict=True)})
+
+
+def iter_pages(
+    conn: sa.Connection, stmt: sa.Executable, columns: list[str], page_rows: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """The rows of ``stmt`` as frames of at most ``page_rows`` rows (default ``PAGE_ROWS``), in order.
+
+    PostgreSQL streams them through a server-side cursor (``stream_results``), so neither the driver nor
+    libpq holds the whole result; the caller's connection must stay open while the pages are consumed.
+    """
+    size = page_rows or PAGE_ROWS
+    # Options of this statement only (``Connection.execution_options`` would change the connection).
+    result = conn.execute(stmt, execution_options={"stream_results": True, "yield_per": size})
+    try:
+        for rows in result.partitions(size):
+            yield page_frame(rows, columns)
+    finally:
+        result.close()
+
+
+def fetch_frame_paged(
+    conn: sa.Connection, stmt: sa.Executable, columns: list[str], page_rows: int | None = None
+) -> pd.DataFrame:
+    """``fetch_frame`` read page by page: the same frame, without the whole result as row objects."""
+    pages = list(iter_pages(conn, stmt, columns, page_rows))
+    if not pages:
+        return page_frame([], columns)
+    return pages[0] if len(pages) == 1 else pd.concat(pages, ignore_index=True)
