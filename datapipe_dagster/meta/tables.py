@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.frames import columns_of
 from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.records import to_records
@@ -273,7 +274,7 @@ class TransformMetaTable:
             "processed_seq": processed_seq, "process_ts": now, "is_success": error is None, "error": error, "traceback": traceback,
         }
         hashes = key_hash(keys, self.keys).tolist()
-        records = [{**r, **state, "key_hash": h} for r, h in zip(to_records(keys[self.keys]), hashes, strict=True)]
+        records = [{**r, **state, "key_hash": h} for r, h in zip(to_records(columns_of(keys, self.keys)), hashes, strict=True)]
         self.dbconn.upsert(conn, self.table, records, self.keys)
 
     def _mark_pg(
