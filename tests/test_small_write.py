@@ -235,3 +235,22 @@ def test_two_small_writers_racing_on_one_key_lose_nothing(dbconn) -> None:  # no
     hashes = dt.table_store.hash_rows(dt.table_store.validate(dt.get_data()), "race").tolist()
     assert sorted(meta["hash"].tolist()) == sorted(hashes)
     assert meta.loc[1, "create_ts"] < meta.loc[1, "update_ts"]
+
+
+def test_write_results_equal_the_frame_path(dbconn, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """``DataTable.write``'s result (what the IO manager reports) part by part, on both paths."""
+    results = []
+    for name, rows in (("rs", 64), ("rg", 0)):
+        monkeypatch.setattr(small_write, "SMALL_ROWS", rows)
+        dt = _table(dbconn, name)
+        dt.store_chunk(_rows(("a", 1, "x", 1, 1.0, None), ("a", 2, "y", 1, 1.0, None), ("b", 1, "z", 1, 1.0, None)), now=1.0)
+        with dt.ds.meta_dbconn.begin_write() as conn:
+            res = dt.write(conn, _rows(("a", 1, "x", 1, 1.0, None), ("a", 2, "changed", 1, 1.0, None), ("a", 3, "new", 1, 1.0, [1])),
+                           processed_idx=pd.DataFrame({"k1": ["a", "b"]}), now=2.0)
+        results.append(res)
+    small, general = results
+    assert type(small).__name__ == "SmallResult" and type(general).__name__ == "WriteResult"
+    for part in ("inserted", "updated", "deleted"):
+        pd.testing.assert_frame_equal(getattr(small, part), getattr(general, part), obj=part)
+    pd.testing.assert_frame_equal(small.changed_idx(), general.changed_idx())
+    assert small.counts() == general.counts() == (1, 1, 1) and small.unchanged == general.unchanged == 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -136,20 +135,8 @@ def prepare_small(
     return SmallWrite(df, records, keys, hashes, alive, known, same, create_ts, deleted, now)
 
 
-def _keys_frame(df: pd.DataFrame, pks: list[str], rows: list[int]) -> pd.DataFrame:
-    """The key columns of ``rows`` of ``df``, index reset, dtypes kept (the frame path's
-    ``df.loc[mask, pks].reset_index(drop=True)``), built from the columns' arrays: the frame path's
-    label indexing costs several times more for one row."""
-    if len(rows) == len(df):
-        return pd.DataFrame({k: df[k].array for k in pks})
-    at = np.asarray(rows, dtype=np.intp)
-    return pd.DataFrame({k: df[k].array.take(at) for k in pks})
-
-
 def apply_small(w: TableWriter, conn: sa.Connection, s: SmallWrite, write_data: bool) -> WriteResult:
     """``TableWriter.apply_write`` of a ``SmallWrite``: number the rows, write records."""
-    from datapipe_dagster.compute.table_write import WriteResult
-
     pks = w.primary_keys
     rows = s.to_write
     n_write, n_del = len(rows), len(s.deleted)
@@ -173,10 +160,7 @@ def apply_small(w: TableWriter, conn: sa.Connection, s: SmallWrite, write_data: 
     w._written += n_write + n_del
     new = [i for i in rows if not s.alive[i]]
     changed = [i for i in rows if s.alive[i]]
-    return WriteResult(
-        inserted=_keys_frame(s.df, pks, new),
-        updated=_keys_frame(s.df, pks, changed),
-        deleted=s.deleted,
-        unchanged=len(s.df) - n_write,
-    )
+    from datapipe_dagster.compute.small_result import SmallResult  # it subclasses table_write's WriteResult
+
+    return SmallResult(s.df, pks, new, changed, s.deleted)
 

@@ -42,6 +42,10 @@ class WriteResult:
     def changed_idx(self) -> pd.DataFrame:
         return pd.concat([self.inserted, self.updated, self.deleted], ignore_index=True)
 
+    def counts(self) -> tuple[int, int, int]:
+        """Rows inserted, updated and deleted."""
+        return len(self.inserted), len(self.updated), len(self.deleted)
+
 
 @dataclass
 class _Diff:
