@@ -168,6 +168,7 @@ class TransformMetaTable:
         self.dbconn = dbconn
         self.name = name
         self.keys = [c.name for c in key_schema]
+        self.statements: dict[tuple[object, ...], Any] = {}  # queries built once for this state (compute.stale)
         # Further indexes on key columns (a cross-join transform's factors), created with the table.
         extra = [
             sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_{'_'.join(cols)}"), *cols)
