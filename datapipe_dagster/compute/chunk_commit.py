@@ -16,7 +16,7 @@ from datapipe_dagster.compute.result import StepResult, failed_frame
 from datapipe_dagster.compute.stale import InputRole, output_roles
 from datapipe_dagster.compute.table_write import WriteResult
 from datapipe_dagster.errors import SchemaError
-from datapipe_dagster.frames import anti_join
+from datapipe_dagster.frames import anti_join, columns_of
 from datapipe_dagster.store.records import to_records
 
 log = logging.getLogger("datapipe_dagster")
@@ -71,13 +71,12 @@ class CommittingStep(KeyedBatchStep):
         failed = failed if failed is not None else pd.DataFrame(columns=kc + ["error", "traceback"])
         with self.ds.meta_dbconn.begin_write() as conn:
             self.meta.lock(conn)
-            newer = self.meta.newer_than(conn, keys[kc], read_seq)
+            newer = self.meta.newer_than(conn, columns_of(keys, kc), read_seq)
             if len(newer):
                 keys = anti_join(keys, newer, kc)
                 failed = anti_join(failed, newer, kc)
                 outs = [self._drop_newer(dt, o, newer, len(keys)) for dt, o in zip(self.output_dts, outs, strict=True)]
-            ok = anti_join(keys[kc], failed, kc)
-            stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
+            ok = anti_join(keys[kc], failed, kc) if len(failed) else columns_of(keys, kc).reset_index(drop=True)
             if len(ok):
                 # Every read first and the state marked (under the transform's lock already), so the
                 # write-sequence lock, taken by the first output write, is held only while writing.
@@ -90,6 +89,8 @@ class CommittingStep(KeyedBatchStep):
                 stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
                 if clean:
                     self.ds.watermarks.advance(conn, self.name, dict.fromkeys(clean, self.ds.seq.current(conn)))
+            else:
+                stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             for rec in to_records(failed):
                 one = pd.DataFrame([{k: rec[k] for k in kc}])
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
@@ -142,7 +143,7 @@ class CommittingStep(KeyedBatchStep):
         """The keys under which ``dt``'s rows not returned are deleted (None: ``cleanup=False``, none)."""
         if dt.name in self.no_cleanup:
             return None
-        return ok[self.transform_keys] if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
+        return columns_of(ok, self.transform_keys) if not self.keyless else dt.meta.get_metadata(conn)[dt.primary_keys]
 
     def _drop_newer(self, dt: DataTable, out: pd.DataFrame, newer: pd.DataFrame, left: int) -> pd.DataFrame:
         """``out`` without the rows of keys a newer commit already processed.

@@ -17,11 +17,14 @@ from datapipe_dagster.compute.chunk_commit import CommittingStep
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError
-from datapipe_dagster.frames import anti_join, has_key, plain
+from datapipe_dagster.frames import all_called, anti_join, columns_of, has_key, plain, unique_keys
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.types import ChangeList
 
 log = logging.getLogger("datapipe_dagster")
+
+SMALL_SCOPE = 64
+"""Outputs of at most this many rows are checked against the called keys in plain Python first."""
 
 
 @dataclass
@@ -78,7 +81,7 @@ class ChunkRunner(CommittingStep):
         if len(keys) == 0:
             return result
         size = chunk_size or self.chunk_size
-        keys = keys[self.key_cols].drop_duplicates().reset_index(drop=True)
+        keys = unique_keys(columns_of(keys, self.key_cols))
         if self.cross:
             # Neighbouring keys share factor values: a chunk then reads few rows of each factor.
             keys = keys.sort_values(self.key_cols, kind="stable").reset_index(drop=True)
@@ -104,14 +107,14 @@ class ChunkRunner(CommittingStep):
                 part = (
                     keys[role.shared].drop_duplicates()
                     if role.kind in ("partial", "factor")
-                    else keys[role.shared]
+                    else columns_of(keys, role.shared)
                 )
                 dfs.append(role.dt.read(conn, role.to_table_names(part)))
         return dfs
 
     def context_args(self, names: set[str], keys: pd.DataFrame, context: Any = None) -> dict[str, Any]:
         """The context parameters ``names`` for a call on the chunk ``keys`` (``compute.context``)."""
-        ctx = {"ds": self.ds, "idx": keys[self.key_cols], "run_config": self.run_config}
+        ctx = {"ds": self.ds, "idx": columns_of(keys, self.key_cols), "run_config": self.run_config}
         ctx["context"] = context if context is not None else SimpleNamespace()
         return {p: ctx[p] for p in names}
 
@@ -159,6 +162,8 @@ class ChunkRunner(CommittingStep):
                 for role in (r for r in self.roles if r.kind == "factor"):
                     inside &= has_key(df, keys[role.shared], role.shared)
                 df = df.loc[~(outside & inside)]
+        if len(df) <= SMALL_SCOPE and all_called(df, keys, tk):
+            return df
         foreign = anti_join(df[tk], keys, tk).drop_duplicates()
         if len(foreign):
             shown = ", ".join(

@@ -15,7 +15,7 @@ from datapipe_dagster.compute.table_write import TableWriter
 from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.dbconn import DBConn
-from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame
+from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame, fetch_rows_by_keys
 
 
 class DataStore:
@@ -156,6 +156,13 @@ class DataTable(TableWriter):
         else:
             sub = [c for c in idx.columns if c in self.primary_keys]
             # The keys filter the metadata too, not only the data (see ``fetch_by_keys``).
+            rows = fetch_rows_by_keys(conn, base, d, sub, idx, also=(m,))
+            if rows is not None:
+                # Ordered and shaped in Python: the same frame as the pandas steps below, at a fraction
+                # of their cost for the few rows of one changed key.
+                rows.sort(key=lambda r: r[-1])
+                data = {c: [r[i] for r in rows] if rows else pd.Series([], dtype=object) for i, c in enumerate(cols)}
+                return conform_types(decode_json_texts(pd.DataFrame(data), store.get_schema()), store.get_schema())
             df = fetch_by_keys(conn, base, d, sub, idx, cols + ["seq"], also=(m,))
             if len(df) > 1:
                 df = df.sort_values("seq", kind="stable")

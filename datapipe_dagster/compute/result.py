@@ -58,9 +58,10 @@ class StepResult:
     def add_write(self, table: str, primary_keys: list[str], write: Any) -> None:
         """Count a ``DataTable.write`` result for output ``table`` and record its changed keys."""
         o = self.outputs.setdefault(table, OutputStats())
-        o.inserted += len(write.inserted)
-        o.updated += len(write.updated)
-        o.deleted += len(write.deleted)
+        inserted, updated, deleted = write.counts()
+        o.inserted += inserted
+        o.updated += updated
+        o.deleted += deleted
         self.changed.append(table, write.changed_idx()[primary_keys])
 
     def add_failed(self, df: pd.DataFrame) -> None:

@@ -28,8 +28,11 @@ import sqlalchemy as sa
 
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.meta.tables import TransformMetaTable
-from datapipe_dagster.store.paged import fetch_frame_paged
+from datapipe_dagster.store.paged import FoundKeys, fetch_frame_paged, iter_row_pages
 from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
+
+Watermark = int | sa.BindParameter[int]
+"""A watermark's value, or the parameter a cached query takes it from."""
 
 
 @dataclass
@@ -134,31 +137,62 @@ def stale_keys_query(
     changed since (a sensor must not retry a failing key on every unrelated write).
     """
     t = tmeta.table
-    frames: list[pd.DataFrame] = []
+    n = len(keys)
+    found = FoundKeys(keys)
     new_marks: dict[str, int] = {}
     for role in roles:
         wm = watermarks.get(role.mark, 0)
         # At or past ``current`` (read before this query) no row of the table can be above the
         # watermark: an idle run asks nothing here.
-        stmt = None if wm >= current else role_stale_query(conn, role, roles, t, keys, wm)
-        if stmt is None:
+        if wm >= current:
             new_marks[role.mark] = current
             continue
+        if role.kind == "keyless":
+            stmt = role_stale_query(conn, role, roles, t, keys, wm)
+            if stmt is None:
+                new_marks[role.mark] = current
+                continue
+            params: dict[str, int] = {}
+        else:
+            stmt, params = _cached_query(conn, role, roles, tmeta, keys), {WM_PARAM: wm}
+        low = None
         # In pages: a first run's stale keys are every key (see store.paged).
-        df = fetch_frame_paged(conn, stmt, keys + ["min_seq"])
-        new_marks[role.mark] = int(df["min_seq"].min()) - 1 if len(df) else current
-        frames.append(df[keys])
+        for rows in iter_row_pages(conn, stmt, params):
+            page_low = min(r[n] for r in rows)
+            low = page_low if low is None else min(low, page_low)
+            found.add(rows)
+        new_marks[role.mark] = int(low) - 1 if low is not None else current
     if include_failed:
-        failed = sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False))
-        frames.append(fetch_frame_paged(conn, failed, keys))
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({k: [] for k in keys}), new_marks
-    return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True), new_marks
+        for rows in iter_row_pages(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), {}):
+            found.add(rows)
+    return found.frame(), new_marks
+
+
+WM_PARAM = "dp_watermark"
+"""The bound parameter a cached stale-key query takes its watermark from."""
+
+
+def _role_signature(role: InputRole) -> tuple[object, ...]:
+    return (role.kind, role.dt.meta.table, tuple(role.shared), tuple(sorted(role.aliases.items())))
+
+
+def _cached_query(
+    conn: sa.Connection, role: InputRole, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str]
+) -> sa.Select | sa.CompoundSelect:
+    """``role_stale_query`` with its watermark as a parameter, built once per transform and role: a
+    one-key run spent more on building its three queries than on running them."""
+    factors = tuple(_role_signature(r) for r in roles if r.kind == "factor") if role.kind == "factor" else ()
+    sig = (_role_signature(role), tuple(keys), factors)
+    stmt = tmeta.statements.get(sig)
+    if stmt is None:
+        stmt = role_stale_query(conn, role, roles, tmeta.table, keys, sa.bindparam(WM_PARAM, type_=sa.BigInteger))
+        assert stmt is not None  # only a keyless input's query can be None, and it is not cached
+        tmeta.statements[sig] = stmt
+    return stmt
 
 
 def role_stale_query(
-    conn: sa.Connection, role: InputRole, roles: list[InputRole], t: sa.Table, keys: list[str], wm: int
+    conn: sa.Connection, role: InputRole, roles: list[InputRole], t: sa.Table, keys: list[str], wm: Watermark
 ) -> sa.Select | sa.CompoundSelect | None:
     """The keys one input (or swept output) makes stale above its watermark ``wm``, with ``min_seq``, the
     oldest row that makes each stale; None when nothing of it changed (a keyless input asked directly)."""
@@ -175,7 +209,7 @@ def role_stale_query(
     return _factor_processed(changed, t, on, keys)  # partial: the processed keys sharing its values
 
 
-def _changed_rows(role: InputRole, wm: int) -> sa.CTE:
+def _changed_rows(role: InputRole, wm: Watermark) -> sa.CTE:
     """An input's rows above the watermark, taken from the seq index and materialised: left to itself,
     SQLite would walk the whole table in key order to serve the GROUP BY."""
     m = role.dt.meta.table
@@ -200,7 +234,7 @@ def _full_changed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], keys
     )
 
 
-def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: int) -> sa.Select:
+def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: Watermark) -> sa.Select:
     """Keys of live output rows above the watermark that the transform never processed."""
     m = role.dt.meta.table
     fresh = (
@@ -218,8 +252,9 @@ def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: int) -> s
     )
 
 
-def _keyless_changed(conn: sa.Connection, role: InputRole, t: sa.Table, keys: list[str], wm: int) -> sa.Select | None:
+def _keyless_changed(conn: sa.Connection, role: InputRole, t: sa.Table, keys: list[str], wm: Watermark) -> sa.Select | None:
     """Every key processed before a keyless input's newest change (None: it did not change)."""
+    assert isinstance(wm, int)  # a keyless input's query runs a query of its own: never cached
     m = role.dt.meta.table
     top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
     if top is None:

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.compute.small_write import SmallWrite, apply_small, prepare_small, small_write_fits
 from datapipe_dagster.errors import SchemaError
-from datapipe_dagster.frames import anti_join, key_positions
+from datapipe_dagster.frames import anti_join, columns_of, key_positions
 from datapipe_dagster.meta.tables import MetaTable
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.records import to_records
@@ -40,6 +41,10 @@ class WriteResult:
 
     def changed_idx(self) -> pd.DataFrame:
         return pd.concat([self.inserted, self.updated, self.deleted], ignore_index=True)
+
+    def counts(self) -> tuple[int, int, int]:
+        """Rows inserted, updated and deleted."""
+        return len(self.inserted), len(self.updated), len(self.deleted)
 
 
 @dataclass
@@ -105,7 +110,7 @@ class TableWriter(ABC):
         with self.ds.meta_dbconn.begin_write() as conn:
             res = self.write(conn, data_df, processed_idx=processed_idx, now=now)
         self.maybe_analyze()
-        return res.changed_idx()[self.primary_keys].reset_index(drop=True)
+        return columns_of(res.changed_idx(), self.primary_keys).reset_index(drop=True)
 
     def delete_by_idx(self, idx: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
         """Delete the rows with these keys; returns their keys.
@@ -153,7 +158,7 @@ class TableWriter(ABC):
         processed_idx: pd.DataFrame | None = None,
         now: float | None = None,
         validated: bool = False,
-    ) -> PreparedWrite:
+    ) -> PreparedWrite | SmallWrite:
         """The reading half of ``write``: validate, hash, compare with the stored metadata. Takes no lock,
         so a commit writing several tables prepares them all before the first takes the sequence lock."""
         now = time.time() if now is None else now
@@ -163,13 +168,17 @@ class TableWriter(ABC):
             if missing:
                 raise SchemaError(self.name, "processed_idx column is not a primary-key column", missing[0])
         texts: dict[str, list[str | None]] = {}
+        if small_write_fits(self, df, processed_idx):
+            return prepare_small(self, conn, df, processed_idx, now, texts)
         hashes = self._hash(df, texts)
         scoped = self._scoped_meta(conn, df, processed_idx)
         diff = self._diff(conn, df, hashes, now, scoped)
         return PreparedWrite(df, diff, self._gone(conn, df, processed_idx, scoped), texts, now)
 
-    def apply_write(self, conn: sa.Connection, w: PreparedWrite, write_data: bool = True) -> WriteResult:
+    def apply_write(self, conn: sa.Connection, w: PreparedWrite | SmallWrite, write_data: bool = True) -> WriteResult:
         """The writing half of ``write``: number the rows (the sequence lock, held to commit) and write."""
+        if isinstance(w, SmallWrite):
+            return apply_small(self, conn, w, write_data)
         pks, df, diff, deleted = self.primary_keys, w.df, w.diff, w.deleted
         n_write = int(diff.to_write.sum())
         if n_write + len(deleted):

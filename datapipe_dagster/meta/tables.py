@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.frames import columns_of
 from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.paged import fetch_frame_paged
@@ -168,6 +169,7 @@ class TransformMetaTable:
         self.dbconn = dbconn
         self.name = name
         self.keys = [c.name for c in key_schema]
+        self.statements: dict[tuple[object, ...], Any] = {}  # queries built once for this state (compute.stale)
         # Further indexes on key columns (a cross-join transform's factors), created with the table.
         extra = [
             sa.Index(dbconn.identifier(f"ix_{transform_meta_name(name)}_{'_'.join(cols)}"), *cols)
@@ -274,7 +276,7 @@ class TransformMetaTable:
             "processed_seq": processed_seq, "process_ts": now, "is_success": error is None, "error": error, "traceback": traceback,
         }
         hashes = key_hash(keys, self.keys).tolist()
-        records = [{**r, **state, "key_hash": h} for r, h in zip(to_records(keys[self.keys]), hashes, strict=True)]
+        records = [{**r, **state, "key_hash": h} for r, h in zip(to_records(columns_of(keys, self.keys)), hashes, strict=True)]
         self.dbconn.upsert(conn, self.table, records, self.keys)
 
     def _mark_pg(

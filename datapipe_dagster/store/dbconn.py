@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -112,6 +113,7 @@ class DBConn:
         self.backend = backend
         self.schema = schema if backend != "sqlite" else None
         self.metadata = sa.MetaData(schema=self.schema)
+        self._upserts: weakref.WeakKeyDictionary[sa.Table, dict[tuple[str, ...], sa.Insert]] = weakref.WeakKeyDictionary()
 
         self.max_identifier_bytes = MAX_IDENTIFIER_BYTES.get(backend)
 
@@ -288,6 +290,24 @@ class DBConn:
         except (sa.exc.IntegrityError, UniqueViolation):
             self.upsert(conn, table, to_records(df), keys)
 
+    def upsert_statement(self, table: sa.Table, keys: list[str]) -> sa.Insert:
+        """``INSERT … ON CONFLICT (keys) DO UPDATE`` of every other column (PostgreSQL, SQLite), built once
+        per table: a one-row write spends more on building the statement than on running it."""
+        by_keys = self._upserts.setdefault(table, {})
+        stmt = by_keys.get(tuple(keys))
+        if stmt is None:
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            insert: Any = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+            stmt = insert(table)
+            rest = [c.name for c in table.columns if c.name not in keys]
+            if rest:
+                stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in rest})
+            else:
+                stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+            by_keys[tuple(keys)] = stmt
+        return stmt
+
     def upsert(self, conn: sa.Connection, table: sa.Table, records: list[dict[str, Any]], keys: list[str]) -> None:
         """Insert ``records`` into ``table``, replacing rows with the same ``keys``."""
         if not records:
@@ -298,16 +318,7 @@ class DBConn:
                 conn.execute(stmt)
                 return
         if self.backend in ("postgresql", "sqlite"):
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            insert: Any = postgresql.insert if self.backend == "postgresql" else sqlite.insert
-            stmt = insert(table)
-            rest = [c.name for c in table.columns if c.name not in keys]
-            if rest:
-                stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in rest})
-            else:
-                stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-            conn.execute(stmt, records)
+            conn.execute(self.upsert_statement(table, keys), records)
         else:
             delete_by_keys(conn, table, keys, pd.DataFrame(records))
             conn.execute(sa.insert(table), records)

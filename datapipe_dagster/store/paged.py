@@ -35,12 +35,20 @@ def iter_pages(
     PostgreSQL streams them through a server-side cursor (``stream_results``), so neither the driver nor
     libpq holds the whole result; the caller's connection must stay open while the pages are consumed.
     """
+    for rows in iter_row_pages(conn, stmt, {}, page_rows):
+        yield page_frame(rows, columns)
+
+
+def iter_row_pages(
+    conn: sa.Connection, stmt: sa.Executable, params: dict[str, Any], page_rows: int | None = None
+) -> Iterator[Sequence[Any]]:
+    """The rows of ``stmt`` (with ``params``) in lists of at most ``page_rows`` (default ``PAGE_ROWS``),
+    streamed as ``iter_pages`` streams them; a result of no row gives no page."""
     size = page_rows or PAGE_ROWS
     # Options of this statement only (``Connection.execution_options`` would change the connection).
-    result = conn.execute(stmt, execution_options={"stream_results": True, "yield_per": size})
+    result = conn.execute(stmt, params, execution_options={"stream_results": True, "yield_per": size})
     try:
-        for rows in result.partitions(size):
-            yield page_frame(rows, columns)
+        yield from result.partitions(size)
     finally:
         result.close()
 
@@ -53,3 +61,35 @@ def fetch_frame_paged(
     if not pages:
         return page_frame([], columns)
     return pages[0] if len(pages) == 1 else pd.concat(pages, ignore_index=True)
+
+
+FEW_KEYS = 1_000
+"""Up to this many stale keys are gathered as tuples; past it, as page frames."""
+
+
+class FoundKeys:
+    """Keys gathered from the pages of several queries (``iter_row_pages``), de-duplicated in first-seen
+    order: as tuples while they are few (a one-key run builds no frame per query), as one frame per page
+    once they are many (a first run's every key: memory follows the page)."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+        self.few: dict[tuple[object, ...], None] = {}
+        self.pages: list[pd.DataFrame] = []
+
+    def add(self, rows: Sequence[Any]) -> None:
+        """Add the keys of ``rows`` (the key columns first; any further columns are left out)."""
+        n = len(self.keys)
+        if not self.pages and len(self.few) + len(rows) <= FEW_KEYS:
+            self.few.update((tuple(r[:n]), None) for r in rows)
+            return
+        if self.few:
+            self.pages.append(page_frame(list(self.few), self.keys))
+            self.few = {}
+        self.pages.append(page_frame([tuple(r[:n]) for r in rows], self.keys))
+
+    def frame(self) -> pd.DataFrame:
+        if not self.pages:
+            return pd.DataFrame({k: [f[i] for f in self.few] for i, k in enumerate(self.keys)})
+        both = self.pages[0] if len(self.pages) == 1 else pd.concat(self.pages, ignore_index=True)
+        return both.drop_duplicates().reset_index(drop=True)

@@ -111,7 +111,7 @@ def executemany_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame, en
     """``INSERT`` the rows of ``df`` through the driver's ``executemany`` with tuples, converting each column
     once with its type's bind processor (what SQLAlchemy would do per row), in the caller's transaction.
     JSON columns in ``encoded`` are already serialised and bound as they are."""
-    from datapipe_dagster.store.records import _plain_list
+    from datapipe_dagster.store.records import plain_list
 
     cols = [c for c in table.columns if c.name in df.columns]
     lists = []
@@ -120,7 +120,7 @@ def executemany_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame, en
         if done is not None:
             lists.append(done)
             continue
-        vals = _plain_list(df[c.name])
+        vals = plain_list(df[c.name])
         proc = c.type.bind_processor(conn.dialect)
         if proc is not None:
             vals = [None if v is None else proc(v) for v in vals]

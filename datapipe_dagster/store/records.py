@@ -37,7 +37,7 @@ def decode_json_texts(df: pd.DataFrame, columns: list[sa.Column]) -> pd.DataFram
     return df
 
 
-def _plain_list(s: pd.Series) -> list[Any]:
+def plain_list(s: pd.Series) -> list[Any]:
     """A column as a list of plain Python values (None for missing)."""
     kind = s.dtype.kind
     if kind in "iub" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
@@ -61,7 +61,7 @@ def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     if len(df) == 0:
         return []
     cols = [str(c) for c in df.columns]
-    lists = [_plain_list(df.iloc[:, i]) for i in range(len(cols))]
+    lists = [plain_list(df.iloc[:, i]) for i in range(len(cols))]
     return [dict(zip(cols, row, strict=True)) for row in zip(*lists, strict=True)]
 
 

@@ -91,18 +91,40 @@ def hash_rows(
     if len(df) == 0:
         return np.zeros(0, dtype=np.int64)
     pks = [c.name for c in columns if c.primary_key]
-    parts = {}
+    hashes = []
     for col in columns:
         s = df[col.name]
         is_json = isinstance(col.type, sa.JSON)
+        values: Any
         if is_json or s.dtype == object:
             texts = encode_json_column(s.tolist(), strict_json and is_json, table, col.name, df, pks)
             if is_json and json_texts is not None:
                 json_texts[col.name] = texts
-            s = pd.Series([_NULL if t is None else t for t in texts], index=df.index, dtype=object)
-        parts[col.name] = s
-    h = pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy()
-    return (h >> np.uint64(1)).astype(np.int64)
+            values = np.empty(len(texts), dtype=object)
+            values[:] = [_NULL if t is None else t for t in texts]
+        else:
+            values = s.array
+            if isinstance(values, pd.arrays.NumpyExtensionArray):
+                values = values.to_numpy()
+        hashes.append(pd.util.hash_array(values))
+    return (combine_hashes(hashes) >> np.uint64(1)).astype(np.int64)
+
+
+def combine_hashes(arrays: list[np.ndarray]) -> np.ndarray:
+    """One hash per row from one ``hash_array`` per column, combined exactly as pandas'
+    ``hash_pandas_object(frame, index=False)`` combines its columns (CPython's tuple hash), without
+    building a frame: for a one-row write the frame and its per-column Series cost more than the hashing.
+    ``tests/test_rowhash.py`` pins the equality over many dtypes."""
+    mult = np.uint64(1000003)
+    out = np.zeros_like(arrays[0]) + np.uint64(0x345678)
+    n = len(arrays)
+    for i, a in enumerate(arrays):
+        inverse_i = n - i
+        out ^= a
+        out *= mult
+        mult += np.uint64(82520 + inverse_i + inverse_i)
+    out += np.uint64(97531)
+    return out
 
 
 def _json_default(v: Any) -> Any:

@@ -9,6 +9,7 @@ is written, so a bad chunk writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -17,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError, _plain
+from datapipe_dagster.frames import first_duplicate
 
 _JSON_TYPES = (dict, list, str, int, float, bool, np.integer, np.floating, np.bool_)
 _JSON_EXACT = {dict, list, str, int, float, bool, type(None)}
@@ -41,7 +43,11 @@ class _Column:
 
     def __init__(self, table: str, col: sa.Column, s: pd.Series, df: pd.DataFrame, pks: list[str]):
         self.table, self.col, self.s, self.df, self.pks = table, col, s, df, pks
-        self.notna = s.notna().to_numpy()
+
+    @functools.cached_property
+    def notna(self) -> np.ndarray:
+        """Which values are present (computed on first use: a JSON column never asks)."""
+        return self.s.notna().to_numpy()
 
     def fail_at(self, pos: int, what: str, fix: str = "", show: bool = True) -> None:
         """Raise for the row at ``pos``: what is wrong, the value (when ``show``), then how to fix it."""
@@ -282,6 +288,9 @@ def _may_hold_nul(out: pd.Series, notna: np.ndarray) -> bool:
 
 
 def _check_strings(c: _Column, out: pd.Series) -> pd.Series:
+    n = getattr(c.col.type, "length", None)
+    if len(out) <= 64 and not any("\x00" in v or (n and len(v) > n) for v in out.tolist() if isinstance(v, str)):
+        return out  # a few strings checked in Python; a failing one is reported by the checks below
     if not c.notna.any():
         return out
     nul = out.str.contains("\x00", regex=False, na=False).to_numpy(dtype=bool) if _may_hold_nul(out, c.notna) else None
@@ -291,7 +300,6 @@ def _check_strings(c: _Column, out: pd.Series) -> pd.Series:
             "a string holds a NUL character (\\x00), which PostgreSQL cannot store",
             "remove it (e.g. Series.str.replace('\\x00', '')) or use a LargeBinary column",
         )
-    n = getattr(c.col.type, "length", None)
     if n:
         long = (out.str.len() > n).fillna(False).to_numpy(dtype=bool)
         if long.any():
@@ -376,10 +384,11 @@ def coerce_frame(table: str, columns: list[sa.Column], df: pd.DataFrame) -> pd.D
                 raise SchemaError(table, "null value in a non-nullable column", col.name, _key_of(df, _first_bad(nulls), pks))
     res = pd.DataFrame(out, index=df.index)
     if pks:
-        dup = res.duplicated(subset=pks).to_numpy()
-        if dup.any():
-            raise SchemaError(table, "duplicate key in one chunk", None, _key_of(res, _first_bad(dup), pks))
+        pos = first_duplicate(res, pks)
+        if pos is not None:
+            raise SchemaError(table, "duplicate key in one chunk", None, _key_of(res, pos, pks))
     return res
+
 
 
 def empty_frame(columns: list[sa.Column]) -> pd.DataFrame:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.frames import columns_of
 from datapipe_dagster.store.pgcopy import executemany_frame
-from datapipe_dagster.store.records import to_records
+from datapipe_dagster.store.records import plain_list, to_records
 
 if TYPE_CHECKING:
     from datapipe_dagster.store.dbconn import DBConn
@@ -35,10 +36,9 @@ branches (10 ms to plan); the ``unnest`` semi-join looks each key up in the inde
 def _distinct_keys(idx: pd.DataFrame, columns: list[str]) -> list[Any]:
     """The distinct keys of ``idx`` as plain Python values (scalars for one column, tuples for several),
     in first-seen order (de-duplicated in Python: pandas' ``drop_duplicates`` costs ~0.5 ms even for one row)."""
-    recs = to_records(idx[columns])
     if len(columns) == 1:
-        return list(dict.fromkeys(r[columns[0]] for r in recs))
-    return list(dict.fromkeys(tuple(r[c] for c in columns) for r in recs))
+        return list(dict.fromkeys(plain_list(idx[columns[0]])))
+    return list(dict.fromkeys(zip(*[plain_list(idx[c]) for c in columns], strict=True)))
 
 
 def key_batches(idx: pd.DataFrame, columns: list[str], max_params: int = MAX_PARAMS) -> Iterator[list[Any]]:
@@ -151,7 +151,7 @@ def fetch_by_keys(
     data to a sequential scan of all 1M rows of their metadata (200 ms instead of a few)."""
     pg = conn.dialect.name == "postgresql"
     # Up to SMALL_KEYS keys (a commit's chunk, one changed key): IN lists, de-duplicated in Python.
-    keys = idx[columns] if len(idx) <= SMALL_KEYS else idx[columns].drop_duplicates()
+    keys = columns_of(idx, columns) if len(idx) <= SMALL_KEYS else idx[columns].drop_duplicates()
     if len(keys) <= SMALL_KEYS and not (pg and len(keys) > UNNEST_MIN_KEYS):
         values = _distinct_keys(keys, columns)
         if not values:
@@ -174,6 +174,29 @@ def fetch_by_keys(
     with temp_keys(conn, table, columns, keys) as tmp:
         sub = sa.select(*[tmp.c[c] for c in columns])
         return fetch_frame(conn, base.where(*[_in_select(t, columns, sub) for t in (table, *also)]), out_columns)
+
+
+def fetch_rows_by_keys(
+    conn: sa.Connection,
+    base: sa.Select,
+    table: sa.Table | sa.FromClause,
+    columns: list[str],
+    idx: pd.DataFrame,
+    also: tuple[sa.Table | sa.FromClause, ...] = (),
+) -> list[sa.Row[Any]] | None:
+    """``fetch_by_keys``'s rows as they come (no frame) when ``idx``'s keys fit one ``IN`` list (and, on
+    PostgreSQL, are few enough not to take ``unnest``), else None (the caller then takes ``fetch_by_keys``):
+    a caller of a few rows can order and shape them in Python."""
+    if len(idx) > SMALL_KEYS:
+        return None
+    values = _distinct_keys(idx, columns)
+    pg = conn.dialect.name == "postgresql"
+    if len(values) > (MAX_PARAMS if len(columns) == 1 else MAX_TUPLES) or (pg and len(values) > UNNEST_MIN_KEYS):
+        return None
+    if not values:
+        return []
+    seek = conn.dialect.name == "sqlite"
+    return list(conn.execute(base.where(*[key_clause(t, columns, values, seek) for t in (table, *also)])).fetchall())
 
 
 def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx: pd.DataFrame) -> None:
