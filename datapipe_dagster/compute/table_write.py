@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.compute.bulk_write import store_all_new
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import anti_join, key_positions
 from datapipe_dagster.meta.tables import MetaTable
@@ -103,7 +104,9 @@ class TableWriter(ABC):
         """
         self.ensure_ready()
         with self.ds.meta_dbconn.begin_write() as conn:
-            res = self.write(conn, data_df, processed_idx=processed_idx, now=now)
+            res = store_all_new(self, conn, data_df, now) if processed_idx is None else None
+            if res is None:  # not all new (or too few rows): compare with the stored metadata
+                res = self.write(conn, data_df, processed_idx=processed_idx, now=now)
         self.maybe_analyze()
         return res.changed_idx()[self.primary_keys].reset_index(drop=True)
 
