@@ -78,8 +78,8 @@ def state(dt: DataTable) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The table's rows as stored (JSON as its text) and its metadata, sequence numbers from 0."""
     with dt.ds.meta_dbconn.engine.connect() as c:
         t = dt.store.data_table
-        cols = [sa.cast(t.c.event, sa.Text).label("event"), *[t.c[k] for k in ("user_id", "event_id", "score", "note")]]
-        data = pd.DataFrame(c.execute(sa.select(*cols).order_by(t.c.user_id, t.c.event_id)).mappings().all())
+        cols = [sa.cast(col, sa.Text).label(col.name) if isinstance(col.type, JSON) else col for col in t.columns]
+        data = pd.DataFrame(c.execute(sa.select(*cols).order_by(*[t.c[k] for k in dt.primary_keys])).mappings().all())
         meta = dt.meta.get_metadata(c, include_deleted=True)
     meta["seq"] -= meta["seq"].min()
     return data, meta
@@ -186,6 +186,17 @@ def run_thread(fn, name: str | None = None) -> tuple[threading.Thread, list]:  #
     return t, out
 
 
+def waited_then_finished(release: threading.Event, held: tuple, waiting: tuple) -> None:
+    """Asserts that the ``waiting`` thread is blocked while ``held`` stays at its gate, then opens the
+    gate and asserts both finish without an error (thread, output list pairs of ``run_thread``)."""
+    waiting[0].join(1.0)
+    assert waiting[0].is_alive(), "the second writer must wait for the first (the sequence lock)"
+    release.set()
+    for t, out in (held, waiting):
+        t.join(GATE_TIMEOUT)
+        assert out and not isinstance(out[0], BaseException), out
+
+
 def test_a_writer_waits_for_a_bulk_insert_in_progress_then_compares(dbconn, monkeypatch) -> None:
     """A is inside its savepoint insert of keys 0..1499; B stores keys 1000..2499 (other content) and must
     wait; once A commits, B's insert fails on A's keys and B takes the general path: its rows win."""
@@ -204,13 +215,7 @@ def test_a_writer_waits_for_a_bulk_insert_in_progress_then_compares(dbconn, monk
     ta, out_a = run_thread(lambda: a.store_chunk(tagged(list(range(1500)), "A")), name="A")
     assert entered.wait(GATE_TIMEOUT), "A never reached its insert"
     tb, out_b = run_thread(lambda: b.store_chunk(tagged(list(range(1000, 2500)), "B")))
-    tb.join(1.0)
-    assert tb.is_alive(), "B must wait for A's write (the sequence lock) instead of inserting"
-    release.set()
-    ta.join(GATE_TIMEOUT)
-    tb.join(GATE_TIMEOUT)
-    assert not isinstance(out_a[0], BaseException), out_a
-    assert not isinstance(out_b[0], BaseException), out_b
+    waited_then_finished(release, (ta, out_a), (tb, out_b))
     assert len(out_a[0]) == 1500 and len(out_b[0]) == 1500
     assert calls == [1500], "A took the bulk path, B compared once"
     data, meta = state(a)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.frames import anti_join
 from datapipe_dagster.store.dbconn import UNIQUE_VIOLATIONS
 
 if TYPE_CHECKING:
@@ -45,25 +46,35 @@ def store_all_new(w: TableWriter, conn: sa.Connection, data_df: pd.DataFrame, no
     """
     if len(data_df) < BULK_MIN_ROWS or not w._shared or w._sql is None:
         return None
-    from datapipe_dagster.compute.table_write import WriteResult
-
     now = time.time() if now is None else now
     df = w.table_store.validate(data_df)
+    return insert_all_new(w, conn, df, now, pd.DataFrame({c: [] for c in w.primary_keys}))
+
+
+def insert_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, now: float, gone: pd.DataFrame) -> WriteResult | None:
+    """Insert the validated rows of ``df`` as new and delete the live rows ``gone`` (keys the caller read
+    before), numbered as ``apply_write`` numbers them; None (savepoint rolled back) on a known key."""
+    from datapipe_dagster.compute.table_write import WriteResult
+
+    assert w._sql is not None
     texts: dict[str, list[str | None]] = {}
     hashes = w._hash(df, texts)
     pks = w.primary_keys
     n = len(df)
     try:
         with conn.begin_nested():
-            first = w.ds.seq.allocate(conn, n)
+            first = w.ds.seq.allocate(conn, n + len(gone))
             encoded = pd.DataFrame(texts, index=df.index, dtype=object) if texts else None
             w._sql.dbconn.insert_plain(conn, w._sql.table, df, encoded)
             w.ds.meta_dbconn.insert_plain(conn, w.meta.table, _meta_frame(df[pks], hashes, first, now))
     except UNIQUE_VIOLATIONS:
         return None
-    w._written += n
+    if len(gone):
+        w.table_store.delete_rows(gone, conn=conn)
+        w._mark_deleted(conn, gone, first + n, now)
+    w._written += n + len(gone)
     none = df.iloc[0:0][pks].reset_index(drop=True)
-    return WriteResult(inserted=df[pks].reset_index(drop=True), updated=none, deleted=pd.DataFrame({c: [] for c in pks}))
+    return WriteResult(inserted=df[pks].reset_index(drop=True), updated=none, deleted=gone)
 
 
 def _meta_frame(keys: pd.DataFrame, hashes: np.ndarray, first: int, now: float) -> pd.DataFrame:
@@ -75,3 +86,34 @@ def _meta_frame(keys: pd.DataFrame, hashes: np.ndarray, first: int, now: float) 
     meta["delete_ts"] = None
     meta["seq"] = np.arange(first, first + len(keys), dtype=np.int64)
     return meta
+
+
+COMMIT_MIN_ROWS = 500
+"""A transform commit's output of fewer rows goes the general way (an incremental run's chunks are small)."""
+
+
+def commit_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, scope: pd.DataFrame | None, now: float) -> WriteResult | None:
+    """``apply_write(prepare_write(conn, df, processed_idx=scope, now=now, validated=True))`` without
+    reading the output's metadata, for a commit whose keys have no output row yet (a first run); None
+    when it does not apply or some key is known (nothing written).
+
+    Why nothing else under ``scope`` can exist when the insert succeeds: the output's primary key is
+    exactly the scope's columns, so each processed key holds at most one row, the one ``df`` inserts
+    (the insert fails if it exists, live or deleted). Processed keys with no row in ``df`` are looked up
+    (their live rows are deleted, as the general path does). A concurrent writer of the output (another
+    transform, a user's ``store_chunk``) takes the sequence lock before writing, like this insert: either
+    it committed first and the insert fails, or it waits and then sees these rows.
+    """
+    if len(df) < COMMIT_MIN_ROWS or not w._shared or w._sql is None:
+        return None
+    pks = w.primary_keys
+    empty = pd.DataFrame({c: [] for c in pks})
+    if scope is None:
+        gone = empty
+    elif sorted(scope.columns) != sorted(pks):
+        return None  # several rows per key may exist: only the metadata can tell which to delete
+    else:
+        rest = anti_join(scope[pks], df, pks)
+        alive = w.meta.get_alive_keys(conn, rest) if len(rest) else empty
+        gone = anti_join(alive[pks], df, pks) if len(alive) else empty
+    return insert_all_new(w, conn, df, now, gone)
