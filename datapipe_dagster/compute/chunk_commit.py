@@ -11,10 +11,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.batch_keys import KeyedBatchStep
+from datapipe_dagster.compute.bulk_write import COMMIT_MIN_ROWS, commit_all_new
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.compute.result import StepResult, failed_frame
+from datapipe_dagster.compute.small_write import SmallWrite
 from datapipe_dagster.compute.stale import InputRole, output_roles
-from datapipe_dagster.compute.table_write import WriteResult
+from datapipe_dagster.compute.table_write import PreparedWrite, WriteResult
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import anti_join, columns_of
 from datapipe_dagster.store.records import to_records
@@ -80,13 +82,19 @@ class CommittingStep(KeyedBatchStep):
             if len(ok):
                 # Every read first and the state marked (under the transform's lock already), so the
                 # write-sequence lock, taken by the first output write, is held only while writing.
+                # Large outputs are first tried as all new, without reading their metadata (bulk_write).
+                scopes = [self._cleanup_scope(conn, dt, ok) for dt in self.output_dts]
+                bulk = self._all_new_skip <= 0 and any(len(df) >= COMMIT_MIN_ROWS for df in outs)
                 prepared = [
-                    dt.prepare_write(conn, df, processed_idx=self._cleanup_scope(conn, dt, ok), now=now, validated=True)
-                    for dt, df in zip(self.output_dts, outs, strict=True)
+                    None if bulk and len(df) >= COMMIT_MIN_ROWS else dt.prepare_write(conn, df, processed_idx=sc, now=now, validated=True)
+                    for dt, df, sc in zip(self.output_dts, outs, scopes, strict=True)
                 ]
                 self.meta.mark(conn, ok, read_seq, now)
                 clean = self._clean_swept(conn)
-                stats = [dt.apply_write(conn, p) for dt, p in zip(self.output_dts, prepared, strict=True)]
+                stats = [
+                    self._apply(conn, dt, df, sc, p, now)
+                    for dt, df, sc, p in zip(self.output_dts, outs, scopes, prepared, strict=True)
+                ]
                 if clean:
                     self.ds.watermarks.advance(conn, self.name, dict.fromkeys(clean, self.ds.seq.current(conn)))
             else:
@@ -138,6 +146,28 @@ class CommittingStep(KeyedBatchStep):
         found = conn.execute(sa.select(*probes)).one()
         dirty = {r.mark for r, hit in zip(asked, found, strict=True) if hit}
         return [r for r in roles if r.mark not in dirty]
+
+    _all_new_skip = 0
+    """Chunks left before the all-new insert is tried again, after one failed (a re-run of known keys)."""
+
+    def _apply(
+        self,
+        conn: sa.Connection,
+        dt: DataTable,
+        df: pd.DataFrame,
+        scope: pd.DataFrame | None,
+        prepared: PreparedWrite | SmallWrite | None,
+        now: float,
+    ) -> WriteResult:
+        """Write one output: ``prepared``, or (None) all new, falling back to reading its metadata."""
+        if prepared is None:
+            res = commit_all_new(dt, conn, df, scope, now)
+            if res is not None:
+                return res
+            self._all_new_skip = 100
+            prepared = dt.prepare_write(conn, df, processed_idx=scope, now=now, validated=True)
+        self._all_new_skip -= 1
+        return dt.apply_write(conn, prepared)
 
     def _cleanup_scope(self, conn: sa.Connection, dt: DataTable, ok: pd.DataFrame) -> pd.DataFrame | None:
         """The keys under which ``dt``'s rows not returned are deleted (None: ``cleanup=False``, none)."""

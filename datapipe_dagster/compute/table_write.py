@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.compute.bulk_write import store_all_new
 from datapipe_dagster.compute.small_write import SmallWrite, apply_small, prepare_small, small_write_fits
 from datapipe_dagster.errors import SchemaError
 from datapipe_dagster.frames import anti_join, columns_of, key_positions
@@ -108,7 +109,9 @@ class TableWriter(ABC):
         """
         self.ensure_ready()
         with self.ds.meta_dbconn.begin_write() as conn:
-            res = self.write(conn, data_df, processed_idx=processed_idx, now=now)
+            res = store_all_new(self, conn, data_df, now) if processed_idx is None else None
+            if res is None:  # not all new (or too few rows): compare with the stored metadata
+                res = self.write(conn, data_df, processed_idx=processed_idx, now=now)
         self.maybe_analyze()
         return columns_of(res.changed_idx(), self.primary_keys).reset_index(drop=True)
 

@@ -31,6 +31,9 @@ except ImportError:  # pragma: no cover - psycopg2 comes with the postgres extra
         """Stand-in when psycopg2 is not installed."""
 
 
+UNIQUE_VIOLATIONS: tuple[type[Exception], ...] = (sa.exc.IntegrityError, UniqueViolation)
+"""What an INSERT or COPY of a known key raises (SQLAlchemy's error, or psycopg2's from COPY)."""
+
 def _normalise_url(connstr: str) -> str:
     """Map ``postgresql://`` to a driver that is installed (SQLAlchemy 2.1 defaults to psycopg 3)."""
     if connstr.startswith("postgresql://") or connstr.startswith("postgres://"):
@@ -283,12 +286,17 @@ class DBConn:
             return
         try:
             with conn.begin_nested():
-                if len(df) < COPY_MIN_ROWS:
-                    conn.execute(sa.insert(table), to_records(df))
-                elif not (self.backend == "postgresql" and copy_frame(conn, table, df, encoded)):
-                    executemany_frame(conn, table, df, encoded)
-        except (sa.exc.IntegrityError, UniqueViolation):
+                self.insert_plain(conn, table, df, encoded)
+        except UNIQUE_VIOLATIONS:
             self.upsert(conn, table, to_records(df), keys)
+
+    def insert_plain(self, conn: sa.Connection, table: sa.Table, df: pd.DataFrame, encoded: pd.DataFrame | None = None) -> None:
+        """A plain INSERT (COPY on PostgreSQL for many rows) that fails on a known key: one of
+        ``UNIQUE_VIOLATIONS`` is raised, and the caller's transaction must be rolled back to a savepoint."""
+        if len(df) < COPY_MIN_ROWS:
+            conn.execute(sa.insert(table), to_records(df))
+        elif not (self.backend == "postgresql" and copy_frame(conn, table, df, encoded)):
+            executemany_frame(conn, table, df, encoded)
 
     def upsert_statement(self, table: sa.Table, keys: list[str]) -> sa.Insert:
         """``INSERT … ON CONFLICT (keys) DO UPDATE`` of every other column (PostgreSQL, SQLite), built once

@@ -102,11 +102,17 @@ def hash_rows(
                 json_texts[col.name] = texts
             values = np.empty(len(texts), dtype=object)
             values[:] = [_NULL if t is None else t for t in texts]
+            # pandas factorises object values before hashing (``categorize``), which costs more than it
+            # saves on mostly distinct values and hashes them the same; missing values, which factorised
+            # take a fixed marker, are ``_NULL`` texts here.
+            categorize = False
         else:
             values = s.array
             if isinstance(values, pd.arrays.NumpyExtensionArray):
                 values = values.to_numpy()
-        hashes.append(pd.util.hash_array(values))
+            # A string extension column keeps the factorising when it holds a missing value (its marker).
+            categorize = values.dtype != object and bool(s.isna().any())
+        hashes.append(pd.util.hash_array(values, categorize=categorize))
     return (combine_hashes(hashes) >> np.uint64(1)).astype(np.int64)
 
 

@@ -1,0 +1,119 @@
+"""Ingest of many new rows without asking which keys exist (issue 11).
+
+A ``store_chunk`` of new events spent about a fifth of its time (PostgreSQL) on the query that finds which
+of its keys the metadata already holds, to learn that none does. Here a large write first assumes that
+every key is new: it takes the write-sequence lock, then inserts data and metadata with plain INSERTs
+(COPY on PostgreSQL) inside a SAVEPOINT. Any known key makes an INSERT fail on the primary key; the
+savepoint is rolled back (the sequence numbers with it) and the write takes the general compare path,
+which then reads the existing metadata.
+
+Why it is the general path's result exactly: with no key in the metadata, the general path also hashes
+the rows, numbers them in frame order from one allocation, takes ``now`` as create and update time and
+inserts both tables with the same plain INSERTs. A data row without metadata (a table written outside
+the library) also fails the insert and goes the general way, which upserts it.
+
+Why no write is lost: the sequence lock is taken before the first INSERT, so two bulk writers never
+insert at the same time; the second waits for the first to commit, then fails on the first's keys and
+compares against them, its write numbered later (the later write wins, as on the general path).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.frames import anti_join
+from datapipe_dagster.store.dbconn import UNIQUE_VIOLATIONS
+
+if TYPE_CHECKING:
+    from datapipe_dagster.compute.table_write import TableWriter, WriteResult
+
+BULK_MIN_ROWS = 1000
+"""Below this the existence query is cheap, and a failed attempt (a chunk of rewritten rows) would cost
+more than it saves."""
+
+
+def store_all_new(w: TableWriter, conn: sa.Connection, data_df: pd.DataFrame, now: float | None) -> WriteResult | None:
+    """``w.write(conn, data_df, now=now)`` for a frame of keys the table has never seen, or None (nothing
+    written, the savepoint rolled back) when the bulk path does not apply or some key is known.
+
+    Applies to frames of at least ``BULK_MIN_ROWS`` rows stored in a SQL table of the metadata's database
+    (one transaction holds both). Raises ``SchemaError`` on bad input, as ``write`` does.
+    """
+    if len(data_df) < BULK_MIN_ROWS or not w._shared or w._sql is None:
+        return None
+    now = time.time() if now is None else now
+    df = w.table_store.validate(data_df)
+    return insert_all_new(w, conn, df, now, pd.DataFrame({c: [] for c in w.primary_keys}))
+
+
+def insert_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, now: float, gone: pd.DataFrame) -> WriteResult | None:
+    """Insert the validated rows of ``df`` as new and delete the live rows ``gone`` (keys the caller read
+    before), numbered as ``apply_write`` numbers them; None (savepoint rolled back) on a known key."""
+    from datapipe_dagster.compute.table_write import WriteResult
+
+    assert w._sql is not None
+    texts: dict[str, list[str | None]] = {}
+    hashes = w._hash(df, texts)
+    pks = w.primary_keys
+    n = len(df)
+    try:
+        with conn.begin_nested():
+            first = w.ds.seq.allocate(conn, n + len(gone))
+            encoded = pd.DataFrame(texts, index=df.index, dtype=object) if texts else None
+            w._sql.dbconn.insert_plain(conn, w._sql.table, df, encoded)
+            w.ds.meta_dbconn.insert_plain(conn, w.meta.table, _meta_frame(df[pks], hashes, first, now))
+    except UNIQUE_VIOLATIONS:
+        return None
+    if len(gone):
+        w.table_store.delete_rows(gone, conn=conn)
+        w._mark_deleted(conn, gone, first + n, now)
+    w._written += n + len(gone)
+    none = df.iloc[0:0][pks].reset_index(drop=True)
+    return WriteResult(inserted=df[pks].reset_index(drop=True), updated=none, deleted=gone)
+
+
+def _meta_frame(keys: pd.DataFrame, hashes: np.ndarray, first: int, now: float) -> pd.DataFrame:
+    """The metadata rows the general path writes for new keys (``TableWriter._write_rows``)."""
+    meta = keys.copy()
+    meta["hash"] = hashes
+    meta["create_ts"] = np.full(len(keys), now)
+    meta["update_ts"] = now
+    meta["delete_ts"] = None
+    meta["seq"] = np.arange(first, first + len(keys), dtype=np.int64)
+    return meta
+
+
+COMMIT_MIN_ROWS = 500
+"""A transform commit's output of fewer rows goes the general way (an incremental run's chunks are small)."""
+
+
+def commit_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, scope: pd.DataFrame | None, now: float) -> WriteResult | None:
+    """``apply_write(prepare_write(conn, df, processed_idx=scope, now=now, validated=True))`` without
+    reading the output's metadata, for a commit whose keys have no output row yet (a first run); None
+    when it does not apply or some key is known (nothing written).
+
+    Why nothing else under ``scope`` can exist when the insert succeeds: the output's primary key is
+    exactly the scope's columns, so each processed key holds at most one row, the one ``df`` inserts
+    (the insert fails if it exists, live or deleted). Processed keys with no row in ``df`` are looked up
+    (their live rows are deleted, as the general path does). A concurrent writer of the output (another
+    transform, a user's ``store_chunk``) takes the sequence lock before writing, like this insert: either
+    it committed first and the insert fails, or it waits and then sees these rows.
+    """
+    if len(df) < COMMIT_MIN_ROWS or not w._shared or w._sql is None:
+        return None
+    pks = w.primary_keys
+    empty = pd.DataFrame({c: [] for c in pks})
+    if scope is None:
+        gone = empty
+    elif sorted(scope.columns) != sorted(pks):
+        return None  # several rows per key may exist: only the metadata can tell which to delete
+    else:
+        rest = anti_join(scope[pks], df, pks)
+        alive = w.meta.get_alive_keys(conn, rest) if len(rest) else empty
+        gone = anti_join(alive[pks], df, pks) if len(alive) else empty
+    return insert_all_new(w, conn, df, now, gone)
