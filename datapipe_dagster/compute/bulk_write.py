@@ -44,7 +44,8 @@ def store_all_new(w: TableWriter, conn: sa.Connection, data_df: pd.DataFrame, no
     Applies to frames of at least ``BULK_MIN_ROWS`` rows stored in a SQL table of the metadata's database
     (one transaction holds both). Raises ``SchemaError`` on bad input, as ``write`` does.
     """
-    if len(data_df) < BULK_MIN_ROWS or not w._shared or w._sql is None:
+    # Anything but a large frame (None included) goes the general way, which names what is wrong.
+    if not isinstance(data_df, pd.DataFrame) or len(data_df) < BULK_MIN_ROWS or not w._shared or w._sql is None:
         return None
     now = time.time() if now is None else now
     df = w.table_store.validate(data_df)
