@@ -3,7 +3,7 @@
 Old (a baseline checkout) and new (this tree) alternated in one session, each measurement a child
 process run with ``PYTHONPATH`` set to its tree, on the same data::
 
-    .venv/bin/python -m benchmarks.bench_plan --old /work/base --new . --events 200000 --users 20000 \\
+    .venv/bin/python -m benchmarks.bench_plan --old <checkout of the old code> --new . --events 200000 --users 20000 \\
         --rss-events 1000000 --rss-users 1000000 --rounds 2
 
 1. Stale-key queries of one 16-partition fanned-out run through Dagster (``execute_in_process``).

@@ -2,7 +2,7 @@
 by part, old and new code alternated against the same database.
 
     python -m benchmarks.bench_thousand --events 1000000 --users 100000 --backends sqlite,postgres \\
-        --old /work/base --new . --rounds 5 --alternations 3
+        --old <checkout of the old code> --new . --rounds 5 --alternations 3
 
 Build: ``store_chunk`` of the seed workload in 100k slices and one full ``run_steps``. A round: ``store_chunk``
 of 1,000 events spread over the table with new content, then ``run_steps`` (and the same with
@@ -331,7 +331,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--backends", default="sqlite,postgres")
-    p.add_argument("--old", default="/work/base")
+    p.add_argument("--old", required=True, help="a checkout of the code to compare with")
     p.add_argument("--new", default=".")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alternations", type=int, default=3)
