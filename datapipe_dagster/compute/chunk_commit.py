@@ -81,7 +81,8 @@ class CommittingStep(KeyedBatchStep):
             ok = anti_join(keys[kc], failed, kc) if len(failed) else columns_of(keys, kc).reset_index(drop=True)
             if len(ok):
                 # Every read first and the state marked (under the transform's lock already), so the
-                # write-sequence lock, taken by the first output write, is held only while writing.
+                # write-sequence lock (taken by ``_clean_swept``, or else by the first output write) is
+                # held only while writing.
                 # Large outputs are first tried as all new, without reading their metadata (bulk_write).
                 scopes = [self._cleanup_scope(conn, dt, ok) for dt in self.output_dts]
                 bulk = self._all_new_skip <= 0 and any(len(df) >= COMMIT_MIN_ROWS for df in outs)
