@@ -41,24 +41,29 @@ def test_changelist_union_without_duplicates_and_extend() -> None:
     assert {name: len(df) for name, df in cl} == {"t": 5, "empty": 0, "u": 1}
 
 
-def test_changelist_append_does_not_reprocess_what_was_appended_before(monkeypatch) -> None:
-    """500 appends of 10 keys concatenate each key a bounded number of times (was: every append
-    re-concatenated and de-duplicated the whole accumulated set, 500 × 2,500 rows on average)."""
-    rows_concatenated = 0
+def _count_concat(monkeypatch) -> list[int]:  # noqa: ANN001
+    """Count the rows ``types.ChangeList`` hands to ``pd.concat`` (a one-element list, read after the calls)."""
+    rows = [0]
     real_concat = pd.concat
 
     def counting_concat(frames, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-        nonlocal rows_concatenated
         frames = list(frames)
-        rows_concatenated += sum(len(f) for f in frames)
+        rows[0] += sum(len(f) for f in frames)
         return real_concat(frames, *a, **kw)
 
     monkeypatch.setattr(dp_types.pd, "concat", counting_concat)
+    return rows
+
+
+def test_changelist_append_does_not_reprocess_what_was_appended_before(monkeypatch) -> None:
+    """500 appends of 10 keys concatenate each key a bounded number of times (was: every append
+    re-concatenated and de-duplicated the whole accumulated set, 500 × 2,500 rows on average)."""
+    rows_concatenated = _count_concat(monkeypatch)
     cl = ChangeList()
     for i in range(500):
         cl.append("t", pd.DataFrame({"k": range(i * 10, i * 10 + 10)}))
     assert len(cl.get("t")) == 5000
-    assert rows_concatenated <= 2 * 5000
+    assert rows_concatenated[0] <= 2 * 5000
 
 
 def test_buckets_are_contiguous_hash_ranges() -> None:
@@ -163,18 +168,9 @@ def test_changelist_head_reads_only_the_parts_it_needs(monkeypatch) -> None:
     cl.append("t", pd.DataFrame({"k": [2, 3, 4]}))
     for i in range(200):
         cl.append("t", pd.DataFrame({"k": range(1000 + i * 10, 1010 + i * 10)}))
-    rows_concatenated = 0
-    real_concat = pd.concat
-
-    def counting_concat(frames, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-        nonlocal rows_concatenated
-        frames = list(frames)
-        rows_concatenated += sum(len(f) for f in frames)
-        return real_concat(frames, *a, **kw)
-
-    monkeypatch.setattr(dp_types.pd, "concat", counting_concat)
+    rows_concatenated = _count_concat(monkeypatch)
     assert cl.head("t", 4)["k"].tolist() == [1, 2, 3, 4]
-    assert rows_concatenated <= 12
+    assert rows_concatenated[0] <= 12
     assert cl.head("missing", 4) is None
     assert cl.head("t", 5)["k"].tolist() == [1, 2, 3, 4, 1000]
     monkeypatch.undo()
