@@ -19,7 +19,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
+import pandas as pd
 import sqlalchemy as sa
 
 from benchmarks.workload import build, clicks_ip, make_events, schemas
@@ -68,33 +70,33 @@ def naive_recompute(dbconn: DBConn) -> float:
     return time.perf_counter() - t0
 
 
-def plain_bulk_insert(dbconn: DBConn, n: int, users: int) -> float:
-    """rows/s of a plain executemany INSERT of the same events into an unindexed-but-keyed table."""
+def _timed_load(dbconn: DBConn, n: int, users: int, name: str, load: Callable[[sa.Connection, sa.Table, pd.DataFrame], None]) -> float:
+    """rows/s of ``load`` putting the same events, 100,000 at a time, into a fresh keyed table ``name``."""
     md = sa.MetaData()
-    t = sa.Table("plain_events", md, *[c._copy() for c in schemas()["events"]])
+    t = sa.Table(name, md, *[c._copy() for c in schemas()["events"]])
     md.create_all(dbconn.engine)
     df = make_events(n, users, seed=7)
     t0 = time.perf_counter()
     with dbconn.engine.begin() as conn:
         for start in range(0, n, 100_000):
-            conn.execute(sa.insert(t), to_records(df.iloc[start : start + 100_000]))
+            load(conn, t, df.iloc[start : start + 100_000])
     return n / (time.perf_counter() - t0)
+
+
+def plain_bulk_insert(dbconn: DBConn, n: int, users: int) -> float:
+    """rows/s of a plain executemany INSERT of the same events into an unindexed-but-keyed table."""
+    return _timed_load(dbconn, n, users, "plain_events", lambda conn, t, part: conn.execute(sa.insert(t), to_records(part)))
 
 
 def bulk_load(dbconn: DBConn, n: int, users: int) -> float:
     """rows/s of the fastest plain load of the same events into a keyed table, the ingest's real limit:
     COPY on PostgreSQL, an ``executemany`` of tuples on SQLite (the library's own bulk inserts)."""
-    md = sa.MetaData()
-    t = sa.Table("bulk_events", md, *[c._copy() for c in schemas()["events"]])
-    md.create_all(dbconn.engine)
-    df = make_events(n, users, seed=7)
-    t0 = time.perf_counter()
-    with dbconn.engine.begin() as conn:
-        for start in range(0, n, 100_000):
-            part = df.iloc[start : start + 100_000]
-            if not (dbconn.backend == "postgresql" and copy_frame(conn, t, part)):
-                executemany_frame(conn, t, part)
-    return n / (time.perf_counter() - t0)
+
+    def load(conn: sa.Connection, t: sa.Table, part: pd.DataFrame) -> None:
+        if not (dbconn.backend == "postgresql" and copy_frame(conn, t, part)):
+            executemany_frame(conn, t, part)
+
+    return _timed_load(dbconn, n, users, "bulk_events", load)
 
 
 def peak_rss_mb() -> float:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 from sqlalchemy import JSON, Column, Integer, String
 
 from datapipe_dagster import (
@@ -61,3 +64,18 @@ def frame(*rows: dict) -> pd.DataFrame:
 
 def as_dict(df: pd.DataFrame, key: str, col: str) -> dict:
     return dict(zip(df[key], df[col], strict=True))
+
+
+def recorded_statements(dbconn: DBConn, fn: Callable[[], Any]) -> tuple[Any, list[tuple[str, Any]]]:
+    """What ``fn()`` returns, and every statement (with its parameters) it sent through ``dbconn``'s engine."""
+    seen: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        seen.append((statement, parameters))
+
+    sa.event.listen(dbconn.engine, "before_cursor_execute", grab)
+    try:
+        out = fn()
+    finally:
+        sa.event.remove(dbconn.engine, "before_cursor_execute", grab)
+    return out, seen

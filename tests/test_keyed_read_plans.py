@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster import DataStore, DBConn, TableStoreDB
 from datapipe_dagster.store.sql import UNNEST_MIN_KEYS, fetch_by_keys
+from tests.engine_helpers import recorded_statements
 
 USERS, PER_USER = 2000, 10
 
@@ -37,19 +38,7 @@ def _events(dbconn: DBConn) -> Any:
 
 
 def _selects(dbconn: DBConn, fn: Any) -> list[tuple[str, Any]]:
-    seen: list[tuple[str, Any]] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            seen.append((statement, parameters))
-
-    sa.event.listen(dbconn.engine, "before_cursor_execute", grab)
-    try:
-        fn()
-    finally:
-        sa.event.remove(dbconn.engine, "before_cursor_execute", grab)
-    return seen
-
+    return [(st, p) for st, p in recorded_statements(dbconn, fn)[1] if st.lstrip().upper().startswith("SELECT")]
 
 def _plan(dbconn: DBConn, statement: str, params: Any) -> list[dict[str, Any]]:
     """The plan's scan nodes: ``{"table": …, "scan": True when it reads the whole table}``."""
@@ -195,19 +184,7 @@ def test_upsert_through_unnest_equals_the_row_by_row_upsert(dbconn: DBConn) -> N
 
 def _upserts(dbconn: DBConn, fn: Any) -> list[str]:
     """The ``unnest`` statements ``fn`` executes."""
-    seen: list[str] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "unnest" in statement:
-            seen.append(statement)
-
-    sa.event.listen(dbconn.engine, "before_cursor_execute", grab)
-    try:
-        fn()
-    finally:
-        sa.event.remove(dbconn.engine, "before_cursor_execute", grab)
-    return seen
-
+    return [st for st, _ in recorded_statements(dbconn, fn)[1] if "unnest" in st]
 
 def test_upsert_through_unnest_refuses_a_value_too_long(dbconn: DBConn) -> None:
     """A value longer than its ``VARCHAR(n)`` column fails the upsert, as row by row; it is never cut."""

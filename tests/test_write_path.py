@@ -23,6 +23,7 @@ from datapipe_dagster import (
 from datapipe_dagster.store.dbconn import SQLITE_CACHE_KB
 from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS
 from datapipe_dagster.store.rowhash import _NULL, hash_rows, json_encoder
+from tests.engine_helpers import recorded_statements
 
 
 def _docs(dbconn):  # noqa: ANN001, ANN202
@@ -148,18 +149,8 @@ def test_an_idle_run_queries_no_table_and_a_change_is_still_seen(dbconn) -> None
 
 
 def _statements_of(dbconn, fn):  # noqa: ANN001, ANN202
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001
-        statements.append(statement.lower())
-
-    sa.event.listen(dbconn.engine, "before_cursor_execute", record)
-    try:
-        out = fn()
-    finally:
-        sa.event.remove(dbconn.engine, "before_cursor_execute", record)
-    return out, statements
-
+    out, seen = recorded_statements(dbconn, fn)
+    return out, [st.lower() for st, _ in seen]
 
 def test_the_first_idle_run_after_a_run_sweeps_no_output(dbconn) -> None:
     """A commit that finds nothing unseen in an output below its own writes moves that output's watermark
