@@ -16,7 +16,9 @@ only *declare* where data lives. Settings come from the environment so the same 
 - ``DATAPIPE_EXAMPLE_FAN_OUT``: ``1`` to run each partition of a range run as its own step;
 - ``DATAPIPE_EXAMPLE_MAX_PARTITIONS_PER_RUN``: split backfills and sensor requests into runs of at most N;
 - ``DATAPIPE_EXAMPLE_CELERY_BROKER``: a broker URL (e.g. ``redis://127.0.0.1:6379/0``): the asset jobs run
-  on Dagster's Celery executor, whose workers (``make workers``) execute the steps.
+  on Dagster's Celery executor, whose workers (``make workers``) execute the steps;
+- ``DATAPIPE_EXAMPLE_EXECUTOR``: ``in_process`` runs the asset jobs' steps in the run's own process
+  (default: Dagster's multiprocess executor, one process a step).
 
 ``make_definitions`` builds the same definitions in Python on a given store (the demo and tests use it).
 """
@@ -65,15 +67,27 @@ def datapipe_target() -> SimpleNamespace:
     return SimpleNamespace(catalog=store.catalog, pipeline=make_pipeline(), datastore=store.ds)
 
 
-def _with_celery(defs: dg.Definitions) -> dg.Definitions:
-    """``defs`` on the Celery executor when ``DATAPIPE_EXAMPLE_CELERY_BROKER`` is set (else unchanged)."""
+def _with_executor(defs: dg.Definitions) -> dg.Definitions:
+    """``defs`` on the Celery executor when ``DATAPIPE_EXAMPLE_CELERY_BROKER`` is set, on the in-process
+    executor when ``DATAPIPE_EXAMPLE_EXECUTOR=in_process``, else unchanged (Dagster's default)."""
     broker = os.environ.get("DATAPIPE_EXAMPLE_CELERY_BROKER")
-    if not broker:
-        return defs
-    from dagster_celery import celery_executor  # the `celery` extra
+    kind = os.environ.get("DATAPIPE_EXAMPLE_EXECUTOR", "").strip()
+    if kind not in ("", "in_process", "multiprocess"):
+        raise ValueError(
+            f"DATAPIPE_EXAMPLE_EXECUTOR={kind!r}: expected 'in_process' or 'multiprocess' "
+            "(DATAPIPE_EXAMPLE_CELERY_BROKER selects Celery)"
+        )
+    if broker and kind:
+        raise ValueError("set DATAPIPE_EXAMPLE_CELERY_BROKER or DATAPIPE_EXAMPLE_EXECUTOR, not both")
+    if broker:
+        from dagster_celery import celery_executor  # the `celery` extra
 
-    executor = celery_executor.configured({"broker": broker, "backend": broker}, name="celery_example")
+        executor = celery_executor.configured({"broker": broker, "backend": broker}, name="celery_example")
+    elif kind == "in_process":
+        executor = dg.in_process_executor
+    else:
+        return defs
     return dg.Definitions.merge(defs, dg.Definitions(executor=executor))
 
 
-defs = _with_celery(dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent))
+defs = _with_executor(dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent))

@@ -29,8 +29,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Call ``fn`` until it returns something truthy; raise TimeoutError naming ``what`` after ``timeout`` s."""
+def wait_for(
+    what: str,
+    fn: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.5,
+    diagnose: Callable[[], str] | None = None,
+) -> T:
+    """Call ``fn`` until it returns something truthy; raise TimeoutError naming ``what`` after ``timeout`` s
+    (with ``diagnose()``'s text, e.g. the runs seen and a log tail, when given)."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while True:
@@ -41,7 +48,10 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: fl
         except Exception as e:  # noqa: BLE001 - a server that is still starting raises all sorts
             last_exc = e
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last_exc!r}")
+            detail = f"\n{diagnose()}" if diagnose is not None else ""
+            raise TimeoutError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last error: {last_exc!r}{detail}"
+            )
         time.sleep(interval)
 
 

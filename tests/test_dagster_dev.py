@@ -198,7 +198,7 @@ query { runsOrError { ... on Runs { results { runId status tags { key value } } 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_dagster_dev_automation_conditions_run_exactly_the_stale_partitions(tmp_path: Path) -> None:
     """``automation="conditions"`` live: the daemon's automation sensor (evaluated in the code location)
     requests the partitions holding stale keys, and its runs process those keys only."""
@@ -219,6 +219,9 @@ def test_dagster_dev_automation_conditions_run_exactly_the_stale_partitions(tmp_
         "DATAPIPE_EXAMPLE_PARTITIONS": str(PARTITIONS),
         "DATAPIPE_EXAMPLE_AUTOMATION": "conditions",
         "DATAPIPE_EXAMPLE_SENSORS_RUNNING": "1",
+        # The automation sensor's runs are asset-job runs: in-process steps spare a Python start per step
+        # (on a loaded two-core machine that is most of a run's time).
+        "DATAPIPE_EXAMPLE_EXECUTOR": "in_process",
     }
     with running_dagster_dev(home, str(db), tmp_path / "dagster_dev.log", timeout=90, extra_env=env) as dev:
         repo = {"repositoryName": REPOSITORY, "repositoryLocationName": LOCATION}
@@ -238,7 +241,13 @@ def test_dagster_dev_automation_conditions_run_exactly_the_stale_partitions(tmp_
             runs = parse_runs()
             return bool(runs) and all(r["status"] == "SUCCESS" for r in runs) and derived_matches(db, events)
 
-        wait_for("the automation sensor to run the stale partitions", first_wave_done, timeout=150, interval=1.0)
+        def seen() -> str:
+            runs = dev.graphql(ALL_RUNS_QUERY)["runsOrError"]["results"]
+            return f"runs: {[(r['runId'][:8], r['status']) for r in runs]}\n{dev.log_tail()}"
+
+        # The sensor's requests are a backfill, submitted on the backfill daemon's next 30 s loop.
+        wait_for("the automation sensor to run the stale partitions", first_wave_done, timeout=240, interval=1.0,
+                 diagnose=seen)
         runs = parse_runs()
         covered = set().union(*(run_partitions(r, parts) for r in runs))
         assert want <= covered, f"runs covered {sorted(covered)}, stale partitions were {sorted(want)}"
@@ -257,6 +266,6 @@ def test_dagster_dev_automation_conditions_run_exactly_the_stale_partitions(tmp_
                 return new
             return None
 
-        new = wait_for("the automation sensor to run the rewritten event's partition", second_wave, timeout=90,
-                       interval=1.0)
+        new = wait_for("the automation sensor to run the rewritten event's partition", second_wave, timeout=150,
+                       interval=1.0, diagnose=seen)
         assert target in set().union(*(run_partitions(r, parts) for r in new))

@@ -344,3 +344,24 @@ def test_dagster_yaml_postgres_example_loads(tmp_path: Path, pg_database: str) -
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["PostgresRunStorage", "PostgresEventLogStorage", "0"]
+
+
+def test_example_executor_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATAPIPE_EXAMPLE_EXECUTOR picks the asset jobs' executor; a wrong value names the variable."""
+    import dagster as dg
+
+    from example_project.definitions import _with_executor
+
+    base = dg.Definitions(assets=[dg.AssetSpec("a")])
+    monkeypatch.delenv("DATAPIPE_EXAMPLE_CELERY_BROKER", raising=False)
+    monkeypatch.delenv("DATAPIPE_EXAMPLE_EXECUTOR", raising=False)
+    assert _with_executor(base) is base
+    monkeypatch.setenv("DATAPIPE_EXAMPLE_EXECUTOR", "in_process")
+    assert _with_executor(base).executor is dg.in_process_executor
+    monkeypatch.setenv("DATAPIPE_EXAMPLE_EXECUTOR", "threads")
+    with pytest.raises(ValueError, match="DATAPIPE_EXAMPLE_EXECUTOR='threads'"):
+        _with_executor(base)
+    monkeypatch.setenv("DATAPIPE_EXAMPLE_EXECUTOR", "in_process")
+    monkeypatch.setenv("DATAPIPE_EXAMPLE_CELERY_BROKER", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError, match="not both"):
+        _with_executor(base)
