@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +68,26 @@ MAX_IDENTIFIER_BYTES = {"postgresql": 63}
 DEFAULT_LOCK_TIMEOUT = 60.0
 SQLITE_CACHE_KB = 65536
 SQLITE_MMAP_BYTES = 1 << 30
+
+
+def _enable_wal(cur: sqlite3.Cursor, wait_s: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried until ``wait_s`` has passed while the database is locked.
+
+    Switching a new file to WAL takes an exclusive lock that SQLite requests without its busy handler: a
+    process opening the file while another one switches it fails at once with "database is locked",
+    whatever the busy timeout (3 of 100 first uses by three processes at once). So the wait is ours.
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 """Address space SQLite may map of a database file (a bound, not memory: the pages are the OS's file
 cache; mapped pages a process touched count in its RSS, though, shared with the cache)."""
 
@@ -180,7 +202,7 @@ class DBConn:
                 cur = dbapi_conn.cursor()
                 # The busy timeout first: switching to WAL takes a lock that another process may hold.
                 cur.execute(f"PRAGMA busy_timeout={wait_ms}")
-                cur.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(cur, wait_ms / 1000)
                 cur.execute("PRAGMA synchronous=NORMAL")
                 # SQLite's default page cache (2 MB) spills dirty pages to the WAL in the middle of a bulk
                 # write once the indexes outgrow it: 64 MB doubled ingest at 1M rows (an upper bound, per
