@@ -2,8 +2,11 @@
 
 Configured by environment (workers inherit it): ``DATAPIPE_SCALE_DB`` (the data store URL),
 ``DATAPIPE_SCALE_PARTITIONS``, ``DATAPIPE_SCALE_BROKER`` (set: the asset jobs run on the Celery executor
-with this Redis broker) and ``DATAPIPE_SCALE_RENDEZVOUS`` (a folder: each partition step waits, at most
-60 s, until two processes have started one, so a test can show steps running side by side).
+with this Redis broker), ``DATAPIPE_SCALE_MULTIPROCESS`` (set: on the multiprocess executor, a process a
+step), ``DATAPIPE_SCALE_RENDEZVOUS`` (a folder: each partition step waits, at most 60 s, until two
+processes have started one, so a test can show steps running side by side) and
+``DATAPIPE_SCALE_CRASH_ONCE`` (a file path: the first process to transform user 7 creates it and dies
+at once, as a worker killed mid-step).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ KEYS = [dg.AssetKey("click_count"), dg.AssetKey("ip")]
 
 def clicks_ip_meeting(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The seed transform; with a rendezvous folder, first wait for a second process to arrive."""
+    crash = os.environ.get("DATAPIPE_SCALE_CRASH_ONCE")
+    if crash and (events["user_id"] == 7).any() and not Path(crash).exists():
+        Path(crash).touch()
+        os._exit(3)
     where = os.environ.get("DATAPIPE_SCALE_RENDEZVOUS")
     if where:
         Path(where, str(os.getpid())).touch()
@@ -37,6 +44,8 @@ def clicks_ip_meeting(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
 
 def _executor() -> dg.ExecutorDefinition:
     broker = os.environ.get("DATAPIPE_SCALE_BROKER")
+    if os.environ.get("DATAPIPE_SCALE_MULTIPROCESS"):
+        return dg.multiprocess_executor.configured({"max_concurrent": 2}, name="multiprocess_scale")
     if not broker:
         # Configured, so it is not build_definitions' default and becomes the location's executor too.
         return dg.in_process_executor.configured({}, name="in_process_scale")

@@ -179,3 +179,53 @@ def test_the_example_reads_its_scale_out_settings_from_the_environment(tmp_path)
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-3:] == ["OpDefinition", "None", "None"]
+
+
+@pytest.mark.slow  # a process a step: about 45 s
+def test_a_crashed_partition_step_re_executed_from_failure_reads_its_runs_plan(
+    scale_db: str, tmp_path, monkeypatch
+) -> None:
+    """A worker dies in one partition step of a fanned-out run (multiprocess executor, process exit): the
+    run fails, the other partitions are committed, and re-executing from failure (a new run) runs only
+    that partition step and the fan-in, with the keys the first run planned; the plan is dropped after."""
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DATAPIPE_SCALE_DB", scale_db)
+    monkeypatch.setenv("DATAPIPE_SCALE_PARTITIONS", "2")  # few steps: each one is a Python process
+    monkeypatch.setenv("DATAPIPE_SCALE_MULTIPROCESS", "1")
+    monkeypatch.setenv("DATAPIPE_SCALE_CRASH_ONCE", str(tmp_path / "crashed"))
+    for var in ("DATAPIPE_SCALE_BROKER", "DATAPIPE_SCALE_RENDEZVOUS"):
+        monkeypatch.delenv(var, raising=False)
+    dbconn = DBConn(scale_db)
+    ds, catalog = DataStore(dbconn), make_catalog(dbconn)
+    events = make_events(40)
+    catalog.get_datatable(ds, "events").store_chunk(events)
+    (p7,) = BucketPartitions(2).stale_partitions(pd.DataFrame({"user_id": [7]}), ["user_id"])
+    in_p7 = len(BucketPartitions(2).select(events[["user_id"]].drop_duplicates(), ["user_id"], [p7]))
+    recon = dg.reconstructable(scale_location.asset_job)
+    range_tags = {"dagster/asset_partition_range_start": "00", "dagster/asset_partition_range_end": "01"}
+
+    def started(r: dg.ExecuteJobResult) -> list[str]:
+        return sorted(e.step_key for e in r.all_events if e.event_type_value == "STEP_START")
+
+    with dg.DagsterInstance.get() as instance:
+        with dg.execute_job(recon, instance=instance, tags=range_tags, asset_selection=KEYS) as first:
+            assert not first.success and (tmp_path / "crashed").exists()
+            failed = [e.step_key for e in first.all_events if e.event_type_value == "STEP_FAILURE"]
+            assert failed == [f"clicks_ip.clicks_ip_partition[{p7}]"], failed
+            first_id = first.run_id
+        # The partitions that finished are committed; user 7's partition is not.
+        assert 7 not in set(table(ds, catalog, "click_count")["user_id"])
+        options = dg.ReexecutionOptions.from_failure(first_id, instance)
+        with dg.execute_job(recon, instance=instance, reexecution_options=options) as again:
+            assert again.success
+            assert started(again) == ["clicks_ip.clicks_ip_collect", f"clicks_ip.clicks_ip_partition[{p7}]"]
+            mats = [m for m in again.get_asset_materialization_events() if m.asset_key == KEYS[0]]
+            by_partition = {m.partition: m.materialization.metadata["datapipe/keys_processed"].value for m in mats}
+            assert by_partition[p7] == in_p7  # the first run's plan: every key of the crashed partition
+    cc, ip = expected(events)
+    pdt.assert_frame_equal(table(ds, catalog, "click_count"), cc, check_dtype=False)
+    pdt.assert_frame_equal(table(ds, catalog, "ip"), ip, check_dtype=False)
+    with dbconn.connect() as conn:
+        left = conn.exec_driver_sql("SELECT COUNT(*) FROM clicks_ip__plan").scalar_one()
+    assert left == 0, "the fan-in drops the plan of the run it collects"
