@@ -331,7 +331,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--backends", default="sqlite,postgres")
-    p.add_argument("--old", required=True, help="a checkout of the code to compare with")
+    p.add_argument("--old", help="a checkout of the code to compare with (required by the driver)")
     p.add_argument("--new", default=".")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alternations", type=int, default=3)
@@ -350,6 +350,8 @@ def main() -> None:
     elif a.child_rounds:
         child_rounds(a.child_rounds, a.events, a.users, a.rounds, a.first_round, a.mode, a.explain)
     else:
+        if not a.old:
+            p.error("--old is required")
         a.urls = {("sqlite" if u.startswith("sqlite") else "postgres"): u for u in a.url}
         driver(a)
 
