@@ -189,11 +189,11 @@ def test_a_known_key_the_probe_misses_still_falls_back(dbconn, monkeypatch) -> N
     from tests.engine_helpers import recorded_statements
 
     first = rows(range(N))
-    probed = set(np.unique(np.linspace(0, 2 * N - 1, bulk_write.PROBE_KEYS).astype(np.int64)).tolist())
-    known = next(i for i in range(N // 2, 2 * N) if i not in probed)
+    probed = set(np.unique(np.linspace(0, N, bulk_write.PROBE_KEYS).astype(np.int64)).tolist())  # N + 1 rows
+    known = next(i for i in range(N // 2, N) if i not in probed)
     ids = list(range(N, 2 * N))
-    mixed = pd.concat([rows(ids[:known]), first.iloc[[3]], rows(ids[known:])], ignore_index=True).iloc[: 2 * N]
-    assert mixed.index[mixed["event_id"] == 3].tolist() == [known]
+    mixed = pd.concat([rows(ids[:known]), first.iloc[[3]], rows(ids[known:])], ignore_index=True)
+    assert len(mixed) == N + 1 and mixed.index[mixed["event_id"] == 3].tolist() == [known]
     out = []
     for name, min_rows in (("bulk", BULK_MIN_ROWS), ("general", 10**9)):
         monkeypatch.setattr(bulk_write, "BULK_MIN_ROWS", min_rows)
