@@ -84,10 +84,12 @@ def child_build(url: str, n: int, users: int) -> None:
 
 
 class Parts:
-    """Wall time per part of a round, by wrapping the engine's methods (benchmark only)."""
+    """Wall and CPU time per part of a round, by wrapping the engine's methods (benchmark only). On a
+    loaded machine the CPU time is the steadier figure; wall minus CPU is the database (and the wait)."""
 
     def __init__(self) -> None:
         self.t: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self.stack: list[str] = []
 
     def wrap(self, cls: type, name: str, part: str) -> None:
@@ -98,11 +100,12 @@ class Parts:
             if parts.stack:  # nested: counted by the outer part
                 return orig(*a, **kw)
             parts.stack.append(part)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return orig(*a, **kw)
             finally:
                 parts.t[part] += time.perf_counter() - t0
+                parts.cpu[part] += time.process_time() - c0
                 parts.stack.pop()
 
         setattr(cls, name, timed)
@@ -200,10 +203,11 @@ def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mo
     orig_commit = dialect.do_commit
 
     def commit(c: Any) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         orig_commit(c)
         if parts.stack == []:
             parts.t["commit"] += time.perf_counter() - t0
+            parts.cpu["commit"] += time.process_time() - c0
 
     dialect.do_commit = commit  # type: ignore[method-assign, assignment]
     stmts = Statements(dbconn.engine)
@@ -212,6 +216,8 @@ def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mo
     for r in range(first_round, first_round + rounds):
         many = _changed_events(n, users, r)
         parts.t.clear()
+        parts.cpu.clear()
+        n0 = sum(stmts.n.values())
         stmts.on = True
         c0, t0 = time.process_time(), time.perf_counter()
         if mode == "changelist":
@@ -224,8 +230,10 @@ def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mo
         stmts.on = False
         keys = summary.steps[0].keys_processed
         assert keys == many["user_id"].nunique(), (keys, summary)
-        rec = {"total": total, "cpu": cpu, **dict(parts.t)}
+        rec = {"total": total, "cpu": cpu, "statements": sum(stmts.n.values()) - n0, **dict(parts.t)}
         rec["other"] = total - sum(parts.t.values())
+        rec.update({f"cpu_{p}": v for p, v in parts.cpu.items()})
+        rec["cpu_other"] = cpu - sum(parts.cpu.values())
         out.append(rec)
     plans = {}
     if explain:
@@ -255,10 +263,11 @@ def _child(tree: str, args: list[str]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _summary(label: str, rounds: list[dict[str, Any]]) -> str:
+def _summary(label: str, rounds: list[dict[str, Any]], prefix: str = "") -> str:
     tot = [r["total"] for r in rounds]
     cells = [f"{statistics.median(tot):.3f} / {min(tot):.3f}", f"{statistics.median(r['cpu'] for r in rounds):.3f}"]
-    cells += [f"{statistics.median(r.get(p, 0.0) for r in rounds) * 1000:.1f}" for p in PARTS]
+    cells.append(f"{statistics.median(r.get('statements', 0) for r in rounds):.0f}")
+    cells += [f"{statistics.median(r.get(prefix + p, 0.0) for r in rounds) * 1000:.1f}" for p in PARTS]
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
@@ -301,12 +310,13 @@ def driver(a: argparse.Namespace) -> None:
                             if res["plans"]:
                                 plans[label] = res["plans"]
                             print(f"  {label} {mode} ({res['file']}): " + ", ".join(f"{r['total']:.3f}" for r in res["rounds"]), flush=True)
-                print(f"\n### {backend}: round s (median / best), cpu s, parts ms (median)\n")
-                print("| code, path | round s | cpu s | " + " | ".join(PARTS) + " |")
-                print("|---" * (3 + len(PARTS)) + "|")
-                for mode in ("run", "changelist"):
-                    for label in trees:
-                        print(_summary(f"{label}, {mode}", results[(label, mode)]))
+                for what, prefix in (("wall", ""), ("client CPU", "cpu_")):
+                    print(f"\n### {backend}: round s (median / best), cpu s, statements, parts: {what} ms (median)\n")
+                    print("| code, path | round s | cpu s | statements | " + " | ".join(PARTS) + " |")
+                    print("|---" * (4 + len(PARTS)) + "|")
+                    for mode in ("run", "changelist"):
+                        for label in trees:
+                            print(_summary(f"{label}, {mode}", results[(label, mode)], prefix))
                 for mode in ("run", "changelist"):
                     print(f"\n### {backend} {mode}: statements, ms per round (old → new)\n")
                     nr = {lb: len(results[(lb, mode)]) for lb in trees}
@@ -331,7 +341,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--backends", default="sqlite,postgres")
-    p.add_argument("--old", required=True, help="a checkout of the code to compare with")
+    p.add_argument("--old", help="a checkout of the code to compare with (required by the driver)")
     p.add_argument("--new", default=".")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alternations", type=int, default=3)
@@ -350,6 +360,8 @@ def main() -> None:
     elif a.child_rounds:
         child_rounds(a.child_rounds, a.events, a.users, a.rounds, a.first_round, a.mode, a.explain)
     else:
+        if not a.old:
+            p.error("--old is required")
         a.urls = {("sqlite" if u.startswith("sqlite") else "postgres"): u for u in a.url}
         driver(a)
 

@@ -24,8 +24,15 @@ from datapipe_dagster import (
     run_steps,
 )
 from datapipe_dagster.compute.chunk_commit import CommittingStep
-from tests.engine_helpers import parse_clicks_ip
-from tests.test_bulk_write import GATE_TIMEOUT, run_thread, spy_existing, state, waited_then_finished
+from tests.engine_helpers import parse_clicks_ip, recorded_statements
+from tests.test_bulk_write import (
+    GATE_TIMEOUT,
+    rollbacks,
+    run_thread,
+    spy_existing,
+    state,
+    waited_then_finished,
+)
 
 USERS = 1300  # two chunks of 1,000 keys: the first large enough for the all-new insert, the second not
 
@@ -99,6 +106,19 @@ def test_first_run_and_rerun_write_what_the_general_path_writes(dbconn, monkeypa
         dts["events"].delete_by_idx(pd.DataFrame({"user_id": [f"u{u}" for u in range(1, 40, 2)]}))
 
     assert_same(*both_paths(dbconn, monkeypatch, between=between))
+
+
+def test_a_rerun_of_known_keys_skips_the_all_new_attempt(dbconn, monkeypatch) -> None:
+    """Outputs whose keys all exist (a re-run after rewritten events): the probe sends the commit the general
+    way at once, without an INSERT tried and rolled back."""
+    monkeypatch.setattr(CommittingStep, "_all_new_skip", 0)
+    ds, dts, steps = setup(dbconn, "rerun")
+    dts["events"].store_chunk(events(range(USERS)))
+    run_steps(ds, steps)
+    dts["events"].store_chunk(events(range(1000), tag="b"))
+    summary, statements = recorded_statements(dbconn, lambda: run_steps(ds, steps))
+    assert summary.steps[0].keys_processed == 1000
+    assert rollbacks(statements) == 0
 
 
 def test_output_rows_a_user_wrote_first_fall_back_to_the_general_path(dbconn, monkeypatch) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -144,6 +145,66 @@ def test_a_known_key_falls_back_to_the_general_path(dbconn, monkeypatch) -> None
     assert calls == [N + 7, N, N + 7, N], "bulk: only the write with known keys compared"
     assert_same(*out)
     assert len(out[0][0][1]) == N + 4 + 1  # 4 rewritten (row 0 reads the same), the deleted key back
+
+
+def plain_inserts(statements: list[tuple[str, object]], name: str) -> int:
+    """INSERTs into ``name`` without ``ON CONFLICT`` (the all-new attempt's), COPY included."""
+    quoted = (f"INSERT INTO {name} ", f'INSERT INTO "{name}" ', f"COPY {name} ", f'COPY "{name}" ')
+    return sum(1 for st, _ in statements if st.lstrip().startswith(quoted) and "ON CONFLICT" not in st)
+
+
+def rollbacks(statements: list[tuple[str, object]]) -> int:
+    return sum(1 for st, _ in statements if st.startswith("ROLLBACK TO SAVEPOINT"))
+
+
+def test_rewritten_rows_skip_the_all_new_attempt(dbconn, monkeypatch) -> None:
+    """A frame of known keys is recognised by the probe: no INSERT is tried and failed, the rows are
+    hashed once, and the result is the general path's."""
+    from tests.engine_helpers import recorded_statements
+
+    hashed: list[int] = []
+    orig = DataTable._hash
+
+    def counted(self, df, texts):  # noqa: ANN001, ANN202
+        hashed.append(len(df))
+        return orig(self, df, texts)
+
+    monkeypatch.setattr(DataTable, "_hash", counted)
+    first, rewritten = rows(range(N)), rows(range(N), tag="b")
+    bulk, general = write_both(dbconn, monkeypatch, first, rewritten)
+    assert_same(bulk, general)
+    monkeypatch.setattr(bulk_write, "BULK_MIN_ROWS", BULK_MIN_ROWS)
+    dt = table(dbconn, "bulk")
+    hashed.clear()
+    returned, statements = recorded_statements(dbconn, lambda: dt.store_chunk(rows(range(N), tag="c"), now=NOW + 5))
+    assert 0 < len(returned) <= N  # rows without the tag in them read the same
+    assert plain_inserts(statements, "bulk") == plain_inserts(statements, "bulk_meta") == 0, "no all-new attempt"
+    assert rollbacks(statements) == 0
+    assert hashed == [N], "hashed once"
+
+
+def test_a_known_key_the_probe_misses_still_falls_back(dbconn, monkeypatch) -> None:
+    """Known keys away from the probed positions: the all-new INSERT is tried, fails and is rolled back,
+    and the result is the general path's."""
+    from tests.engine_helpers import recorded_statements
+
+    first = rows(range(N))
+    probed = set(np.unique(np.linspace(0, N, bulk_write.PROBE_KEYS).astype(np.int64)).tolist())  # N + 1 rows
+    known = next(i for i in range(N // 2, N) if i not in probed)
+    ids = list(range(N, 2 * N))
+    mixed = pd.concat([rows(ids[:known]), first.iloc[[3]], rows(ids[known:])], ignore_index=True)
+    assert len(mixed) == N + 1 and mixed.index[mixed["event_id"] == 3].tolist() == [known]
+    out = []
+    for name, min_rows in (("bulk", BULK_MIN_ROWS), ("general", 10**9)):
+        monkeypatch.setattr(bulk_write, "BULK_MIN_ROWS", min_rows)
+        dt = table(dbconn, name)
+        returned = [dt.store_chunk(first, now=NOW)]
+        got, statements = recorded_statements(dbconn, lambda dt=dt: dt.store_chunk(mixed, now=NOW + 1))
+        returned.append(got)
+        if name == "bulk":
+            assert rollbacks(statements) == 1, "the all-new INSERT was tried, failed and rolled back"
+        out.append((returned, *state(dt), dt.get_data()))
+    assert_same(*out)
 
 
 def test_data_written_outside_the_library_falls_back_to_an_upsert(dbconn) -> None:

@@ -12,6 +12,11 @@ the rows, numbers them in frame order from one allocation, takes ``now`` as crea
 inserts both tables with the same plain INSERTs. A data row without metadata (a table written outside
 the library) also fails the insert and goes the general way, which upserts it.
 
+A frame of rewritten rows (the usual ``store_chunk`` of changed events) would hash every row and fail its
+first INSERT only to start over: before the attempt, ``PROBE_KEYS`` keys spread over the frame are looked
+up in the metadata (one indexed query), and a known one sends the write the general way at once. The probe
+only decides which path is tried first: a known key it misses still fails the INSERT as before.
+
 Why no write is lost: the sequence lock is taken before the first INSERT, so two bulk writers never
 insert at the same time; the second waits for the first to commit, then fails on the first's keys and
 compares against them, its write numbered later (the later write wins, as on the general path).
@@ -28,6 +33,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.frames import anti_join
 from datapipe_dagster.store.dbconn import UNIQUE_VIOLATIONS
+from datapipe_dagster.store.sql import key_batches, key_clause
 
 if TYPE_CHECKING:
     from datapipe_dagster.compute.table_write import TableWriter, WriteResult
@@ -35,6 +41,22 @@ if TYPE_CHECKING:
 BULK_MIN_ROWS = 1000
 """Below this the existence query is cheap, and a failed attempt (a chunk of rewritten rows) would cost
 more than it saves."""
+
+PROBE_KEYS = 16
+"""Keys of a frame looked up before an all-new insert is tried (``some_key_known``)."""
+
+
+def some_key_known(w: TableWriter, conn: sa.Connection, keys: pd.DataFrame) -> bool:
+    """Whether the metadata holds (live or deleted) one of ``PROBE_KEYS`` keys spread evenly over ``keys``:
+    one indexed lookup, against the hashing and the failed INSERT of an all-new attempt on known keys."""
+    if not len(keys):
+        return False
+    at = np.unique(np.linspace(0, len(keys) - 1, min(len(keys), PROBE_KEYS)).astype(np.int64))
+    pks = w.primary_keys
+    t = w.meta.table
+    values = next(key_batches(keys.iloc[at], pks))
+    stmt = sa.select(sa.literal(1)).select_from(t).where(key_clause(t, pks, values, conn.dialect.name == "sqlite")).limit(1)
+    return conn.execute(stmt).first() is not None
 
 
 def store_all_new(w: TableWriter, conn: sa.Connection, data_df: pd.DataFrame, now: float | None) -> WriteResult | None:
@@ -58,6 +80,8 @@ def insert_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, now: f
     from datapipe_dagster.compute.table_write import WriteResult
 
     assert w._sql is not None
+    if some_key_known(w, conn, df[w.primary_keys]):
+        return None
     texts: dict[str, list[str | None]] = {}
     hashes = w._hash(df, texts)
     pks = w.primary_keys
