@@ -48,16 +48,27 @@ class ChunkFailed(Exception):  # noqa: N818 - internal signal, never reaches a u
 class ChunkRunner(CommittingStep):
     """A keyed BatchTransform step that runs: full runs, changelists and ``process_keys``, chunk by chunk."""
 
+    _run_advance: tuple[int, dict[str, int]] | None = None
+    """A full run of one chunk: its key count and the watermarks its commit raises (``run_full``)."""
+
     def run_full(self) -> StepResult:
         if self.keyless:
             return self.process_keys(self._keyless_stale())
         stale, marks, _, current = self._stale()
-        result = self.process_keys(stale)
+        new_marks = {r.mark: current for r in self._scan_roles()}
         # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
         # query finds by itself), so the next stale query can start above ``current``. After a stop
         # (a RowTransform's PipeBreak/PipeError) keys not reached are neither: the watermarks stay.
-        if not self._stopped:
-            self._advance(marks, {r.mark: current for r in self._scan_roles()})
+        # A run of one chunk raises them in that chunk's commit, the transaction that processes every
+        # stale key (``_try_chunk``); a split chunk's parts do not, nor does a RowTransform.
+        one = 0 < len(stale) <= self.chunk_size and any(v > marks.get(t, -1) for t, v in new_marks.items())
+        self._run_advance = (len(stale), new_marks) if one else None
+        try:
+            result = self.process_keys(stale)
+        finally:
+            raised, self._run_advance = one and self._run_advance is None, None
+        if not self._stopped and not raised:
+            self._advance(marks, new_marks)
         return result
 
     def run_changelist(self, changelist: ChangeList) -> StepResult:
@@ -223,8 +234,12 @@ class ChunkRunner(CommittingStep):
             outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs, keys)
         except Exception as e:  # noqa: BLE001 - user code or its output: isolate the failing keys
             raise ChunkFailed(e, read_seq) from e
+        run = self._run_advance
+        advance = run[1] if run is not None and len(keys) == run[0] else None
         try:
-            commit = self._commit(keys, outs, read_seq)
+            commit = self._commit(keys, outs, read_seq, advance=advance)
+            if advance is not None:
+                self._run_advance = None  # raised with the chunk: run_full has nothing left to raise
         except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseError):
             raise  # the database, not the keys: the run stops and a rerun redoes the chunk
         except Exception as e:  # noqa: BLE001 - e.g. an output value the database refuses
