@@ -254,3 +254,23 @@ def test_write_results_equal_the_frame_path(dbconn, monkeypatch: pytest.MonkeyPa
         pd.testing.assert_frame_equal(getattr(small, part), getattr(general, part), obj=part)
     pd.testing.assert_frame_equal(small.changed_idx(), general.changed_idx())
     assert small.counts() == general.counts() == (1, 1, 1) and small.unchanged == general.unchanged == 1
+
+
+@pytest.mark.parametrize("key_dtype", ["str", "object", "int64", "Int64"])
+def test_changed_keys_of_a_small_write_equal_the_concatenation(key_dtype: str) -> None:
+    """``SmallResult.changed_idx`` builds the keys of the written rows at once, in the dtypes pandas'
+    concatenation of its parts (inserted, updated, deleted) gives, learned once per dtype signature: every
+    mix of parts, asked twice (learned, then built), equals ``pd.concat`` of the parts."""
+    from datapipe_dagster.compute.small_result import SmallResult
+    from datapipe_dagster.compute.small_write import _no_keys
+
+    values = ["x", "y", "z"] if key_dtype in ("str", "object") else [1, 2, 3]
+    df = pd.DataFrame({"k": pd.array(values, dtype=key_dtype), "b": pd.array(["p", "q", "r"], dtype="str"), "v": [1.0, 2.0, 3.0]})
+    pks = ["k", "b"]
+    for new, changed in [([], []), ([0], []), ([], [1]), ([0, 2], [1]), ([0, 1, 2], []), ([2], [0])]:
+        for deleted in (_no_keys(pks), df[pks].iloc[0:0].reset_index(drop=True), df[pks].iloc[[1]].reset_index(drop=True)):
+            parts = [df[pks].iloc[rows].reset_index(drop=True) for rows in (new, changed)]
+            expected = pd.concat([*parts, deleted], ignore_index=True)
+            for _ in range(2):
+                got = SmallResult(df, pks, new, changed, deleted.copy()).changed_idx()
+                pd.testing.assert_frame_equal(got, expected, check_index_type=True, check_column_type=True)

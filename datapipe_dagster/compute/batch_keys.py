@@ -4,6 +4,7 @@ the transform-state table, and the key sets (stale, all, of a partition, failed,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -170,11 +171,13 @@ class KeyedBatchStep(ComputeStep):
         cleanup (an ``Output(cleanup=False)`` keeps every row)."""
         return [dt for dt in self.output_dts if dt.name not in self.shared_outputs and dt.name not in self.no_cleanup]
 
-    def _stale(self, include_failed: bool = True) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
+    def _stale(
+        self, include_failed: bool = True, read: sa.Connection | None = None
+    ) -> tuple[pd.DataFrame, dict[str, int], dict[str, int], int]:
         """Stale keys, the watermarks read, the watermarks they may advance to, and the sequence value
-        read before the query."""
+        read before the query (on the read connection ``read``, left open, when given)."""
         tmeta = self.meta
-        with self.ds.meta_dbconn.connect() as conn:
+        with nullcontext(read) if read is not None else self.ds.meta_dbconn.connect() as conn:
             current = self.ds.seq.current(conn)
             marks = self.ds.watermarks.get(conn, self.name)
             stale, new_marks = stale_keys_query(

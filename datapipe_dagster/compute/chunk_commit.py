@@ -56,11 +56,14 @@ class CommittingStep(KeyedBatchStep):
         outs: list[pd.DataFrame],
         read_seq: int,
         failed: pd.DataFrame | None = None,
+        advance: dict[str, int] | None = None,
     ) -> Commit:
         """Write a chunk's outputs and mark its keys as of ``read_seq``, in one transaction.
 
         ``keys`` are the chunk's keys; those in ``failed`` (key columns, ``error``, ``traceback``) are
         marked failed and keep their outputs, the others get ``outs`` and are marked processed.
+        ``advance``: watermarks to raise in the same transaction (a full run of one chunk, whose keys
+        are all this commit's: ``ChunkRunner.run_full``).
 
         The rule that keeps concurrent processors of this transform from losing an update: under the
         transform's commit lock, keys whose recorded state is newer than ``read_seq`` are left alone
@@ -71,6 +74,7 @@ class CommittingStep(KeyedBatchStep):
         now = time.time()
         kc = self.key_cols
         failed = failed if failed is not None else pd.DataFrame(columns=kc + ["error", "traceback"])
+        marks = dict(advance or {})
         with self.ds.meta_dbconn.begin_write() as conn:
             self.meta.lock(conn)
             newer = self.meta.newer_than(conn, columns_of(keys, kc), read_seq)
@@ -91,26 +95,41 @@ class CommittingStep(KeyedBatchStep):
                     for dt, df, sc in zip(self.output_dts, outs, scopes, strict=True)
                 ]
                 self.meta.mark(conn, ok, read_seq, now)
-                clean = self._clean_swept(conn)
+                # Every output's sequence numbers in one reservation, in output order (the numbers one
+                # reservation per output would give); a bulk output reserves its own.
+                counts = None if any(p is None for p in prepared) else [p.numbers for p in prepared]  # type: ignore[union-attr]
+                total = sum(counts) if counts is not None else 0
+                clean, first = self._clean_swept(conn, total)
+                if counts is not None and first is None and total:
+                    first = self.ds.seq.allocate(conn, total)
+                firsts: list[int | None] = [None] * len(prepared)
+                if counts is not None and first is not None:
+                    firsts = [first + sum(counts[:i]) for i in range(len(counts))]
                 stats = [
-                    self._apply(conn, dt, df, sc, p, now)
-                    for dt, df, sc, p in zip(self.output_dts, outs, scopes, prepared, strict=True)
+                    self._apply(conn, dt, df, sc, p, now, f)
+                    for dt, df, sc, p, f in zip(self.output_dts, outs, scopes, prepared, firsts, strict=True)
                 ]
                 if clean:
-                    self.ds.watermarks.advance(conn, self.name, dict.fromkeys(clean, self.ds.seq.current(conn)))
+                    # With one reservation the sequence's value is known: its last number.
+                    top = first + total - 1 if counts is not None and first is not None else self.ds.seq.current(conn)
+                    for m in clean:
+                        marks[m] = max(marks.get(m, top), top)
             else:
                 stats = [WriteResult.empty(dt.primary_keys) for dt in self.output_dts]
             for rec in to_records(failed):
                 one = pd.DataFrame([{k: rec[k] for k in kc}])
                 self.meta.mark(conn, one, read_seq, now, error=rec["error"], traceback=rec["traceback"])
+            if marks:
+                self.ds.watermarks.advance(conn, self.name, marks)
         for dt in self.output_dts:
             dt.maybe_analyze()
         self._statistics.grew(self.ds.meta_dbconn, len(keys), [self.meta.table])
         return Commit(processed=len(ok), superseded=len(newer), writes=stats, failed=failed)
 
-    def _clean_swept(self, conn: sa.Connection) -> list[str]:
-        """The watermarks of swept outputs that this commit's writes may move past (see below); takes the
-        write-sequence lock (held to commit) when there are any.
+    def _clean_swept(self, conn: sa.Connection, reserve: int = 0) -> tuple[list[str], int | None]:
+        """The watermarks of swept outputs that this commit's writes may move past (see below), and the
+        first of ``reserve`` sequence numbers reserved (None: nothing reserved, no swept output); takes
+        the write-sequence lock (held to commit) when there are any.
 
         Every live row a commit writes to a swept output is under a key it marks processed in the same
         transaction, so it is no orphan, and the stale query need not scan it. A row between an output's
@@ -120,17 +139,18 @@ class CommittingStep(KeyedBatchStep):
         writer's, rare) under it, so the common commit reads nothing more while holding the lock.
         """
         if self.keyless or not self._swept_outputs():
-            return []
+            return [], None
         seen = self.ds.seq.current(conn)
         marks = self.ds.watermarks.get(conn, self.name)
         roles = output_roles(self._swept_outputs(), self.transform_keys)
         roles = self._without_rows_between(conn, roles, {r.mark: marks.get(r.mark, 0) for r in roles}, seen)
         # Every number at or below ``below`` was committed before the lock was granted; the numbers above it
         # are this commit's alone until it ends.
-        below = self.ds.seq.allocate(conn, 0) - 1  # allocate returns the first number it reserves
+        first = self.ds.seq.allocate(conn, reserve)  # the first number it reserves, even of none
+        below = first - 1
         if below > seen:
             roles = self._without_rows_between(conn, roles, dict.fromkeys([r.mark for r in roles], seen), below)
-        return [r.mark for r in roles]
+        return [r.mark for r in roles], first
 
     @staticmethod
     def _without_rows_between(
@@ -159,8 +179,10 @@ class CommittingStep(KeyedBatchStep):
         scope: pd.DataFrame | None,
         prepared: PreparedWrite | SmallWrite | None,
         now: float,
+        first: int | None = None,
     ) -> WriteResult:
-        """Write one output: ``prepared``, or (None) all new, falling back to reading its metadata."""
+        """Write one output: ``prepared`` (numbered from ``first`` when reserved), or (None) all new,
+        falling back to reading its metadata."""
         if prepared is None:
             res = commit_all_new(dt, conn, df, scope, now)
             if res is not None:
@@ -168,7 +190,7 @@ class CommittingStep(KeyedBatchStep):
             self._all_new_skip = 100
             prepared = dt.prepare_write(conn, df, processed_idx=scope, now=now, validated=True)
         self._all_new_skip -= 1
-        return dt.apply_write(conn, prepared)
+        return dt.apply_write(conn, prepared, first=first)
 
     def _cleanup_scope(self, conn: sa.Connection, dt: DataTable, ok: pd.DataFrame) -> pd.DataFrame | None:
         """The keys under which ``dt``'s rows not returned are deleted (None: ``cleanup=False``, none)."""

@@ -48,16 +48,45 @@ class ChunkFailed(Exception):  # noqa: N818 - internal signal, never reaches a u
 class ChunkRunner(CommittingStep):
     """A keyed BatchTransform step that runs: full runs, changelists and ``process_keys``, chunk by chunk."""
 
+    _run_advance: tuple[int, dict[str, int]] | None = None
+    """A full run of one chunk: its key count and the watermarks its commit raises (``run_full``)."""
+    _held_read: sa.Connection | None = None
+    """A full run of one chunk: the stale query's read connection, where ``_read_chunk`` reads its inputs."""
+
     def run_full(self) -> StepResult:
         if self.keyless:
             return self.process_keys(self._keyless_stale())
-        stale, marks, _, current = self._stale()
-        result = self.process_keys(stale)
+        read = self.ds.meta_dbconn.engine.connect()
+        try:
+            stale, marks, _, current = self._stale(read=read)
+        except BaseException:
+            read.close()
+            raise
+        # One chunk reads its inputs in the stale query's read transaction: a connection and a transaction
+        # fewer (on SQLite the same snapshot, so its ``read_seq`` is the stale query's ``current``). Only
+        # this class's ``_try_chunk`` reads with ``_read_chunk``.
+        one_chunk = 0 < len(stale) <= self.chunk_size
+        if one_chunk and type(self)._try_chunk is ChunkRunner._try_chunk:
+            self._held_read = read
+        else:
+            read.close()
+        new_marks = {r.mark: current for r in self._scan_roles()}
         # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
         # query finds by itself), so the next stale query can start above ``current``. After a stop
         # (a RowTransform's PipeBreak/PipeError) keys not reached are neither: the watermarks stay.
-        if not self._stopped:
-            self._advance(marks, {r.mark: current for r in self._scan_roles()})
+        # A run of one chunk raises them in that chunk's commit, the transaction that processes every
+        # stale key (``_try_chunk``); a split chunk's parts do not, nor does a RowTransform.
+        one = one_chunk and any(v > marks.get(t, -1) for t, v in new_marks.items())
+        self._run_advance = (len(stale), new_marks) if one else None
+        try:
+            result = self.process_keys(stale)
+        finally:
+            raised, self._run_advance = one and self._run_advance is None, None
+            held, self._held_read = self._held_read, None
+            if held is not None:
+                held.close()
+        if not self._stopped and not raised:
+            self._advance(marks, new_marks)
         return result
 
     def run_changelist(self, changelist: ChangeList) -> StepResult:
@@ -204,7 +233,8 @@ class ChunkRunner(CommittingStep):
     def _read_chunk(self, keys: pd.DataFrame, whole: WholeInputs) -> tuple[int, list[pd.DataFrame]]:
         """The chunk's inputs and the write sequence they are current to (read before them, so every row
         at or below it is among them)."""
-        with self.ds.meta_dbconn.connect() as rconn:
+        held, self._held_read = self._held_read, None
+        with held if held is not None else self.ds.meta_dbconn.connect() as rconn:
             read_seq = self.ds.seq.current(rconn)
             dfs = self._read_inputs(rconn, keys, whole, read_seq)
         if whole.seq is not None:
@@ -223,8 +253,12 @@ class ChunkRunner(CommittingStep):
             outs = [dt.store.empty() for dt in self.output_dts] if nothing else self._call(dfs, keys)
         except Exception as e:  # noqa: BLE001 - user code or its output: isolate the failing keys
             raise ChunkFailed(e, read_seq) from e
+        run = self._run_advance
+        advance = run[1] if run is not None and len(keys) == run[0] else None
         try:
-            commit = self._commit(keys, outs, read_seq)
+            commit = self._commit(keys, outs, read_seq, advance=advance)
+            if advance is not None:
+                self._run_advance = None  # raised with the chunk: run_full has nothing left to raise
         except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseError):
             raise  # the database, not the keys: the run stops and a rerun redoes the chunk
         except Exception as e:  # noqa: BLE001 - e.g. an output value the database refuses

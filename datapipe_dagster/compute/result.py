@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from datapipe_dagster.frames import columns_of
 from datapipe_dagster.frames import plain as _plain
 from datapipe_dagster.types import ChangeList
 
@@ -62,7 +63,7 @@ class StepResult:
         o.inserted += inserted
         o.updated += updated
         o.deleted += deleted
-        self.changed.append(table, write.changed_idx()[primary_keys])
+        self.changed.append(table, columns_of(write.changed_idx(), primary_keys))
 
     def add_failed(self, df: pd.DataFrame) -> None:
         self.failed = df if self.failed.empty else pd.concat([self.failed, df], ignore_index=True)

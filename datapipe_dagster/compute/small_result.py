@@ -12,16 +12,22 @@ import pandas as pd
 from datapipe_dagster.compute.table_write import WriteResult
 
 
-def _keys_frame(df: pd.DataFrame, pks: list[str], rows: list[int]) -> pd.DataFrame:
+def _keys_frame(df: pd.DataFrame, pks: list[str], rows: list[int], dtypes: list[Any] | None = None) -> pd.DataFrame:
     """The key columns of ``rows`` of ``df``, index reset, dtypes kept (the frame path's
-    ``df.loc[mask, pks].reset_index(drop=True)``), built from the columns' arrays: the frame path's
-    label indexing costs several times more for one row. No rows: a copy of a template built once."""
-    if not rows:
+    ``df.loc[mask, pks].reset_index(drop=True)``) or cast to ``dtypes``, built from the columns' arrays:
+    the frame path's label indexing costs several times more for one row. No rows, dtypes kept: a copy
+    of a template built once."""
+    if not rows and dtypes is None:
         return _no_rows(df, pks).copy()
-    if len(rows) == len(df):
-        return pd.DataFrame({k: df[k].array for k in pks})
-    at = np.asarray(rows, dtype=np.intp)
-    return pd.DataFrame({k: df[k].array.take(at) for k in pks})
+    at = None if len(rows) == len(df) and rows == list(range(len(df))) else np.asarray(rows, dtype=np.intp)
+    cols: dict[str, Any] = {k: df[k].array if at is None else df[k].array.take(at) for k in pks}
+    for k, d in zip(pks, dtypes, strict=True) if dtypes is not None else ():
+        arr = cols[k]
+        if type(arr.dtype) is not type(d) or arr.dtype != d:  # (``str == object`` holds)
+            # An object column as a Series: the constructor would infer ``str`` again from an object array
+            # of strings. (``DataFrame.astype`` costs five times the whole frame.)
+            cols[k] = pd.Series(np.asarray(arr, dtype=object), dtype=object, copy=False) if d == np.dtype(object) else arr.astype(d)
+    return pd.DataFrame(cols)
 
 
 _NO_ROWS: dict[tuple[Any, ...], pd.DataFrame] = {}
@@ -66,7 +72,27 @@ class SmallResult(WriteResult):
         return len(self._new), len(self._changed), len(self._deleted)
 
     def changed_idx(self) -> pd.DataFrame:
+        sig = None
+        if not len(self._deleted):
+            # No deletes: the written rows' keys, inserted then updated, in the dtypes ``pd.concat`` gave
+            # the first time these parts' dtypes met (pandas' rules for mixed and empty parts are its own;
+            # one concatenation per signature learns them). Concat costs more than the rest of a one-row
+            # result.
+            sig = (
+                *self._pks, bool(self._new), bool(self._changed),
+                *(self._df[k].dtype for k in self._pks), *self._deleted.columns, *self._deleted.dtypes,
+            )
+            dtypes = _CONCAT_DTYPES.get(sig)
+            if dtypes is not None:
+                return _keys_frame(self._df, self._pks, self._new + self._changed, dtypes)
         # An empty part enters the concatenation as the shared template: concat copies, never mutates.
         ins = self._part("inserted", self._new) if self._new else _no_rows(self._df, self._pks)
         upd = self._part("updated", self._changed) if self._changed else _no_rows(self._df, self._pks)
-        return pd.concat([ins, upd, self._deleted], ignore_index=True)
+        out = pd.concat([ins, upd, self._deleted], ignore_index=True)
+        if sig is not None and list(out.columns) == self._pks:
+            _CONCAT_DTYPES[sig] = [out[k].dtype for k in self._pks]
+        return out
+
+
+_CONCAT_DTYPES: dict[tuple[Any, ...], list[Any]] = {}
+"""The key dtypes of ``changed_idx``'s concatenation, by the dtypes and emptiness of its parts."""

@@ -51,6 +51,11 @@ class SmallWrite:
     def to_write(self) -> list[int]:
         return [i for i, s in enumerate(self.same) if not s]
 
+    @property
+    def numbers(self) -> int:
+        """How many sequence numbers ``apply_small`` gives out: one per row written or deleted."""
+        return self.same.count(False) + len(self.deleted)
+
 
 def small_write_fits(w: TableWriter, df: pd.DataFrame, processed_idx: pd.DataFrame | None) -> bool:
     """Whether this write takes the small path."""
@@ -135,13 +140,15 @@ def prepare_small(
     return SmallWrite(df, records, keys, hashes, alive, known, same, create_ts, deleted, now)
 
 
-def apply_small(w: TableWriter, conn: sa.Connection, s: SmallWrite, write_data: bool) -> WriteResult:
-    """``TableWriter.apply_write`` of a ``SmallWrite``: number the rows, write records."""
+def apply_small(w: TableWriter, conn: sa.Connection, s: SmallWrite, write_data: bool, first: int | None = None) -> WriteResult:
+    """``TableWriter.apply_write`` of a ``SmallWrite``: number the rows (from ``first`` when the caller
+    reserved them), write records."""
     pks = w.primary_keys
     rows = s.to_write
     n_write, n_del = len(rows), len(s.deleted)
     if n_write + n_del:
-        first = w.ds.seq.allocate(conn, n_write + n_del)
+        if first is None:
+            first = w.ds.seq.allocate(conn, n_write + n_del)
         if n_write:
             if write_data and w._sql is not None:  # small_write_fits checked it is
                 conn.execute(w._sql.dbconn.upsert_statement(w._sql.table, pks), [s.records[i] for i in rows])

@@ -73,6 +73,11 @@ class PreparedWrite:
     texts: dict[str, list[str | None]]
     now: float
 
+    @property
+    def numbers(self) -> int:
+        """How many sequence numbers ``apply_write`` gives out: one per row written or deleted."""
+        return int(self.diff.to_write.sum()) + len(self.deleted)
+
 
 class TableWriter(ABC):
     """Writing rows and their metadata; ``DataTable`` binds the attributes declared here."""
@@ -178,14 +183,20 @@ class TableWriter(ABC):
         diff = self._diff(conn, df, hashes, now, scoped)
         return PreparedWrite(df, diff, self._gone(conn, df, processed_idx, scoped), texts, now)
 
-    def apply_write(self, conn: sa.Connection, w: PreparedWrite | SmallWrite, write_data: bool = True) -> WriteResult:
-        """The writing half of ``write``: number the rows (the sequence lock, held to commit) and write."""
+    def apply_write(
+        self, conn: sa.Connection, w: PreparedWrite | SmallWrite, write_data: bool = True, first: int | None = None
+    ) -> WriteResult:
+        """The writing half of ``write``: number the rows (the sequence lock, held to commit) and write.
+
+        ``first``: the first of ``w.numbers`` sequence numbers the caller reserved in this transaction
+        (a commit writing several tables reserves them all at once); None: reserved here."""
         if isinstance(w, SmallWrite):
-            return apply_small(self, conn, w, write_data)
+            return apply_small(self, conn, w, write_data, first)
         pks, df, diff, deleted = self.primary_keys, w.df, w.diff, w.deleted
         n_write = int(diff.to_write.sum())
         if n_write + len(deleted):
-            first = self.ds.seq.allocate(conn, n_write + len(deleted))
+            if first is None:
+                first = self.ds.seq.allocate(conn, n_write + len(deleted))
             if n_write:
                 encoded = pd.DataFrame(w.texts, index=df.index, dtype=object) if w.texts and write_data else None
                 self._write_rows(conn, df, diff, first, w.now, encoded, write_data)

@@ -122,8 +122,8 @@ def test_an_output_row_numbered_while_a_commit_waits_for_the_sequence_is_still_s
     entered, release = threading.Event(), threading.Event()
     real_allocate = ds_a.seq.allocate
 
-    def allocate(conn, n: int) -> int:  # noqa: ANN001 - the gate: before the commit's lock, once
-        if n == 0 and not release.is_set():
+    def allocate(conn, n: int) -> int:  # noqa: ANN001 - the gate: before the commit's lock (its one reservation), once
+        if not release.is_set():
             entered.set()
             assert release.wait(GATE_TIMEOUT), "gate never opened"
         return real_allocate(conn, n)
