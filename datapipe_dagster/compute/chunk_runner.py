@@ -59,6 +59,7 @@ class ChunkRunner(CommittingStep):
         read = self.ds.meta_dbconn.engine.connect()
         try:
             stale, marks, _, current = self._stale(read=read)
+            new_marks = {r.mark: current for r in self._scan_roles()}
         except BaseException:
             read.close()
             raise
@@ -66,11 +67,6 @@ class ChunkRunner(CommittingStep):
         # fewer (on SQLite the same snapshot, so its ``read_seq`` is the stale query's ``current``). Only
         # this class's ``_try_chunk`` reads with ``_read_chunk``.
         one_chunk = 0 < len(stale) <= self.chunk_size
-        if one_chunk and type(self)._try_chunk is ChunkRunner._try_chunk:
-            self._held_read = read
-        else:
-            read.close()
-        new_marks = {r.mark: current for r in self._scan_roles()}
         # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
         # query finds by itself), so the next stale query can start above ``current``. After a stop
         # (a RowTransform's PipeBreak/PipeError) keys not reached are neither: the watermarks stay.
@@ -78,6 +74,10 @@ class ChunkRunner(CommittingStep):
         # stale key (``_try_chunk``); a split chunk's parts do not, nor does a RowTransform.
         one = one_chunk and any(v > marks.get(t, -1) for t, v in new_marks.items())
         self._run_advance = (len(stale), new_marks) if one else None
+        if one_chunk and type(self)._try_chunk is ChunkRunner._try_chunk:
+            self._held_read = read
+        else:
+            read.close()
         try:
             result = self.process_keys(stale)
         finally:

@@ -26,7 +26,8 @@ def _keys_frame(df: pd.DataFrame, pks: list[str], rows: list[int], dtypes: list[
         if type(arr.dtype) is not type(d) or arr.dtype != d:  # (``str == object`` holds)
             # An object column as a Series: the constructor would infer ``str`` again from an object array
             # of strings. (``DataFrame.astype`` costs five times the whole frame.)
-            cols[k] = pd.Series(np.asarray(arr, dtype=object), dtype=object, copy=False) if d == np.dtype(object) else arr.astype(d)
+            is_object = isinstance(d, np.dtype) and d.kind == "O"
+            cols[k] = pd.Series(np.asarray(arr, dtype=object), dtype=object, copy=False) if is_object else arr.astype(d)
     return pd.DataFrame(cols)
 
 
