@@ -137,12 +137,12 @@ def test_a_user_writing_an_output_waits_for_the_all_new_insert_and_wins(dbconn, 
     entered, release = threading.Event(), threading.Event()
     orig = DBConn.insert_plain
 
-    def gated(self, conn, t, df, encoded=None):  # noqa: ANN001, ANN202
+    def gated(self, conn, t, df, encoded=None, **kw):  # noqa: ANN001, ANN003, ANN202
         if threading.current_thread().name == "P" and t.name == "race_click_count" and not release.is_set():
             held.extend(df["user_id"])
             entered.set()
             assert release.wait(GATE_TIMEOUT), "gate never opened"
-        return orig(self, conn, t, df, encoded)
+        return orig(self, conn, t, df, encoded, **kw)
 
     held: list[str] = []
     monkeypatch.setattr(DBConn, "insert_plain", gated)

@@ -265,11 +265,11 @@ def test_a_writer_waits_for_a_bulk_insert_in_progress_then_compares(dbconn, monk
     entered, release = threading.Event(), threading.Event()
     orig = DBConn.insert_plain
 
-    def gated(self, conn, t, df, encoded=None):  # noqa: ANN001, ANN202
+    def gated(self, conn, t, df, encoded=None, **kw):  # noqa: ANN001, ANN003, ANN202
         if threading.current_thread().name == "A" and t.name == "race" and not release.is_set():
             entered.set()
             assert release.wait(GATE_TIMEOUT), "gate never opened"
-        return orig(self, conn, t, df, encoded)
+        return orig(self, conn, t, df, encoded, **kw)
 
     monkeypatch.setattr(DBConn, "insert_plain", gated)
     calls = spy_existing(monkeypatch)

@@ -83,14 +83,18 @@ def insert_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, now: f
     if some_key_known(w, conn, df[w.primary_keys]):
         return None
     texts: dict[str, list[str | None]] = {}
-    hashes = w._hash(df, texts)
+    streamed = _streams(w, conn)
+    hashes = None if streamed else w._hash(df, texts)
     pks = w.primary_keys
     n = len(df)
     try:
         with conn.begin_nested():
             first = w.ds.seq.allocate(conn, n + len(gone))
-            encoded = pd.DataFrame(texts, index=df.index, dtype=object) if texts else None
-            w._sql.dbconn.insert_plain(conn, w._sql.table, df, encoded)
+            if hashes is None:
+                hashes = _insert_then_hash(w, conn, df, texts)
+            else:
+                encoded = pd.DataFrame(texts, index=df.index, dtype=object) if texts else None
+                w._sql.dbconn.insert_plain(conn, w._sql.table, df, encoded)
             w.ds.meta_dbconn.insert_plain(conn, w.meta.table, _meta_frame(df[pks], hashes, first, now))
     except UNIQUE_VIOLATIONS:
         return None
@@ -100,6 +104,43 @@ def insert_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, now: f
     w._written += n + len(gone)
     none = df.iloc[0:0][pks].reset_index(drop=True)
     return WriteResult(inserted=df[pks].reset_index(drop=True), updated=none, deleted=gone)
+
+
+def _streams(w: TableWriter, conn: sa.Connection) -> bool:
+    """Whether ``_insert_then_hash`` serves: PostgreSQL (where the server works while the client encodes)
+    and a store that encodes its JSON apart from hashing."""
+    return conn.dialect.name == "postgresql" and w.table_store.json_texts(w.table_store.empty(), w.name) is not None
+
+
+def _insert_then_hash(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, texts: dict[str, list[str | None]]) -> np.ndarray:
+    """Insert the data rows, their JSON encoded batch by batch as COPY sends them, then hash the rows
+    from those texts (left in ``texts``).
+
+    Hashing first, then sending, adds the client's encoding to the server's storing; streamed, the
+    server stores one batch while the client encodes the next (two cores overlap). The texts stored and
+    hashed are the same. So are the errors: when anything fails but a known key (bad input found while
+    encoding a batch, a value the server refuses), the whole frame is hashed first, so a frame the
+    general path refuses fails with its error, naming table, column and key. A known key fails the
+    insert, and the general path then hashes and reports bad input as it always does.
+    """
+    assert w._sql is not None
+    parts: dict[str, list[str | None]] = {}
+
+    def encode(part: pd.DataFrame) -> dict[str, list[str | None]] | None:
+        got = w.table_store.json_texts(part, w.name)
+        for name, vals in (got or {}).items():
+            parts.setdefault(name, []).extend(vals)
+        return got
+
+    try:
+        w._sql.dbconn.insert_plain(conn, w._sql.table, df, encode=encode)
+    except UNIQUE_VIOLATIONS:
+        raise
+    except Exception:
+        w._hash(df, {})  # bad input: the general path's error
+        raise
+    texts.update(parts)
+    return w._hash(df, texts)
 
 
 def _meta_frame(keys: pd.DataFrame, hashes: np.ndarray, first: int, now: float) -> pd.DataFrame:

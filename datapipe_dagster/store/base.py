@@ -118,6 +118,11 @@ class TableStore(ABC):
         """
         return hash_rows(df, self.get_schema(), table or self.name)
 
+    def json_texts(self, df: pd.DataFrame, table: str | None = None) -> dict[str, list[str | None]] | None:
+        """What ``hash_rows`` leaves in ``json_texts`` for these rows, computed alone (a writer encodes a
+        batch of rows as it stores it, then hashes from the texts); None for a store that keeps none."""
+        return None
+
 
 @runtime_checkable
 class FileListing(Protocol):

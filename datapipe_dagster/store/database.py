@@ -15,7 +15,7 @@ from datapipe_dagster.errors import ConfigurationError
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.dbconn import UNREACHABLE_ERRORS, DBConn
 from datapipe_dagster.store.records import conform_types, decode_json_texts, json_text_columns, to_records
-from datapipe_dagster.store.rowhash import hash_rows
+from datapipe_dagster.store.rowhash import hash_rows, json_column_texts
 from datapipe_dagster.store.sql import delete_by_keys, fetch_by_keys, fetch_frame
 
 __all__ = ["UNREACHABLE_ERRORS", "DBConn", "TableStoreDB"]
@@ -39,6 +39,9 @@ class TableStoreDB(TableStore):
         A SQL JSON column takes only what the database's JSON encoder writes: the rest is refused by name.
         """
         return hash_rows(df, self.get_schema(), table or self.name, strict_json=True, json_texts=json_texts)
+
+    def json_texts(self, df: pd.DataFrame, table: str | None = None) -> dict[str, list[str | None]] | None:
+        return json_column_texts(df, self.get_schema(), table or self.name, strict_json=True)
 
     def __init__(self, name: str, dbconn: DBConn, data_sql_schema: list[sa.Column], create_table: bool = True):
         if not data_sql_schema:

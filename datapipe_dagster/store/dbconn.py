@@ -20,7 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from datapipe_dagster.errors import ConfigurationError, LockTimeoutError, StorageFullError
-from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, copy_frame, executemany_frame
+from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, Encode, copy_frame, executemany_frame
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.rowhash import json_encoder
 from datapipe_dagster.store.sql import UNNEST_MIN_KEYS, delete_by_keys, pg_unnest_upsert
@@ -312,12 +312,22 @@ class DBConn:
         except UNIQUE_VIOLATIONS:
             self.upsert(conn, table, to_records(df), keys)
 
-    def insert_plain(self, conn: sa.Connection, table: sa.Table, df: pd.DataFrame, encoded: pd.DataFrame | None = None) -> None:
+    def insert_plain(
+        self, conn: sa.Connection, table: sa.Table, df: pd.DataFrame, encoded: pd.DataFrame | None = None, encode: Encode | None = None
+    ) -> None:
         """A plain INSERT (COPY on PostgreSQL for many rows) that fails on a known key: one of
-        ``UNIQUE_VIOLATIONS`` is raised, and the caller's transaction must be rolled back to a savepoint."""
+        ``UNIQUE_VIOLATIONS`` is raised, and the caller's transaction must be rolled back to a savepoint.
+
+        ``encode``: instead of ``encoded``, a function giving the JSON texts of some rows (``copy_frame``),
+        called on each batch COPY sends, else once on all the rows."""
+        if self.backend == "postgresql" and len(df) >= COPY_MIN_ROWS and copy_frame(conn, table, df, encoded, encode):
+            return
+        if encode is not None:
+            got = encode(df)
+            encoded = pd.DataFrame(got, index=df.index, dtype=object) if got else None
         if len(df) < COPY_MIN_ROWS:
             conn.execute(sa.insert(table), to_records(df))
-        elif not (self.backend == "postgresql" and copy_frame(conn, table, df, encoded)):
+        else:
             executemany_frame(conn, table, df, encoded)
 
     def upsert_statement(self, table: sa.Table, keys: list[str]) -> sa.Insert:

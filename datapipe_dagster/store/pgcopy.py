@@ -6,11 +6,15 @@ Values are rendered in COPY's text format: ``\\N`` for NULL, backslash escapes f
 columns get their values JSON-encoded in the canonical form every write path uses (keys sorted, as the
 engine's ``json_serializer``; a Python string becomes a JSON string); values the row hash already encoded
 are passed in and stored as they are.
+
+COPY streams its text in batches of ``COPY_BATCH_ROWS`` rows, rendered as the driver reads them: the server
+parses and indexes one batch while the client renders the next, so on two cores the client's Python work
+overlaps the server's (a frame rendered whole first, then sent, adds the two).
 """
 
 from __future__ import annotations
 
-import io
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,6 +25,12 @@ from datapipe_dagster.store.rowhash import json_encoder
 COPY_MIN_ROWS = 500
 """Below this, a batched INSERT is as fast and simpler."""
 
+COPY_BATCH_ROWS = 5000
+"""Rows rendered per read of the COPY stream (about 300 KB of the benchmark's events)."""
+
+
+Encode = Callable[[pd.DataFrame], "dict[str, list[str | None]] | None"]
+"""Rows -> the texts of their JSON columns (``TableStore.json_texts``)."""
 
 _SPECIAL = ("\\", "\t", "\n", "\r")
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -49,7 +59,12 @@ def _column_text(col: sa.Column, s: pd.Series, encoded: list[str | None] | None 
             return _escape(encoded)  # type: ignore[arg-type]
         txt = _escape(["" if v is None else v for v in encoded])
         return [r"\N" if e is None else v for v, e in zip(txt, encoded, strict=True)]
+    same = _constant_text(t, s)
+    if same is not None:
+        return [same] * len(s)
     na = _nulls(s)
+    if na.all():
+        return [r"\N"] * len(s)
     vals = s.tolist()
     if isinstance(t, sa.JSON):
         encode = json_encoder(strict=False)
@@ -69,6 +84,20 @@ def _column_text(col: sa.Column, s: pd.Series, encoded: list[str | None] | None 
     return txt
 
 
+def _constant_text(t: sa.types.TypeEngine, s: pd.Series) -> str | None:
+    """The text of a numeric column whose values are all the same (bit for bit: ``-0.0`` is not ``0.0``,
+    no NaN), such as a write's timestamps; None otherwise. Rendered once instead of once per row."""
+    if not len(s) or not isinstance(t, (sa.Integer, sa.Float, sa.Numeric)) or s.dtype.kind not in "if":
+        return None
+    if isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
+        return None
+    v = s.to_numpy()
+    bits = v.view(np.int64) if v.dtype == np.float64 else v
+    if v.dtype.itemsize != 8 or not (bits == bits[0]).all() or (v.dtype.kind == "f" and np.isnan(v[0])):
+        return None
+    return str(v[:1].tolist()[0])
+
+
 def _pg_quote(name: str) -> str:
     """A PostgreSQL identifier, always quoted. Not SQLAlchemy's preparer: for the psycopg2 dialect it
     doubles ``%`` (its paramstyle is ``pyformat``), but ``copy_expert`` substitutes no parameters, so a
@@ -77,10 +106,15 @@ def _pg_quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def copy_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame, encoded: pd.DataFrame | None = None) -> bool:
-    """Insert the rows of ``df`` with COPY on the connection's transaction; False when the driver cannot.
+def copy_frame(
+    conn: sa.Connection, table: sa.Table, df: pd.DataFrame, encoded: pd.DataFrame | None = None, encode: Encode | None = None
+) -> bool:
+    """Insert the rows of ``df`` with COPY on the connection's transaction; False when the driver cannot
+    (nothing is then done: ``encode`` not called).
 
     ``encoded``: JSON columns already serialised (by the row hash), aligned with ``df``, copied as they are.
+    ``encode``: called with each batch of rows as it is sent, returns the texts of its JSON columns (the
+    caller keeps them to hash the rows); its errors are raised as they are.
     """
     dbapi = conn.connection.driver_connection
     if dbapi is None:
@@ -90,15 +124,49 @@ def copy_frame(conn: sa.Connection, table: sa.Table, df: pd.DataFrame, encoded: 
         cursor.close()
         return False
     cols = [c for c in table.columns if c.name in df.columns]
-    texts = [_column_text(c, df[c.name], _encoded(encoded, c)) for c in cols]
-    buf = io.StringIO("\n".join(map("\t".join, zip(*texts, strict=True))) + "\n" if texts else "")
+    stream = _CopyStream(cols, df, encoded, encode)
     names = ", ".join(_pg_quote(c.name) for c in cols)
     target = _pg_quote(table.name) if table.schema is None else f"{_pg_quote(table.schema)}.{_pg_quote(table.name)}"
     try:
-        cursor.copy_expert(f"COPY {target} ({names}) FROM STDIN", buf)
+        cursor.copy_expert(f"COPY {target} ({names}) FROM STDIN", stream)
+    except Exception:
+        if stream.error is not None:  # the driver reports a failed read() as its own error: raise ours
+            raise stream.error from None
+        raise
     finally:
         cursor.close()
     return True
+
+
+class _CopyStream:
+    """COPY text of ``df``'s rows, ``COPY_BATCH_ROWS`` at a time, rendered on each ``read`` (the driver's
+    file interface). An error rendering a batch is kept in ``error`` (the driver replaces it)."""
+
+    def __init__(self, cols: list[sa.Column], df: pd.DataFrame, encoded: pd.DataFrame | None, encode: Encode | None):
+        self.cols = cols
+        self.df = df
+        self.encoded = [_encoded(encoded, c) for c in cols]
+        self.encode = encode
+        self.pos = 0
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> str:
+        start, n = self.pos, len(self.df)
+        if start >= n or not self.cols:
+            return ""
+        stop = min(n, start + COPY_BATCH_ROWS)
+        self.pos = stop
+        try:
+            part = self.df.iloc[start:stop]
+            fresh = (self.encode(part) or {}) if self.encode is not None else {}
+            texts = [
+                _column_text(c, part[c.name], fresh[c.name] if c.name in fresh else (None if e is None else e[start:stop]))
+                for c, e in zip(self.cols, self.encoded, strict=True)
+            ]
+            return "\n".join(map("\t".join, zip(*texts, strict=True))) + "\n"
+        except BaseException as e:
+            self.error = e
+            raise
 
 
 def _encoded(encoded: pd.DataFrame | None, col: sa.Column) -> list[str | None] | None:

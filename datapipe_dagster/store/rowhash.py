@@ -83,7 +83,9 @@ def hash_rows(
     With ``strict_json`` (values bound for a SQL JSON column), JSON values must be what the database's
     JSON encoder writes: no NaN/infinity, no bytes, date/times or numpy scalars inside. With
     ``json_texts``, the canonical JSON text of every JSON column is left there (column -> texts, None
-    for a missing value), so a writer can store the text it hashed instead of serialising again.
+    for a missing value), so a writer can store the text it hashed instead of serialising again; texts
+    already there (``json_column_texts`` of the same rows, by a writer that stored them first) are
+    hashed as they are, not encoded again.
 
     Raises:
         SchemaError: a JSON value that cannot be serialised (names the column and key).
@@ -96,8 +98,12 @@ def hash_rows(
         s = df[col.name]
         is_json = isinstance(col.type, sa.JSON)
         values: Any
+        given = json_texts.get(col.name) if is_json and json_texts is not None else None
         if is_json or s.dtype == object:
-            texts = encode_json_column(s.tolist(), strict_json and is_json, table, col.name, df, pks)
+            if given is not None and len(given) == len(df):
+                texts = given
+            else:
+                texts = encode_json_column(s.tolist(), strict_json and is_json, table, col.name, df, pks)
             if is_json and json_texts is not None:
                 json_texts[col.name] = texts
             values = np.empty(len(texts), dtype=object)
@@ -114,6 +120,17 @@ def hash_rows(
             categorize = values.dtype != object and bool(s.isna().any())
         hashes.append(pd.util.hash_array(values, categorize=categorize))
     return (combine_hashes(hashes) >> np.uint64(1)).astype(np.int64)
+
+
+def json_column_texts(df: pd.DataFrame, columns: list[sa.Column], table: str, strict_json: bool) -> dict[str, list[str | None]]:
+    """The canonical JSON text of each JSON column of ``df``, exactly as ``hash_rows`` leaves them in
+    ``json_texts`` (its checks and errors too, JSON columns only)."""
+    pks = [c.name for c in columns if c.primary_key]
+    return {
+        c.name: encode_json_column(df[c.name].tolist(), strict_json, table, c.name, df, pks)
+        for c in columns
+        if isinstance(c.type, sa.JSON)
+    }
 
 
 def combine_hashes(arrays: list[np.ndarray]) -> np.ndarray:
