@@ -193,10 +193,10 @@ class TableWriter(ABC):
         if isinstance(w, SmallWrite):
             return apply_small(self, conn, w, write_data, first)
         pks, df, diff, deleted = self.primary_keys, w.df, w.diff, w.deleted
-        n_write = int(diff.to_write.sum())
-        if n_write + len(deleted):
+        n_write, numbers = int(diff.to_write.sum()), w.numbers
+        if numbers:
             if first is None:
-                first = self.ds.seq.allocate(conn, n_write + len(deleted))
+                first = self.ds.seq.allocate(conn, numbers)
             if n_write:
                 encoded = pd.DataFrame(w.texts, index=df.index, dtype=object) if w.texts and write_data else None
                 self._write_rows(conn, df, diff, first, w.now, encoded, write_data)
@@ -204,7 +204,7 @@ class TableWriter(ABC):
                 if write_data:
                     self.table_store.delete_rows(deleted, conn=self._data_conn(conn))
                 self._mark_deleted(conn, deleted, first + n_write, w.now)
-        self._written += n_write + len(deleted)
+        self._written += numbers
         return WriteResult(
             inserted=df.loc[diff.is_new, pks].reset_index(drop=True),
             updated=df.loc[diff.is_changed, pks].reset_index(drop=True),
