@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -108,6 +109,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class RssPeaks:
+    """Peaks of the anonymous (heap) and file-backed parts of the resident set, sampled every 5 ms while
+    in use. VmHWM counts both, and SQLite reads the database through a memory map whose touched pages
+    count as the process's file-backed RSS: shared page cache the kernel reclaims, not the run's objects."""
+
+    def __init__(self) -> None:
+        self.anon_mb = self.file_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def now() -> dict[str, float]:
+        with open("/proc/self/status") as f:
+            return {k: int(v.split()[0]) / 1024 for k, _, v in (line.partition(":") for line in f) if k in ("RssAnon", "RssFile")}
+
+    def _sample(self) -> None:
+        while True:
+            s = self.now()
+            self.anon_mb, self.file_mb = max(self.anon_mb, s["RssAnon"]), max(self.file_mb, s["RssFile"])
+            if self._stop.wait(0.005):
+                return
+
+    def __enter__(self) -> RssPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class SeqLockTimer:
     """Seconds the write-sequence row lock is held: from the ``UPDATE datapipe_seq`` that takes it to the
     end of the commit (or rollback) that releases it, summed over transactions. Instruments the engine's
@@ -150,12 +182,14 @@ def child_full_run(url: str, chunk_size: int) -> None:
     steps = build_compute(ds, catalog, pipeline)
     lock = SeqLockTimer(dbconn.engine)
     base = peak_rss_mb()
-    t0 = time.perf_counter()
-    summary = run_steps(ds, steps)
-    elapsed = time.perf_counter() - t0
+    with RssPeaks() as parts:
+        t0 = time.perf_counter()
+        summary = run_steps(ds, steps)
+        elapsed = time.perf_counter() - t0
     peak = peak_rss_mb()
     print(json.dumps({
         "elapsed": elapsed, "peak_mb": peak, "base_mb": base, "keys": summary.steps[0].keys_processed,
+        "anon_mb": parts.anon_mb, "file_mb": parts.file_mb,
         "lock_share": lock.held / elapsed, "lock_tx": lock.transactions,
     }))
 
@@ -241,7 +275,7 @@ def bench_one(backend: str, n: int, users: int, chunk_size: int, workdir: str) -
             "store_rps": store_rps, "bulk_rps": bulk_rps, "load_rps": load_rps, "naive_s": naive, "full_s": full["elapsed"],
             "ratio": full["elapsed"] / naive, "nothing_ms": nothing * 1000, "one_ms": one * 1000,
             "thousand_s": thousand, "thousand_cl_s": thousand_cl,
-            "peak_mb": full["peak_mb"], "base_mb": full["base_mb"], "lock_share": full["lock_share"],
+            "peak_mb": full["peak_mb"], "base_mb": full["base_mb"], "anon_mb": full["anon_mb"], "file_mb": full["file_mb"], "lock_share": full["lock_share"],
             "nothing_min_ms": nothing_min * 1000, "one_min_ms": one_min * 1000,
         }
     finally:
@@ -266,14 +300,14 @@ def main() -> None:
                 r = bench_one(backend, n, u, a.chunk_size, workdir)
                 rows.append((backend, n, u, r))
                 print(f"done {backend} {n}: {r}", file=sys.stderr, flush=True)
-    hdr = "| backend | events | users | store_chunk rows/s | plain insert rows/s | store/plain | bulk load rows/s (COPY on PG) | naive recompute s | first run s | first/naive | seq lock share | nothing stale ms (best) | 1 change ms median (best) | 1,000 changes + run s | 1,000 changes, changelist s | full-run peak RSS MB (after imports) |"
+    hdr = "| backend | events | users | store_chunk rows/s | plain insert rows/s | store/plain | bulk load rows/s (COPY on PG) | naive recompute s | first run s | first/naive | seq lock share | nothing stale ms (best) | 1 change ms median (best) | 1,000 changes + run s | 1,000 changes, changelist s | full-run peak RSS MB (after imports) | of which heap / file pages, peak MB |"
     print(hdr)
     print("|---" * (hdr.count("|") - 1) + "|")
     for backend, n, u, r in rows:
         print(
             f"| {backend} | {n:,} | {u:,} | {r['store_rps']:,.0f} | {r['bulk_rps']:,.0f} | {r['store_rps'] / r['bulk_rps']:.2f}x | {r['load_rps']:,.0f} | {r['naive_s']:.2f} | {r['full_s']:.2f} | "
             f"{r['ratio']:.2f}x | {r['lock_share']:.0%} | {r['nothing_ms']:.1f} ({r['nothing_min_ms']:.1f}) | {r['one_ms']:.1f} ({r['one_min_ms']:.1f}) | "
-            f"{r['thousand_s']:.2f} | {r['thousand_cl_s']:.2f} | {r['peak_mb']:.0f} ({r['base_mb']:.0f}) |"
+            f"{r['thousand_s']:.2f} | {r['thousand_cl_s']:.2f} | {r['peak_mb']:.0f} ({r['base_mb']:.0f}) | {r['anon_mb']:.0f} / {r['file_mb']:.0f} |"
         )
 
 
