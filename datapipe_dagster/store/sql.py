@@ -69,6 +69,28 @@ def key_clause(
     return sa.and_(table.c[columns[0]].in_(lead), sa.tuple_(*[table.c[c] for c in columns]).in_(values))
 
 
+
+def key_clause_bound(
+    table: sa.Table | sa.FromClause, columns: list[str], seek_lead: bool = False
+) -> sa.ColumnElement[bool]:
+    """``key_clause`` with its values left to expanding bind parameters (the same SQL): a statement built
+    once and run with ``key_params``, when building it would cost more than running it."""
+    keys = sa.bindparam("dp_keys", expanding=True)
+    if len(columns) == 1:
+        return table.c[columns[0]].in_(keys)
+    tup = sa.tuple_(*[table.c[c] for c in columns]).in_(keys)
+    if not seek_lead:
+        return tup
+    return sa.and_(table.c[columns[0]].in_(sa.bindparam("dp_lead", expanding=True)), tup)
+
+
+def key_params(columns: list[str], values: list[Any], seek_lead: bool = False) -> dict[str, list[Any]]:
+    """The parameters of ``key_clause_bound`` for one batch of ``values`` from ``key_batches``."""
+    if len(columns) == 1 or not seek_lead:
+        return {"dp_keys": values}
+    return {"dp_keys": values, "dp_lead": list(dict.fromkeys(v[0] for v in values))}
+
+
 @contextmanager
 def temp_keys(conn: sa.Connection, table: sa.Table | sa.FromClause, columns: list[str], keys: pd.DataFrame) -> Iterator[sa.Table]:
     """A temporary table holding ``keys`` (typed like ``table``'s columns), dropped afterwards."""
