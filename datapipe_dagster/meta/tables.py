@@ -19,7 +19,16 @@ from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.paged import fetch_frame_paged
 from datapipe_dagster.store.records import to_records
-from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame, pg_unnest
+from datapipe_dagster.store.sql import (
+    UNNEST_MIN_KEYS,
+    _distinct_keys,
+    fetch_by_keys,
+    fetch_frame,
+    key_clause_bound,
+    key_params,
+    pg_unnest,
+    rows_frame,
+)
 
 META_COLUMNS = ["hash", "create_ts", "update_ts", "delete_ts", "seq"]
 
@@ -259,6 +268,18 @@ class TransformMetaTable:
         A commit computed from inputs as of ``seq`` must leave those keys alone: their outputs and state
         already reflect newer inputs (another processor got there first).
         """
+        values = _distinct_keys(keys, self.keys) if len(keys) <= UNNEST_MIN_KEYS else []
+        if values:  # a few keys (one changed key): the statement built once, the same SQL as below
+            seek = conn.dialect.name == "sqlite"
+            stmt = self.statements.get(("newer_than", seek))
+            if stmt is None:
+                c = self.table.c
+                newer = c.processed_seq > sa.bindparam("dp_seq", type_=c.processed_seq.type)
+                where = key_clause_bound(self.table, self.keys, seek)
+                stmt = sa.select(*[c[k] for k in self.keys]).where(newer).where(where)
+                self.statements[("newer_than", seek)] = stmt
+            rows = conn.execute(stmt, {"dp_seq": seq, **key_params(self.keys, values, seek)}).fetchall()
+            return rows_frame(rows, self.keys)
         base = sa.select(*[self.table.c[k] for k in self.keys]).where(self.table.c.processed_seq > seq)
         return fetch_by_keys(conn, base, self.table, self.keys, keys, self.keys)
 
