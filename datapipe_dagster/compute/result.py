@@ -66,9 +66,11 @@ class StepResult:
         o.deleted += deleted
         if isinstance(write, SmallResult):
             # A few rows: the key frame is built if someone reads the changes (a run only counts them).
-            # Built later from the same immutable parts, it is the frame built now would be.
+            # Built later from the same unchanging parts, it is the frame building it now would give.
             n = inserted + updated + deleted
-            self.changed.append(table, LazyKeys(n, primary_keys, lambda: columns_of(write.changed_idx(), primary_keys)))
+            self.changed.append(
+                table, LazyKeys(n, primary_keys, lambda: columns_of(write.changed_idx(), primary_keys))
+            )
         else:
             self.changed.append(table, columns_of(write.changed_idx(), primary_keys))
 
