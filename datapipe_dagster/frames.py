@@ -14,6 +14,12 @@ def columns_of(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return df.copy(deep=False) if list(df.columns) == cols else df[cols]
 
 
+def isna_mask(s: pd.Series) -> np.ndarray:
+    """``s.isna().to_numpy()``, asked of the column's array: the Series pandas wraps around the mask costs
+    four times the test itself on a few rows, and the write path of one row asks it a dozen times."""
+    return np.asarray(s.array.isna(), dtype=bool)
+
+
 def _index(df: pd.DataFrame, keys: list[str]) -> pd.Index:
     return pd.Index(df[keys[0]]) if len(keys) == 1 else pd.MultiIndex.from_frame(df[keys])
 
@@ -61,6 +67,8 @@ def first_duplicate(df: pd.DataFrame, cols: list[str]) -> int | None:
     """The position of the first row whose ``cols`` an earlier row holds (no missing values in them), or
     None. A few rows are compared as tuples: pandas' ``duplicated`` costs more than the rest of a one-row
     validation."""
+    if len(df) < 2:
+        return None
     if len(df) <= 64:
         seen: set[tuple[Any, ...]] = set()
         for pos, k in enumerate(zip(*[df[c].tolist() for c in cols], strict=True)):

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeAlias
 
 import pandas as pd
 
 IndexDF: TypeAlias = pd.DataFrame
 """A DataFrame holding only key columns: the keys of rows, no data."""
+
+
+class LazyKeys:
+    """Keys whose number and columns are known and whose frame is built on first use.
+
+    A run of one changed key appends a few rows of keys per output and then only asks whether anything
+    changed (``ChangeList.empty``); building each one-row frame costs more than comparing the row.
+    """
+
+    def __init__(self, n: int, columns: list[str], build: Callable[[], IndexDF]):
+        self.n, self.columns, self._build = n, columns, build
+        self._frame: IndexDF | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def frame(self) -> IndexDF:
+        if self._frame is None:
+            self._frame = self._build()
+        return self._frame
+
+
+def _frame(idx: IndexDF | LazyKeys | None) -> IndexDF | None:
+    return idx.frame() if isinstance(idx, LazyKeys) else idx
 
 
 class ChangeList:
@@ -23,8 +47,8 @@ class ChangeList:
         # Appended frames wait here and are concatenated and de-duplicated once, when read: appending
         # one chunk's keys must not re-process everything appended before (that made a full run
         # quadratic in its number of chunks).
-        self._parts: dict[str, list[IndexDF]] = {}
-        self._merged: dict[str, IndexDF] = {}
+        self._parts: dict[str, list[IndexDF | LazyKeys]] = {}
+        self._merged: dict[str, IndexDF | LazyKeys] = {}
 
     @classmethod
     def create(cls, name: str, idx: IndexDF) -> ChangeList:
@@ -37,12 +61,13 @@ class ChangeList:
         """The changed keys per table, without duplicates (a fresh dict; its frames must not be mutated)."""
         return {name: self._get(name) for name in self._parts}
 
-    def append(self, table_name: str, idx: IndexDF) -> None:
+    def append(self, table_name: str, idx: IndexDF | LazyKeys) -> None:
         """Record that rows with keys ``idx`` of ``table_name`` changed (O(len(idx)))."""
         parts = self._parts.setdefault(table_name, [])
         if idx is None or len(idx) == 0:
             if not parts and table_name not in self._merged:
-                self._merged[table_name] = pd.DataFrame(columns=list(getattr(idx, "columns", [])))
+                cols = list(getattr(idx, "columns", []))
+                self._merged[table_name] = LazyKeys(0, cols, lambda: pd.DataFrame(columns=cols))
             return
         parts.append(idx)
 
@@ -56,8 +81,8 @@ class ChangeList:
                 self.append(name, part)
 
     def _get(self, table_name: str) -> IndexDF:
-        parts = self._parts.get(table_name, [])
-        merged = self._merged.get(table_name)
+        parts = [_frame(p) for p in self._parts.get(table_name, [])]
+        merged = _frame(self._merged.get(table_name))
         if parts:
             frames = [merged] if merged is not None and len(merged) else []
             cols = list(parts[0].columns) if not frames else list(frames[0].columns)
@@ -78,10 +103,10 @@ class ChangeList:
         the whole key set of a full run."""
         if table_name not in self._parts:
             return None
-        merged = self._merged.get(table_name)
+        merged = _frame(self._merged.get(table_name))
         frames = [merged] if merged is not None and len(merged) else []
         seen = pd.DataFrame()
-        for part in self._parts[table_name]:
+        for part in map(_frame, self._parts[table_name]):
             frames.append(part if not frames else part[list(frames[0].columns)])
             seen = pd.concat(frames, ignore_index=True).drop_duplicates()
             frames = [seen]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from datapipe_dagster.store.sql import AnalyzeOnGrowth
@@ -144,3 +145,35 @@ def test_many_keys_longer_than_the_column_match_no_prefix(dbconn) -> None:
         assert got.empty, f"keys longer than VARCHAR(5) matched stored rows: {got['k'].tolist()[:3]}"
         delete_by_keys(conn, t, ["k"], asked)
         assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == len(stored)
+
+
+@pytest.mark.parametrize("columns", [["a"], ["a", "b"]])
+@pytest.mark.parametrize("seek", [False, True])
+def test_key_clause_bound_is_key_clause(columns: list[str], seek: bool) -> None:
+    """The statement built once with bind parameters reads what the one built with the values reads."""
+    from datapipe_dagster.store.sql import key_clause, key_clause_bound, key_params
+
+    m = sa.MetaData()
+    t = sa.Table(
+        "kb", m, sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.Integer, primary_key=True)
+    )
+    engine = sa.create_engine("sqlite://")
+    m.create_all(engine)
+    rows = [{"a": a, "b": b} for a in ("x", "y", "z") for b in (1, 2)]
+    values = ["x", "z"] if len(columns) == 1 else [("x", 2), ("z", 1), ("q", 1)]
+    base = sa.select(t.c.a, t.c.b).order_by(t.c.a, t.c.b)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), rows)
+        literal = conn.execute(base.where(key_clause(t, columns, values, seek))).fetchall()
+        bound = conn.execute(
+            base.where(key_clause_bound(t, columns, seek)), key_params(columns, values, seek)
+        ).fetchall()
+    assert bound == literal and len(literal) == (4 if len(columns) == 1 else 2)
+    import re
+
+    def sql(stmt: sa.Select) -> str:
+        return re.sub(r"__\[POSTCOMPILE_\w+\]", "?", str(stmt.compile(engine)))
+
+    assert sql(base.where(key_clause_bound(t, columns, seek))) == sql(
+        base.where(key_clause(t, columns, values, seek))
+    )

@@ -8,9 +8,10 @@ from typing import Any
 
 import pandas as pd
 
+from datapipe_dagster.compute.small_result import SmallResult
 from datapipe_dagster.frames import columns_of
 from datapipe_dagster.frames import plain as _plain
-from datapipe_dagster.types import ChangeList
+from datapipe_dagster.types import ChangeList, LazyKeys
 
 
 def error_text(e: BaseException) -> tuple[str, str]:
@@ -63,7 +64,15 @@ class StepResult:
         o.inserted += inserted
         o.updated += updated
         o.deleted += deleted
-        self.changed.append(table, columns_of(write.changed_idx(), primary_keys))
+        if isinstance(write, SmallResult):
+            # A few rows: the key frame is built if someone reads the changes (a run only counts them).
+            # Built later from the same unchanging parts, it is the frame building it now would give.
+            n = inserted + updated + deleted
+            self.changed.append(
+                table, LazyKeys(n, primary_keys, lambda: columns_of(write.changed_idx(), primary_keys))
+            )
+        else:
+            self.changed.append(table, columns_of(write.changed_idx(), primary_keys))
 
     def add_failed(self, df: pd.DataFrame) -> None:
         self.failed = df if self.failed.empty else pd.concat([self.failed, df], ignore_index=True)

@@ -14,6 +14,7 @@ this path: its keys read back from the database compare equal to the frame's pla
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.store.database import TableStoreDB
 from datapipe_dagster.store.records import plain_list, to_records
-from datapipe_dagster.store.sql import key_clause
+from datapipe_dagster.store.sql import key_clause_bound, key_params
 
 if TYPE_CHECKING:
     from datapipe_dagster.compute.table_write import TableWriter, WriteResult
@@ -81,12 +82,33 @@ def _no_keys(pks: list[str]) -> pd.DataFrame:
     return empty.copy()
 
 
-def _fetch(conn: sa.Connection, base: sa.Select, table: sa.Table, cols: list[str], values: list[Any]) -> list[tuple[Any, ...]]:
-    """Rows of ``base`` whose ``cols`` match ``values`` (the frame path's ``fetch_by_keys``, as tuples)."""
+_SELECTS: weakref.WeakKeyDictionary[sa.Table, dict[tuple[Any, ...], sa.Select]] = weakref.WeakKeyDictionary()
+
+
+def _select(t: sa.Table, pks: list[str], cols: list[str], alive: bool, seek: bool) -> sa.Select:
+    """The frame path's keyed metadata read (``get_existing``, or ``get_alive_keys`` when ``alive``) on
+    ``cols``, built once per table and shape: building it cost more than running it."""
+    by_shape = _SELECTS.setdefault(t, {})
+    shape = (tuple(pks), tuple(cols), alive, seek)
+    stmt = by_shape.get(shape)
+    if stmt is None:
+        if alive:
+            base = sa.select(*[t.c[c] for c in pks]).where(t.c.delete_ts.is_(None))
+        else:
+            base = sa.select(*[t.c[c] for c in pks + ["hash", "create_ts", "delete_ts"]])
+        stmt = by_shape[shape] = base.where(key_clause_bound(t, cols, seek))
+    return stmt
+
+
+def _fetch(
+    conn: sa.Connection, t: sa.Table, pks: list[str], cols: list[str], values: list[Any], alive: bool = False
+) -> list[tuple[Any, ...]]:
+    """Rows whose ``cols`` match ``values`` (the frame path's ``fetch_by_keys``, as tuples)."""
     if not values:
         return []
-    clause = key_clause(table, cols, values, conn.dialect.name == "sqlite")
-    return [tuple(r) for r in conn.execute(base.where(clause)).fetchall()]
+    seek = conn.dialect.name == "sqlite"
+    rows = conn.execute(_select(t, pks, cols, alive, seek), key_params(cols, values, seek)).fetchall()
+    return [tuple(r) for r in rows]
 
 
 def prepare_small(
@@ -104,7 +126,6 @@ def prepare_small(
     records = to_records(df)
     keys = [tuple(r[k] for k in pks) for r in records]
     t = w.meta.table
-    base = sa.select(*[t.c[c] for c in pks + ["hash", "create_ts", "delete_ts"]])
     sub = [] if processed_idx is None else [c for c in processed_idx.columns if c in pks]
     has_scope = processed_idx is not None and len(processed_idx) > 0
     scope = list(zip(*[plain_list(processed_idx[c]) for c in sub], strict=True)) if has_scope else []  # type: ignore[index]
@@ -115,9 +136,9 @@ def prepare_small(
     if len(sub) == 1:
         scope_values = [v[0] for v in scope_values]
     if scoped:
-        rows = _fetch(conn, base, t, sub, scope_values)
+        rows = _fetch(conn, t, pks, sub, scope_values)
     else:
-        rows = _fetch(conn, base, t, pks, list(dict.fromkeys(keys)) if n > 1 else [k[0] for k in keys])
+        rows = _fetch(conn, t, pks, pks, list(dict.fromkeys(keys)) if n > 1 else [k[0] for k in keys])
     existing = {r[:n]: r[n:] for r in rows}
     alive, known, same, create_ts = [], [], [], []
     for k, h in zip(keys, hashes, strict=True):
@@ -132,8 +153,7 @@ def prepare_small(
         if scoped:
             live_keys = [r[:n] for r in rows if r[n + 2] is None]
         else:
-            alive_base = sa.select(*[t.c[c] for c in pks]).where(t.c.delete_ts.is_(None))
-            live_keys = _fetch(conn, alive_base, t, sub, scope_values)
+            live_keys = _fetch(conn, t, pks, sub, scope_values, alive=True)
         written = set(keys)
         gone = [k for k in live_keys if k not in written]
     deleted = pd.DataFrame({c: [k[i] for k in gone] for i, c in enumerate(pks)}) if gone else _no_keys(pks)

@@ -19,7 +19,16 @@ from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.paged import fetch_frame_paged
 from datapipe_dagster.store.records import to_records
-from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame, pg_unnest
+from datapipe_dagster.store.sql import (
+    UNNEST_MIN_KEYS,
+    _distinct_keys,
+    fetch_by_keys,
+    fetch_frame,
+    key_clause_bound,
+    key_params,
+    pg_unnest,
+    rows_frame,
+)
 
 META_COLUMNS = ["hash", "create_ts", "update_ts", "delete_ts", "seq"]
 
@@ -70,6 +79,12 @@ class SequenceTable:
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("value", sa.BigInteger, nullable=False),
         )
+        # Built once: every write asks for numbers, and building a statement costs more than running it.
+        c = self.table.c
+        self._current = sa.select(c.value).where(c.id == 1)
+        self._allocate = (
+            sa.update(self.table).where(c.id == 1).values(value=c.value + sa.bindparam("n", type_=sa.BigInteger))
+        ).returning(c.value)
 
     def create(self) -> None:
         self.dbconn.ensure_table(self.table)
@@ -83,12 +98,11 @@ class SequenceTable:
 
     def allocate(self, conn: sa.Connection, n: int) -> int:
         """Reserve ``n`` numbers; returns the first."""
-        stmt = sa.update(self.table).where(self.table.c.id == 1).values(value=self.table.c.value + n)
-        last = conn.execute(stmt.returning(self.table.c.value)).scalar_one()
+        last = conn.execute(self._allocate, {"n": n}).scalar_one()
         return int(last) - n + 1
 
     def current(self, conn: sa.Connection) -> int:
-        return int(conn.execute(sa.select(self.table.c.value).where(self.table.c.id == 1)).scalar_one())
+        return int(conn.execute(self._current).scalar_one())
 
 
 class MetaTable:
@@ -254,6 +268,18 @@ class TransformMetaTable:
         A commit computed from inputs as of ``seq`` must leave those keys alone: their outputs and state
         already reflect newer inputs (another processor got there first).
         """
+        values = _distinct_keys(keys, self.keys) if len(keys) <= UNNEST_MIN_KEYS else []
+        if values:  # a few keys (one changed key): the statement built once, the same SQL as below
+            seek = conn.dialect.name == "sqlite"
+            stmt = self.statements.get(("newer_than", seek))
+            if stmt is None:
+                c = self.table.c
+                newer = c.processed_seq > sa.bindparam("dp_seq", type_=c.processed_seq.type)
+                where = key_clause_bound(self.table, self.keys, seek)
+                stmt = sa.select(*[c[k] for k in self.keys]).where(newer).where(where)
+                self.statements[("newer_than", seek)] = stmt
+            rows = conn.execute(stmt, {"dp_seq": seq, **key_params(self.keys, values, seek)}).fetchall()
+            return rows_frame(rows, self.keys)
         base = sa.select(*[self.table.c[k] for k in self.keys]).where(self.table.c.processed_seq > seq)
         return fetch_by_keys(conn, base, self.table, self.keys, keys, self.keys)
 
@@ -333,14 +359,15 @@ class WatermarkTable:
             sa.Column("input_table", sa.String(255), primary_key=True),
             sa.Column("seq", sa.BigInteger, nullable=False),
         )
+        c = self.table.c
+        self._get = sa.select(c.input_table, c.seq).where(c.transform == sa.bindparam("transform", type_=c.transform.type))
+        self._advance: Any = None
 
     def create(self) -> None:
         self.dbconn.ensure_table(self.table)
 
     def get(self, conn: sa.Connection, transform: str) -> dict[str, int]:
-        rows = conn.execute(
-            sa.select(self.table.c.input_table, self.table.c.seq).where(self.table.c.transform == transform)
-        ).fetchall()
+        rows = conn.execute(self._get, {"transform": transform}).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
     def advance(self, conn: sa.Connection, transform: str, marks: dict[str, int]) -> None:
@@ -354,12 +381,14 @@ class WatermarkTable:
             recs = [r for r in recs if r["seq"] > current.get(r["input_table"], -1)]
             self.dbconn.upsert(conn, self.table, recs, ["transform", "input_table"])
             return
-        from sqlalchemy.dialects import postgresql, sqlite
+        if self._advance is None:  # built once: a run advances its watermarks once per chunk
+            from sqlalchemy.dialects import postgresql, sqlite
 
-        t = self.table
-        stmt = (postgresql.insert if self.dbconn.backend == "postgresql" else sqlite.insert)(t)
-        higher = sa.case((stmt.excluded.seq > t.c.seq, stmt.excluded.seq), else_=t.c.seq)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["transform", "input_table"], set_={"seq": higher}), recs)
+            t = self.table
+            stmt = (postgresql.insert if self.dbconn.backend == "postgresql" else sqlite.insert)(t)
+            higher = sa.case((stmt.excluded.seq > t.c.seq, stmt.excluded.seq), else_=t.c.seq)
+            self._advance = stmt.on_conflict_do_update(index_elements=["transform", "input_table"], set_={"seq": higher})
+        conn.execute(self._advance, recs)
 
     def reset(self, conn: sa.Connection, transform: str) -> None:
         conn.execute(sa.delete(self.table).where(self.table.c.transform == transform))

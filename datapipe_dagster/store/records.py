@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from datapipe_dagster.frames import isna_mask
+
 
 def json_text_columns(table: sa.Table | sa.FromClause, names: list[str]) -> list[sa.ColumnElement[Any]]:
     """Columns to select for ``names``, JSON ones as their text (``CAST(… AS TEXT)``), so the driver does
@@ -44,12 +46,12 @@ def plain_list(s: pd.Series) -> list[Any]:
         return s.to_numpy().tolist()
     if kind == "f" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
         vals = s.to_numpy().tolist()
-        return [None if v != v else v for v in vals] if s.isna().any() else vals
+        return [None if v != v else v for v in vals] if isna_mask(s).any() else vals
     if kind == "M":
         return [None if v is pd.NaT or v is None else v.to_pydatetime() for v in s.tolist()]
     vals = s.tolist()
-    if s.isna().any():
-        mask = s.isna().to_numpy()
+    mask = isna_mask(s)
+    if mask.any():
         vals = [None if m else v for v, m in zip(vals, mask, strict=True)]
     if vals and any(isinstance(v, (np.generic, pd.Timestamp)) for v in vals[:1000]):
         vals = [v.item() if isinstance(v, np.generic) else (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v) for v in vals]
@@ -61,7 +63,7 @@ def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     if len(df) == 0:
         return []
     cols = [str(c) for c in df.columns]
-    lists = [plain_list(df.iloc[:, i]) for i in range(len(cols))]
+    lists = [plain_list(s) for _, s in df.items()]  # by position, as ``df.iloc[:, i]``, at half its cost
     return [dict(zip(cols, row, strict=True)) for row in zip(*lists, strict=True)]
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError
+from datapipe_dagster.frames import isna_mask
 from datapipe_dagster.store.schema import _key_of
 
 _NULL = "\x00null"  # how a missing value enters the row hash
@@ -117,7 +118,7 @@ def hash_rows(
             if isinstance(values, pd.arrays.NumpyExtensionArray):
                 values = values.to_numpy()
             # A string extension column keeps the factorising when it holds a missing value (its marker).
-            categorize = values.dtype != object and bool(s.isna().any())
+            categorize = values.dtype != object and bool(isna_mask(s).any())
         hashes.append(pd.util.hash_array(values, categorize=categorize))
     return (combine_hashes(hashes) >> np.uint64(1)).astype(np.int64)
 

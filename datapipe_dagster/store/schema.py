@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.errors import SchemaError, _plain
-from datapipe_dagster.frames import first_duplicate
+from datapipe_dagster.frames import first_duplicate, isna_mask
 
 _JSON_TYPES = (dict, list, str, int, float, bool, np.integer, np.floating, np.bool_)
 _JSON_EXACT = {dict, list, str, int, float, bool, type(None)}
@@ -47,7 +47,7 @@ class _Column:
     @functools.cached_property
     def notna(self) -> np.ndarray:
         """Which values are present (computed on first use: a JSON column never asks)."""
-        return self.s.notna().to_numpy()
+        return ~isna_mask(self.s)
 
     def fail_at(self, pos: int, what: str, fix: str = "", show: bool = True) -> None:
         """Raise for the row at ``pos``: what is wrong, the value (when ``show``), then how to fix it."""
@@ -367,7 +367,7 @@ def coerce_frame(table: str, columns: list[sa.Column], df: pd.DataFrame) -> pd.D
             raise SchemaError(table, "primary-key column missing from the data", k)
     df = df.reset_index(drop=True)
     for k in pks:
-        nulls = df[k].isna().to_numpy()
+        nulls = isna_mask(df[k])
         if nulls.any():
             raise SchemaError(table, "null value in a primary-key column", k, _key_of(df, _first_bad(nulls), pks))
     out = {}
@@ -379,16 +379,18 @@ def coerce_frame(table: str, columns: list[sa.Column], df: pd.DataFrame) -> pd.D
             continue
         out[col.name] = _coerce_column(table, col, df[col.name], df, pks)
         if not col.nullable and not col.primary_key:
-            nulls = out[col.name].isna().to_numpy()
+            nulls = isna_mask(out[col.name])
             if nulls.any():
                 raise SchemaError(table, "null value in a non-nullable column", col.name, _key_of(df, _first_bad(nulls), pks))
-    res = pd.DataFrame(out, index=df.index)
+    # A few rows: ``copy=False``, the columns are new Series or the caller's, which copy-on-write keeps
+    # apart already; the default copy (and consolidation) costs a third of validating a one-row frame.
+    # Larger frames keep the copy and its consolidated blocks.
+    res = pd.DataFrame(out, index=df.index, copy=len(df) > 64)
     if pks:
         pos = first_duplicate(res, pks)
         if pos is not None:
             raise SchemaError(table, "duplicate key in one chunk", None, _key_of(res, pos, pks))
     return res
-
 
 
 def empty_frame(columns: list[sa.Column]) -> pd.DataFrame:

@@ -9,7 +9,7 @@ temporary table on SQLite (past ``SMALL_KEYS``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,28 @@ def key_clause(
         return sa.tuple_(*[table.c[c] for c in columns]).in_(values)
     lead = list(dict.fromkeys(v[0] for v in values))
     return sa.and_(table.c[columns[0]].in_(lead), sa.tuple_(*[table.c[c] for c in columns]).in_(values))
+
+
+
+def key_clause_bound(
+    table: sa.Table | sa.FromClause, columns: list[str], seek_lead: bool = False
+) -> sa.ColumnElement[bool]:
+    """``key_clause`` with its values left to expanding bind parameters (the same SQL): a statement built
+    once and run with ``key_params``, when building it would cost more than running it."""
+    keys = sa.bindparam("dp_keys", expanding=True)
+    if len(columns) == 1:
+        return table.c[columns[0]].in_(keys)
+    tup = sa.tuple_(*[table.c[c] for c in columns]).in_(keys)
+    if not seek_lead:
+        return tup
+    return sa.and_(table.c[columns[0]].in_(sa.bindparam("dp_lead", expanding=True)), tup)
+
+
+def key_params(columns: list[str], values: list[Any], seek_lead: bool = False) -> dict[str, list[Any]]:
+    """The parameters of ``key_clause_bound`` for one batch of ``values`` from ``key_batches``."""
+    if len(columns) == 1 or not seek_lead:
+        return {"dp_keys": values}
+    return {"dp_keys": values, "dp_lead": list(dict.fromkeys(v[0] for v in values))}
 
 
 @contextmanager
@@ -216,9 +238,20 @@ def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx
 
 def fetch_frame(conn: sa.Connection, stmt: sa.Executable, columns: list[str]) -> pd.DataFrame:
     """Execute ``stmt`` and return its rows as a frame with ``columns``."""
-    rows = conn.execute(stmt).fetchall()
+    return rows_frame(conn.execute(stmt).fetchall(), columns)
+
+
+_NO_ROWS: dict[tuple[str, ...], pd.DataFrame] = {}
+
+
+def rows_frame(rows: Sequence[Sequence[Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows of a result as a frame with ``columns`` (``fetch_frame``'s). No rows: object columns, copied
+    from a frame built once per list of columns (a copy costs a tenth of building it)."""
     if not rows:
-        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+        empty = _NO_ROWS.get(tuple(columns))
+        if empty is None:
+            empty = _NO_ROWS[tuple(columns)] = pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+        return empty.copy()
     # Column-wise construction: pandas' row-wise paths probe each Row's attributes (slow for SQLAlchemy Rows).
     # A dict of lists: the same dtypes as one Series per column, at half the cost for small results.
     cols = list(zip(*rows, strict=True))
