@@ -35,6 +35,10 @@ def _frame(idx: IndexDF | LazyKeys | None) -> IndexDF | None:
     return idx.frame() if isinstance(idx, LazyKeys) else idx
 
 
+def _part(idx: IndexDF | LazyKeys) -> IndexDF:
+    return idx.frame() if isinstance(idx, LazyKeys) else idx
+
+
 class ChangeList:
     """Keys of rows changed per table, fed to ``run_steps_changelist``.
 
@@ -81,7 +85,7 @@ class ChangeList:
                 self.append(name, part)
 
     def _get(self, table_name: str) -> IndexDF:
-        parts = [_frame(p) for p in self._parts.get(table_name, [])]
+        parts = [_part(p) for p in self._parts.get(table_name, [])]
         merged = _frame(self._merged.get(table_name))
         if parts:
             frames = [merged] if merged is not None and len(merged) else []
@@ -106,7 +110,7 @@ class ChangeList:
         merged = _frame(self._merged.get(table_name))
         frames = [merged] if merged is not None and len(merged) else []
         seen = pd.DataFrame()
-        for part in map(_frame, self._parts[table_name]):
+        for part in map(_part, self._parts[table_name]):
             frames.append(part if not frames else part[list(frames[0].columns)])
             seen = pd.concat(frames, ignore_index=True).drop_duplicates()
             frames = [seen]

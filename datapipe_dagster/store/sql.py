@@ -75,7 +75,7 @@ def key_clause_bound(
 ) -> sa.ColumnElement[bool]:
     """``key_clause`` with its values left to expanding bind parameters (the same SQL): a statement built
     once and run with ``key_params``, when building it would cost more than running it."""
-    keys = sa.bindparam("dp_keys", expanding=True)
+    keys: sa.BindParameter[Any] = sa.bindparam("dp_keys", expanding=True)
     if len(columns) == 1:
         return table.c[columns[0]].in_(keys)
     tup = sa.tuple_(*[table.c[c] for c in columns]).in_(keys)
