@@ -31,10 +31,6 @@ class LazyKeys:
         return self._frame
 
 
-def _frame(idx: IndexDF | LazyKeys | None) -> IndexDF | None:
-    return idx.frame() if isinstance(idx, LazyKeys) else idx
-
-
 def _part(idx: IndexDF | LazyKeys) -> IndexDF:
     return idx.frame() if isinstance(idx, LazyKeys) else idx
 
@@ -84,9 +80,13 @@ class ChangeList:
             for part in parts:
                 self.append(name, part)
 
+    def _merged_frame(self, table_name: str) -> IndexDF | None:
+        m = self._merged.get(table_name)
+        return None if m is None else _part(m)
+
     def _get(self, table_name: str) -> IndexDF:
         parts = [_part(p) for p in self._parts.get(table_name, [])]
-        merged = _frame(self._merged.get(table_name))
+        merged = self._merged_frame(table_name)
         if parts:
             frames = [merged] if merged is not None and len(merged) else []
             cols = list(parts[0].columns) if not frames else list(frames[0].columns)
@@ -107,7 +107,7 @@ class ChangeList:
         the whole key set of a full run."""
         if table_name not in self._parts:
             return None
-        merged = _frame(self._merged.get(table_name))
+        merged = self._merged_frame(table_name)
         frames = [merged] if merged is not None and len(merged) else []
         seen = pd.DataFrame()
         for part in map(_part, self._parts[table_name]):

@@ -21,7 +21,7 @@ from datapipe_dagster.store.paged import fetch_frame_paged
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.sql import (
     UNNEST_MIN_KEYS,
-    _distinct_keys,
+    distinct_keys,
     fetch_by_keys,
     fetch_frame,
     key_clause_bound,
@@ -268,7 +268,7 @@ class TransformMetaTable:
         A commit computed from inputs as of ``seq`` must leave those keys alone: their outputs and state
         already reflect newer inputs (another processor got there first).
         """
-        values = _distinct_keys(keys, self.keys) if len(keys) <= UNNEST_MIN_KEYS else []
+        values = distinct_keys(keys, self.keys) if len(keys) <= UNNEST_MIN_KEYS else []
         if values:  # a few keys (one changed key): the statement built once, the same SQL as below
             seek = conn.dialect.name == "sqlite"
             stmt = self.statements.get(("newer_than", seek))

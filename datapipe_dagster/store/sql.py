@@ -33,7 +33,7 @@ planner scan a 100,000-row metadata table (13 ms) and 500 two-column keys planne
 branches (10 ms to plan); the ``unnest`` semi-join looks each key up in the index."""
 
 
-def _distinct_keys(idx: pd.DataFrame, columns: list[str]) -> list[Any]:
+def distinct_keys(idx: pd.DataFrame, columns: list[str]) -> list[Any]:
     """The distinct keys of ``idx`` as plain Python values (scalars for one column, tuples for several),
     in first-seen order (de-duplicated in Python: pandas' ``drop_duplicates`` costs ~0.5 ms even for one row)."""
     if len(columns) == 1:
@@ -43,7 +43,7 @@ def _distinct_keys(idx: pd.DataFrame, columns: list[str]) -> list[Any]:
 
 def key_batches(idx: pd.DataFrame, columns: list[str], max_params: int = MAX_PARAMS) -> Iterator[list[Any]]:
     """Yield lists of key values (scalars for one column, tuples for several), each a bounded IN list."""
-    yield from _batched(_distinct_keys(idx, columns), columns, max_params)
+    yield from _batched(distinct_keys(idx, columns), columns, max_params)
 
 
 def _batched(values: list[Any], columns: list[str], max_params: int = MAX_PARAMS) -> Iterator[list[Any]]:
@@ -67,7 +67,6 @@ def key_clause(
         return sa.tuple_(*[table.c[c] for c in columns]).in_(values)
     lead = list(dict.fromkeys(v[0] for v in values))
     return sa.and_(table.c[columns[0]].in_(lead), sa.tuple_(*[table.c[c] for c in columns]).in_(values))
-
 
 
 def key_clause_bound(
@@ -175,7 +174,7 @@ def fetch_by_keys(
     # Up to SMALL_KEYS keys (a commit's chunk, one changed key): IN lists, de-duplicated in Python.
     keys = columns_of(idx, columns) if len(idx) <= SMALL_KEYS else idx[columns].drop_duplicates()
     if len(keys) <= SMALL_KEYS and not (pg and len(keys) > UNNEST_MIN_KEYS):
-        values = _distinct_keys(keys, columns)
+        values = distinct_keys(keys, columns)
         if not values:
             return fetch_frame(conn, base.where(sa.false()), out_columns)
         seek = conn.dialect.name == "sqlite"
@@ -211,7 +210,7 @@ def fetch_rows_by_keys(
     a caller of a few rows can order and shape them in Python."""
     if len(idx) > SMALL_KEYS:
         return None
-    values = _distinct_keys(idx, columns)
+    values = distinct_keys(idx, columns)
     pg = conn.dialect.name == "postgresql"
     if len(values) > (MAX_PARAMS if len(columns) == 1 else MAX_TUPLES) or (pg and len(values) > UNNEST_MIN_KEYS):
         return None
