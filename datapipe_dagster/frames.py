@@ -80,6 +80,25 @@ def first_duplicate(df: pd.DataFrame, cols: list[str]) -> int | None:
     return int(np.flatnonzero(dup)[0]) if dup.any() else None
 
 
+def key_order(df: pd.DataFrame, cols: list[str]) -> np.ndarray | None:
+    """The positions that put the rows of ``df`` in ascending order of ``cols`` (ties keep frame order),
+    or None when the rows already are in that order. Arrow-backed columns are sorted by pyarrow (about 3x
+    pandas' multi-column sort on strings); others by pandas."""
+    if len(df) < 2:
+        return None
+    arrays = [df[c].array for c in cols]
+    if all(isinstance(a.dtype, pd.ArrowDtype) or getattr(a.dtype, "storage", None) == "pyarrow" for a in arrays):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = pa.table({str(i): pa.array(a) for i, a in enumerate(arrays)})
+        order = pc.sort_indices(table, sort_keys=[(str(i), "ascending") for i in range(len(cols))]).to_numpy()
+    else:
+        order = df[cols].reset_index(drop=True).sort_values(cols, kind="stable").index.to_numpy()
+    order = np.asarray(order, dtype=np.int64)
+    return None if bool((order[1:] > order[:-1]).all()) else order
+
+
 def anti_join(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """The rows of ``left`` (all its columns, index reset) whose ``keys`` do not occur in ``right``."""
     return left.loc[~has_key(left, right, keys)].reset_index(drop=True)

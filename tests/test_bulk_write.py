@@ -207,6 +207,30 @@ def test_a_known_key_the_probe_misses_still_falls_back(dbconn, monkeypatch) -> N
     assert_same(*out)
 
 
+def physical_keys(dbconn: DBConn, t: sa.Table) -> list[tuple]:
+    """The key columns of ``t``'s rows in the order they lie in the table (SQLite rowid, PostgreSQL ctid)."""
+    place = sa.literal_column("rowid" if dbconn.backend == "sqlite" else "ctid")
+    with dbconn.engine.connect() as c:
+        return [tuple(r) for r in c.execute(sa.select(t.c.user_id, t.c.event_id).order_by(place))]
+
+
+@pytest.mark.parametrize("path", ["bulk", "general"])
+def test_many_new_rows_are_inserted_in_key_order_and_numbered_in_frame_order(dbconn, monkeypatch, path) -> None:
+    """Data and metadata rows of a large insert lie in key order (each index page taken once, not once per
+    row), while their sequence numbers, what the engine reads, follow the frame."""
+    monkeypatch.setattr(bulk_write, "BULK_MIN_ROWS", BULK_MIN_ROWS if path == "bulk" else 10**9)
+    frame = rows(range(N)).sample(frac=1, random_state=3).reset_index(drop=True)
+    dt = table(dbconn, path)
+    dt.store_chunk(frame, now=NOW)
+    by_key = sorted(zip(frame["user_id"], frame["event_id"], strict=True))
+    assert physical_keys(dbconn, dt.store.data_table) == by_key
+    assert physical_keys(dbconn, dt.meta.table) == by_key
+    _, meta = state(dt)
+    seq = dict(zip(zip(meta["user_id"], meta["event_id"], strict=True), meta["seq"], strict=True))
+    assert [seq[k] for k in zip(frame["user_id"], frame["event_id"], strict=True)] == list(range(N))
+    pd.testing.assert_frame_equal(dt.get_data(), frame[dt.get_data().columns], check_dtype=False)
+
+
 def test_data_written_outside_the_library_falls_back_to_an_upsert(dbconn) -> None:
     dt = table(dbconn, "outside")
     dt.ensure_ready()

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.frames import anti_join
+from datapipe_dagster.frames import anti_join, key_order
 from datapipe_dagster.store.dbconn import UNIQUE_VIOLATIONS
 from datapipe_dagster.store.sql import key_batches, key_clause
 
@@ -82,20 +82,25 @@ def insert_all_new(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, now: f
     assert w._sql is not None
     if some_key_known(w, conn, df[w.primary_keys]):
         return None
-    texts: dict[str, list[str | None]] = {}
-    streamed = _streams(w, conn)
-    hashes = None if streamed else w._hash(df, texts)
     pks = w.primary_keys
     n = len(df)
+    # The rows go in in key order, as ``insert_plain`` puts them (``in_key_order``), but numbered in frame
+    # order: sorted here, so the texts the streamed COPY encodes line up with the rows they hash.
+    order = key_order(df, pks)
+    rows = df if order is None else df.iloc[order]
+    texts: dict[str, list[str | None]] = {}
+    streamed = _streams(w, conn)
+    hashes = None if streamed else w._hash(rows, texts)
     try:
         with conn.begin_nested():
             first = w.ds.seq.allocate(conn, n + len(gone))
             if hashes is None:
-                hashes = _insert_then_hash(w, conn, df, texts)
+                hashes = _insert_then_hash(w, conn, rows, texts)
             else:
-                encoded = pd.DataFrame(texts, index=df.index, dtype=object) if texts else None
-                w._sql.dbconn.insert_plain(conn, w._sql.table, df, encoded)
-            w.ds.meta_dbconn.insert_plain(conn, w.meta.table, _meta_frame(df[pks], hashes, first, now))
+                encoded = pd.DataFrame(texts, index=rows.index, dtype=object) if texts else None
+                w._sql.dbconn.insert_plain(conn, w._sql.table, rows, encoded, ordered=True)
+            seqs = first + (np.arange(n, dtype=np.int64) if order is None else order)
+            w.ds.meta_dbconn.insert_plain(conn, w.meta.table, _meta_frame(rows[pks], hashes, seqs, now), ordered=True)
     except UNIQUE_VIOLATIONS:
         return None
     if len(gone):
@@ -143,14 +148,15 @@ def _insert_then_hash(w: TableWriter, conn: sa.Connection, df: pd.DataFrame, tex
     return w._hash(df, texts)
 
 
-def _meta_frame(keys: pd.DataFrame, hashes: np.ndarray, first: int, now: float) -> pd.DataFrame:
-    """The metadata rows the general path writes for new keys (``TableWriter._write_rows``)."""
+def _meta_frame(keys: pd.DataFrame, hashes: np.ndarray, seqs: np.ndarray, now: float) -> pd.DataFrame:
+    """The metadata rows the general path writes for new keys (``TableWriter._write_rows``), the keys'
+    sequence numbers given (in frame order, whatever order the rows are inserted in)."""
     meta = keys.copy()
     meta["hash"] = hashes
     meta["create_ts"] = np.full(len(keys), now)
     meta["update_ts"] = now
     meta["delete_ts"] = None
-    meta["seq"] = np.arange(first, first + len(keys), dtype=np.int64)
+    meta["seq"] = seqs
     return meta
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from datapipe_dagster.errors import ConfigurationError, LockTimeoutError, StorageFullError
-from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, Encode, copy_frame, executemany_frame
+from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, Encode, copy_frame, executemany_frame, in_key_order
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.rowhash import json_encoder
 from datapipe_dagster.store.sql import UNNEST_MIN_KEYS, delete_by_keys, pg_unnest_upsert
@@ -313,13 +313,24 @@ class DBConn:
             self.upsert(conn, table, to_records(df), keys)
 
     def insert_plain(
-        self, conn: sa.Connection, table: sa.Table, df: pd.DataFrame, encoded: pd.DataFrame | None = None, encode: Encode | None = None
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        df: pd.DataFrame,
+        encoded: pd.DataFrame | None = None,
+        encode: Encode | None = None,
+        ordered: bool = False,
     ) -> None:
         """A plain INSERT (COPY on PostgreSQL for many rows) that fails on a known key: one of
         ``UNIQUE_VIOLATIONS`` is raised, and the caller's transaction must be rolled back to a savepoint.
+        Many rows go in in primary-key order (``in_key_order``); with ``ordered``, in the order given (the
+        caller sorted them).
 
         ``encode``: instead of ``encoded``, a function giving the JSON texts of some rows (``copy_frame``),
-        called on each batch COPY sends, else once on all the rows."""
+        called on each batch COPY sends, else once on all the rows; the rows are then sent in the order
+        given (the caller keeps the texts in that order), so a caller wanting key order sorts them first."""
+        if not ordered and encode is None and len(df) >= COPY_MIN_ROWS:
+            df, encoded = in_key_order(table, df, encoded)
         if self.backend == "postgresql" and len(df) >= COPY_MIN_ROWS and copy_frame(conn, table, df, encoded, encode):
             return
         if encode is not None:
