@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.compute.chunk_commit import CommittingStep
 from datapipe_dagster.compute.datatable import DataTable
+from datapipe_dagster.compute.key_scan import KeyScan
 from datapipe_dagster.compute.result import OutputStats, StepResult
 from datapipe_dagster.errors import ConfigurationError, DatabaseError, SchemaError
 from datapipe_dagster.frames import all_called, anti_join, columns_of, has_key, plain, unique_keys
@@ -52,6 +53,8 @@ class ChunkRunner(CommittingStep):
     """A full run of one chunk: its key count and the watermarks its commit raises (``run_full``)."""
     _held_read: sa.Connection | None = None
     """A full run of one chunk: the stale query's read connection, where ``_read_chunk`` reads its inputs."""
+    _scanned: tuple[int, pd.DataFrame] | None = None
+    """The next chunk's keyed input, read by a ``KeyScan``, and the write sequence it is current to."""
 
     def run_full(self) -> StepResult:
         if self.keyless:
@@ -121,10 +124,23 @@ class ChunkRunner(CommittingStep):
         return result
 
     def _process_chunks(self, keys: pd.DataFrame, size: int, result: StepResult, whole: WholeInputs) -> None:
+        scan = KeyScan.open(self, keys) if self._held_read is None else None
+        if scan is not None:  # many keys: their input read in one ordered scan (``compute.key_scan``)
+            with scan:
+                for chunk, read_seq, rows in scan.chunks(size):
+                    self._scanned = (read_seq, rows)
+                    try:
+                        self._process_chunk(chunk, result, whole)
+                    finally:
+                        self._scanned = None
+            keys = scan.rest
         for start in range(0, len(keys), size):
             self._process_chunk(keys.iloc[start : start + size].reset_index(drop=True), result, whole)
 
-    def _read_inputs(self, conn: sa.Connection, keys: pd.DataFrame, whole: WholeInputs, seq: int) -> list[pd.DataFrame]:
+    def _read_inputs(
+        self, conn: sa.Connection, keys: pd.DataFrame, whole: WholeInputs, seq: int, scanned: pd.DataFrame | None = None
+    ) -> list[pd.DataFrame]:
+        """Each input's rows for the chunk ``keys``; ``scanned``: the one keyed input's, read already."""
         dfs = []
         for role in self.roles:
             if self.keyless or role.kind == "keyless":
@@ -138,7 +154,7 @@ class ChunkRunner(CommittingStep):
                     if role.kind in ("partial", "factor")
                     else columns_of(keys, role.shared)
                 )
-                dfs.append(role.dt.read(conn, role.to_table_names(part)))
+                dfs.append(scanned if scanned is not None else role.dt.read(conn, role.to_table_names(part)))
         return dfs
 
     def context_args(self, names: set[str], keys: pd.DataFrame, context: Any = None) -> dict[str, Any]:
@@ -234,9 +250,10 @@ class ChunkRunner(CommittingStep):
         """The chunk's inputs and the write sequence they are current to (read before them, so every row
         at or below it is among them)."""
         held, self._held_read = self._held_read, None
+        scanned, self._scanned = self._scanned, None  # a split or retried chunk reads by key
         with held if held is not None else self.ds.meta_dbconn.connect() as rconn:
-            read_seq = self.ds.seq.current(rconn)
-            dfs = self._read_inputs(rconn, keys, whole, read_seq)
+            read_seq = self.ds.seq.current(rconn) if scanned is None else scanned[0]
+            dfs = self._read_inputs(rconn, keys, whole, read_seq, None if scanned is None else scanned[1])
         if whole.seq is not None:
             # Inputs passed whole were read once for the run: the keys saw them as of that read.
             read_seq = min(read_seq, whole.seq)

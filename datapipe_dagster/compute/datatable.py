@@ -143,31 +143,52 @@ class DataTable(TableWriter):
         data = data.sort_values("seq", kind="stable", na_position="last").drop(columns=["seq"])
         return data.reset_index(drop=True)
 
+    def _joined(self) -> tuple[sa.Select, sa.Table, sa.Table]:
+        """The live rows (data joined to metadata, JSON as text, then ``seq``), the data and metadata tables."""
+        from datapipe_dagster.store.records import json_text_columns
+
+        assert self._sql is not None
+        d, m = self._sql.table, self.meta.table
+        on = sa.and_(*[d.c[k] == m.c[k] for k in self.primary_keys])
+        cols = [c.name for c in self.table_store.get_schema()]
+        return sa.select(*json_text_columns(d, cols), m.c.seq).select_from(d.join(m, on)), d, m
+
+    def scan_statement(self, columns: list[str]) -> sa.Select:
+        """Every live row ordered by ``columns`` (key columns), then in write order, as ``shape_read`` takes
+        them (``compute.key_scan``)."""
+        base, d, m = self._joined()
+        return base.order_by(*[d.c[c] for c in columns], m.c.seq)
+
+    def shape_read(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Rows selected by ``_joined`` (object columns and ``seq``, in any order) as ``read`` returns them:
+        in write order, JSON parsed, the declared types."""
+        from datapipe_dagster.store.records import conform_types, decode_json_texts
+
+        schema = self.table_store.get_schema()
+        if len(df) > 1:
+            df = df.sort_values("seq", kind="stable")
+        df = df.drop(columns=["seq"]).reset_index(drop=True)
+        return conform_types(decode_json_texts(df, schema), schema)
+
     def _read_joined(self, conn: sa.Connection, d: sa.Table, idx: pd.DataFrame | None) -> pd.DataFrame:
-        from datapipe_dagster.store.records import conform_types, decode_json_texts, json_text_columns
+        from datapipe_dagster.store.records import conform_types, decode_json_texts
 
         store = self.table_store
         m = self.meta.table
         cols = [c.name for c in store.get_schema()]
-        on = sa.and_(*[d.c[k] == m.c[k] for k in self.primary_keys])
-        base = sa.select(*json_text_columns(d, cols), m.c.seq).select_from(d.join(m, on))
+        base = self._joined()[0]
         if idx is None:
-            df = fetch_frame(conn, base.order_by(m.c.seq), cols + ["seq"])
-        else:
-            sub = [c for c in idx.columns if c in self.primary_keys]
-            # The keys filter the metadata too, not only the data (see ``fetch_by_keys``).
-            rows = fetch_rows_by_keys(conn, base, d, sub, idx, also=(m,))
-            if rows is not None:
-                # Ordered and shaped in Python: the same frame as the pandas steps below, at a fraction
-                # of their cost for the few rows of one changed key.
-                rows.sort(key=lambda r: r[-1])
-                data = {c: [r[i] for r in rows] if rows else pd.Series([], dtype=object) for i, c in enumerate(cols)}
-                return conform_types(decode_json_texts(pd.DataFrame(data), store.get_schema()), store.get_schema())
-            df = fetch_by_keys(conn, base, d, sub, idx, cols + ["seq"], also=(m,))
-            if len(df) > 1:
-                df = df.sort_values("seq", kind="stable")
-        df = df.drop(columns=["seq"]).reset_index(drop=True)
-        return conform_types(decode_json_texts(df, store.get_schema()), store.get_schema())
+            return self.shape_read(fetch_frame(conn, base.order_by(m.c.seq), cols + ["seq"]))
+        sub = [c for c in idx.columns if c in self.primary_keys]
+        # The keys filter the metadata too, not only the data (see ``fetch_by_keys``).
+        rows = fetch_rows_by_keys(conn, base, d, sub, idx, also=(m,))
+        if rows is not None:
+            # Ordered and shaped in Python: the same frame as the pandas steps below, at a fraction
+            # of their cost for the few rows of one changed key.
+            rows.sort(key=lambda r: r[-1])
+            data = {c: [r[i] for r in rows] if rows else pd.Series([], dtype=object) for i, c in enumerate(cols)}
+            return conform_types(decode_json_texts(pd.DataFrame(data), store.get_schema()), store.get_schema())
+        return self.shape_read(fetch_by_keys(conn, base, d, sub, idx, cols + ["seq"], also=(m,)))
 
     def get_metadata(self, idx: pd.DataFrame | None = None, include_deleted: bool = False) -> pd.DataFrame:
         """Row metadata, ordered by ``seq`` (last write last).

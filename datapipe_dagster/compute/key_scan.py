@@ -1,0 +1,130 @@
+"""A large run's input read in one ordered scan instead of chunk by chunk (issue 11: a first run near a
+naive recompute).
+
+Read by key, each chunk of a run costs an index probe and a page of the data table and one of its
+metadata per input row: a first run over 1M events read about 2M scattered pages where a recompute
+reads the table once, in order. So when a run covers many keys (``SCAN_MIN_KEYS``, and at least
+``SCAN_SHARE`` of the keys the transform has processed before) of a step with one keyed input, a SQL
+table of the metadata's database, that input is read in one statement ordered by the transform keys
+and then by write order. Its rows are cut into chunks of whole keys as they stream in, and each chunk
+is the frame a keyed read of the same keys returns (its rows in write order, the same types).
+
+Why a chunk sees what a keyed read would: the scan reads the write sequence first, then starts its one
+statement, so every row numbered up to that value is in it, as a keyed read sees every row up to the
+value it reads first; the chunks' commits record that value. A key is processed once its last row has
+arrived (the next key's first row, or the end). Keys no row holds (inputs deleted, outputs left over)
+and, should the database ever order a key's rows apart, a key met again after its chunk are left in
+``rest``, for the caller to process with keyed reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from datapipe_dagster.frames import key_positions
+
+if TYPE_CHECKING:
+    from datapipe_dagster.compute.chunk_runner import ChunkRunner
+    from datapipe_dagster.compute.stale import InputRole
+
+SCAN_MIN_KEYS = 10_000
+"""Fewer keys are read by key: their rows are a few pages, a scan reads the whole table."""
+
+SCAN_SHARE = 0.5
+"""The least share of the transform's processed keys a run must cover to scan (a scan reads every row;
+keyed reads cost a random page or two per row)."""
+
+SCAN_BATCH_ROWS = 20_000
+"""Rows fetched from the scan's cursor at a time."""
+
+
+class KeyScan:
+    """One keyed input's rows, ordered by the transform keys, cut into chunks of whole keys."""
+
+    def __init__(self, step: ChunkRunner, role: InputRole, keys: pd.DataFrame):
+        self.step = step
+        self.role = role
+        self.keys = keys.reset_index(drop=True)
+        self.rest = self.keys.iloc[0:0]
+        self._conn: sa.Connection | None = None
+
+    @classmethod
+    def open(cls, step: ChunkRunner, keys: pd.DataFrame) -> KeyScan | None:
+        """A scan of ``keys``' input for ``step``, or None when keyed reads serve better or must be used."""
+        if len(keys) < SCAN_MIN_KEYS or step.keyless or step.cross:
+            return None
+        keyed = [r for r in step.roles if r.kind != "keyless"]
+        if len(keyed) != 1 or keyed[0].kind != "full" or keyed[0].dt._sql is None or set(keyed[0].shared) != set(keys.columns):
+            return None
+        if step.ds.meta_dbconn.backend == "sqlite" and step.ds.meta_dbconn.database in (None, "", ":memory:"):
+            return None  # one shared connection: the scan's cursor and the commits would interleave on it
+        with step.ds.meta_dbconn.connect() as conn:
+            t = step.meta.table
+            known = int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+        if len(keys) < SCAN_SHARE * known:
+            return None
+        return cls(step, keyed[0], keys)
+
+    def __enter__(self) -> KeyScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def chunks(self, size: int) -> Iterator[tuple[pd.DataFrame, int, pd.DataFrame]]:
+        """(keys, the write sequence read before the scan, the input's rows for them) per chunk of up to
+        ``size`` keys, in the database's key order; afterwards ``rest`` holds the keys not yet processed."""
+        dt, role, pks = self.role.dt, self.role, list(self.keys.columns)
+        cols = [c.name for c in dt.table_store.get_schema()]
+        table_keys = [role.col(k) for k in pks]
+        self._conn = conn = self.step.ds.meta_dbconn.engine.connect()
+        read_seq = self.step.ds.seq.current(conn)
+        result = conn.execution_options(stream_results=True, yield_per=SCAN_BATCH_ROWS).execute(dt.scan_statement(table_keys))
+        wanted = pd.DataFrame({k: self.keys[k].astype(object) for k in pks})
+        opened = np.zeros(len(self.keys), dtype=bool)  # keys whose first row has arrived
+        done = np.zeros(len(self.keys), dtype=bool)  # keys handed out
+        again: set[int] = set()  # keys whose rows did not arrive together: processed again by key
+        pending: list[pd.DataFrame] = []
+        open_keys: list[int] = []  # positions in ``keys`` of the pending rows' keys, in arrival order
+        last = -1
+        for part in result.partitions():
+            batch = pd.DataFrame({c: list(v) for c, v in zip([*cols, "seq"], zip(*part, strict=True), strict=True)})
+            pos = key_positions(wanted, role.to_key_names(batch[table_keys]).astype(object), pks)
+            keep = pos >= 0  # rows of keys the run does not cover are skipped
+            batch, pos = (batch, pos) if keep.all() else (batch.loc[keep], pos[keep])
+            if not len(pos):
+                continue
+            starts = pos[np.flatnonzero(np.r_[pos[0] != last, pos[1:] != pos[:-1]])]
+            last = int(pos[-1])
+            apart = opened[starts] | pd.Series(starts).duplicated().to_numpy()
+            if apart.any():
+                again.update(starts[apart].tolist())
+                starts = starts[~apart]
+            opened[starts] = True
+            pending.append(batch.assign(_key=pos))
+            open_keys.extend(starts.tolist())
+            while len(open_keys) > size:  # the first ``size`` keys are complete: a later key has begun
+                yield self._chunk(pending, open_keys[:size], read_seq, done)
+                open_keys = open_keys[size:]
+        result.close()
+        if open_keys:
+            yield self._chunk(pending, open_keys, read_seq, done)
+        if again:
+            done[sorted(again)] = False
+        self.rest = self.keys.loc[~done].reset_index(drop=True)
+
+    def _chunk(self, pending: list[pd.DataFrame], chunk: list[int], read_seq: int, done: np.ndarray) -> tuple[pd.DataFrame, int, pd.DataFrame]:
+        """The rows of the keys ``chunk`` taken out of ``pending`` (what is left stays), shaped as a read."""
+        rows = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
+        mine = np.isin(rows["_key"].to_numpy(), chunk)
+        pending[:] = [rows.loc[~mine]] if not mine.all() else []
+        done[chunk] = True
+        data = rows.loc[mine].drop(columns=["_key"])
+        return self.keys.iloc[chunk].reset_index(drop=True), read_seq, self.role.dt.shape_read(data)
