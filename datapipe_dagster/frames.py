@@ -24,6 +24,28 @@ def _index(df: pd.DataFrame, keys: list[str]) -> pd.Index:
     return pd.Index(df[keys[0]]) if len(keys) == 1 else pd.MultiIndex.from_frame(df[keys])
 
 
+class KeyLookup:
+    """Positions of keys among the unique ``keys`` rows of ``table``, for many probes: the hash table is
+    built once (``key_positions`` builds one per call)."""
+
+    def __init__(self, table: pd.DataFrame, keys: list[str]):
+        self.keys = keys
+        self.index = pd.Index(table[keys[0]]) if len(keys) == 1 else None
+        # Several columns: a dict of key tuples (a MultiIndex probe costs ~20x more); primary keys have no
+        # missing values, so dict equality is the key's.
+        cols = zip(*[table[c].tolist() for c in keys], strict=True)
+        self.at = None if self.index is not None else {k: i for i, k in enumerate(cols)}
+
+    def positions(self, probe: pd.DataFrame) -> np.ndarray:
+        """For each row of ``probe``, the position of its key in ``table`` (or -1)."""
+        if self.index is not None:
+            return self.index.get_indexer(pd.Index(probe[self.keys[0]]))
+        assert self.at is not None
+        at = self.at
+        probes = zip(*[probe[c].tolist() for c in self.keys], strict=True)
+        return np.fromiter((at.get(k, -1) for k in probes), dtype=np.intp, count=len(probe))
+
+
 def key_positions(table: pd.DataFrame, probe: pd.DataFrame, keys: list[str]) -> np.ndarray:
     """For each row of ``probe``, the position of the row of ``table`` with the same ``keys`` (or -1).
     ``table``'s keys must be unique."""

@@ -201,3 +201,14 @@ def test_each_scanned_chunk_is_the_frame_a_keyed_read_returns(dbconn, monkeypatc
     assert sorted(u for keys, _ in got for u in keys["user_id"]) == sorted(f"u{u}" for u in range(USERS))
     for keys, frame in got:
         pd.testing.assert_frame_equal(frame, dts["events"].get_data(keys))
+
+
+def test_a_run_over_given_keys_reads_by_key(dbconn, monkeypatch) -> None:
+    """A partition's run (``process_keys``) never scans: each of 16 partitions would read the whole table."""
+    opened = scans(monkeypatch, True)
+    ds, dts, steps = setup(dbconn, "given")
+    dts["events"].store_chunk(events(range(USERS)))
+    res = steps[0].process_keys(pd.DataFrame({"user_id": [f"u{u}" for u in range(0, USERS, 2)]}), chunk_size=100)
+    assert opened == [] and res.keys_processed == len(range(0, USERS, 2))
+    assert run_steps(ds, steps).steps[0].keys_processed == USERS // 2
+    assert opened == [], "the rest (half the keys, a thousand keys or fewer: one chunk) read by key as well"

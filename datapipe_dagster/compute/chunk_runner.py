@@ -53,6 +53,8 @@ class ChunkRunner(CommittingStep):
     """A full run of one chunk: its key count and the watermarks its commit raises (``run_full``)."""
     _held_read: sa.Connection | None = None
     """A full run of one chunk: the stale query's read connection, where ``_read_chunk`` reads its inputs."""
+    _full_run: bool = False
+    """Within ``run_full``: the keys processed are every stale key (what ``KeyScan.open`` weighs)."""
     _scanned: tuple[int, pd.DataFrame] | None = None
     """The next chunk's keyed input, read by a ``KeyScan``, and the write sequence it is current to."""
 
@@ -81,9 +83,11 @@ class ChunkRunner(CommittingStep):
             self._held_read = read
         else:
             read.close()
+        self._full_run = True
         try:
             result = self.process_keys(stale)
         finally:
+            self._full_run = False
             raised, self._run_advance = one and self._run_advance is None, None
             held, self._held_read = self._held_read, None
             if held is not None:
@@ -124,7 +128,7 @@ class ChunkRunner(CommittingStep):
         return result
 
     def _process_chunks(self, keys: pd.DataFrame, size: int, result: StepResult, whole: WholeInputs) -> None:
-        scan = KeyScan.open(self, keys) if self._held_read is None else None
+        scan = KeyScan.open(self, keys) if self._full_run and self._held_read is None else None
         if scan is not None:  # many keys: their input read in one ordered scan (``compute.key_scan``)
             with scan:
                 for chunk, read_seq, rows in scan.chunks(size):

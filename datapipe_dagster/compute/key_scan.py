@@ -3,10 +3,11 @@ naive recompute).
 
 Read by key, each chunk of a run costs an index probe and a page of the data table and one of its
 metadata per input row: a first run over 1M events read about 2M scattered pages where a recompute
-reads the table once, in order. So when a run covers many keys (``SCAN_MIN_KEYS``, and at least
-``SCAN_SHARE`` of the keys the transform has processed before) of a step with one keyed input, a SQL
-table of the metadata's database, that input is read in one statement ordered by the transform keys
-and then by write order. Its rows are cut into chunks of whole keys as they stream in, and each chunk
+reads the table once, in order. So when a full run (``run_full``: its keys are every stale key) covers
+many keys (``SCAN_MIN_KEYS``, and at least ``SCAN_SHARE`` of the keys the transform has processed
+before) of a step with one keyed input, a SQL table of the metadata's database, that input is read in
+one statement ordered by the transform keys and then by write order. A run over given keys (a
+partition's, a reparse) reads by key: it would scan the whole table for a part of it. Its rows are cut into chunks of whole keys as they stream in, and each chunk
 is the frame a keyed read of the same keys returns (its rows in write order, the same types).
 
 Why a chunk sees what a keyed read would: the scan reads the write sequence first, then starts its one
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from datapipe_dagster.frames import key_positions
+from datapipe_dagster.frames import KeyLookup
 
 if TYPE_CHECKING:
     from datapipe_dagster.compute.chunk_runner import ChunkRunner
@@ -87,7 +88,7 @@ class KeyScan:
         self._conn = conn = self.step.ds.meta_dbconn.engine.connect()
         read_seq = self.step.ds.seq.current(conn)
         result = conn.execution_options(stream_results=True, yield_per=SCAN_BATCH_ROWS).execute(dt.scan_statement(table_keys))
-        wanted = pd.DataFrame({k: self.keys[k].astype(object) for k in pks})
+        wanted = KeyLookup(pd.DataFrame({k: self.keys[k].astype(object) for k in pks}), pks)
         opened = np.zeros(len(self.keys), dtype=bool)  # keys whose first row has arrived
         done = np.zeros(len(self.keys), dtype=bool)  # keys handed out
         again: set[int] = set()  # keys whose rows did not arrive together: processed again by key
@@ -96,7 +97,7 @@ class KeyScan:
         last = -1
         for part in result.partitions():
             batch = pd.DataFrame({c: list(v) for c, v in zip([*cols, "seq"], zip(*part, strict=True), strict=True)})
-            pos = key_positions(wanted, role.to_key_names(batch[table_keys]).astype(object), pks)
+            pos = wanted.positions(role.to_key_names(batch[table_keys]).astype(object))
             keep = pos >= 0  # rows of keys the run does not cover are skipped
             batch, pos = (batch, pos) if keep.all() else (batch.loc[keep], pos[keep])
             if not len(pos):
