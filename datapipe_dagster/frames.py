@@ -25,25 +25,48 @@ def _index(df: pd.DataFrame, keys: list[str]) -> pd.Index:
 
 
 class KeyLookup:
-    """Positions of keys among the unique ``keys`` rows of ``table``, for many probes: the hash table is
-    built once (``key_positions`` builds one per call)."""
+    """Positions of keys among the unique ``keys`` rows of ``table``, for many probes (``compute.key_scan``
+    matches a whole table's rows against a run's keys, 20,000 rows at a time).
+
+    The table's keys are held as one 64-bit hash each (of the values as Python objects, so a typed column
+    and the driver's values hash alike), sorted, and found by binary search: 16 bytes a key, where an
+    index of the values themselves took about 140 MB for 1M string keys. A hash match is confirmed against
+    the key's values, and tables whose keys' hashes collide are looked up by value.
+    """
+
+    _STEP = 100_000
 
     def __init__(self, table: pd.DataFrame, keys: list[str]):
         self.keys = keys
-        self.index = pd.Index(table[keys[0]]) if len(keys) == 1 else None
-        # Several columns: a dict of key tuples (a MultiIndex probe costs ~20x more); primary keys have no
-        # missing values, so dict equality is the key's.
-        cols = zip(*[table[c].tolist() for c in keys], strict=True)
-        self.at = None if self.index is not None else {k: i for i, k in enumerate(cols)}
+        self.table = table[keys].reset_index(drop=True)
+        parts = [_object_hashes(self.table.iloc[i : i + self._STEP], keys) for i in range(0, len(table), self._STEP)]
+        hashes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted = hashes[self.order]
+        collide = bool((self.sorted[1:] == self.sorted[:-1]).any())
+        self.exact = _index(self.table.astype(object), keys) if collide else None
 
     def positions(self, probe: pd.DataFrame) -> np.ndarray:
         """For each row of ``probe``, the position of its key in ``table`` (or -1)."""
-        if self.index is not None:
-            return self.index.get_indexer(pd.Index(probe[self.keys[0]]))
-        assert self.at is not None
-        at = self.at
-        probes = zip(*[probe[c].tolist() for c in self.keys], strict=True)
-        return np.fromiter((at.get(k, -1) for k in probes), dtype=np.intp, count=len(probe))
+        if self.exact is not None:
+            return self.exact.get_indexer(_index(probe[self.keys].astype(object), self.keys))
+        if not len(self.sorted):
+            return np.full(len(probe), -1, dtype=np.intp)
+        wanted = _object_hashes(probe, self.keys)
+        at = np.minimum(np.searchsorted(self.sorted, wanted), len(self.sorted) - 1)
+        pos = np.where(self.sorted[at] == wanted, self.order[at], -1).astype(np.intp)
+        found = np.flatnonzero(pos >= 0)
+        for k in self.keys:  # a hash match is a key match only if the values are equal
+            mine = self.table[k].iloc[pos[found]].astype(object).to_numpy()
+            theirs = probe[k].iloc[found].astype(object).to_numpy()
+            differ = mine != theirs
+            if differ.any():
+                pos[found[differ]] = -1
+        return pos
+
+
+def _object_hashes(df: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    return pd.util.hash_pandas_object(df[keys].astype(object), index=False, categorize=False).to_numpy()
 
 
 def key_positions(table: pd.DataFrame, probe: pd.DataFrame, keys: list[str]) -> np.ndarray:

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -212,3 +213,38 @@ def test_a_run_over_given_keys_reads_by_key(dbconn, monkeypatch) -> None:
     assert opened == [] and res.keys_processed == len(range(0, USERS, 2))
     assert run_steps(ds, steps).steps[0].keys_processed == USERS // 2
     assert opened == [], "the rest (half the keys, a thousand keys or fewer: one chunk) read by key as well"
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        pd.DataFrame({"k": pd.array(["a", "bb", "é", "d"], dtype="string")}),
+        pd.DataFrame({"k": pd.array([3, 1, 2, 10], dtype="int64")}),
+        pd.DataFrame({"k": ["x", "x", "y", "z"], "n": [1, 2, 1, 1]}),
+    ],
+)
+def test_key_lookup_finds_keys_as_the_driver_returns_them(table: pd.DataFrame, monkeypatch) -> None:
+    from datapipe_dagster import frames
+    from datapipe_dagster.frames import KeyLookup, key_positions
+
+    keys = list(table.columns)
+    probe = pd.concat([table.iloc[::-1], table.iloc[[0]]], ignore_index=True).astype(object)  # the driver's values
+    probe.loc[len(probe)] = ["nope" if table[k].dtype != "int64" else 99 for k in keys]
+    want = key_positions(table.astype(object), probe, keys)
+    assert (want[:-1] >= 0).all() and want[-1] == -1
+    assert KeyLookup(table, keys).positions(probe).tolist() == want.tolist()
+    # Hashes that collide within the table: looked up by value.
+    monkeypatch.setattr(frames, "_object_hashes", lambda df, keys: np.zeros(len(df), dtype=np.uint64))
+    lookup = KeyLookup(table, keys)
+    assert lookup.exact is not None and lookup.positions(probe).tolist() == want.tolist()
+
+
+def test_key_lookup_confirms_a_hash_match_by_value(monkeypatch) -> None:
+    from datapipe_dagster import frames
+    from datapipe_dagster.frames import KeyLookup
+
+    # A hash that only sees a string's length: "zz" hashes as "bb" does, and is not "bb".
+    monkeypatch.setattr(frames, "_object_hashes", lambda df, keys: df[keys[0]].astype(str).str.len().to_numpy().astype(np.uint64))
+    lookup = KeyLookup(pd.DataFrame({"k": ["a", "bb", "ccc"]}), ["k"])
+    assert lookup.exact is None
+    assert lookup.positions(pd.DataFrame({"k": ["zz", "bb", "ccc", "dddd"]})).tolist() == [-1, 1, 2, -1]
