@@ -24,9 +24,10 @@ USERS = 1300
 
 def scans(monkeypatch: pytest.MonkeyPatch, on: bool, batch_rows: int = 97) -> list[int]:
     """Turn the scan on (any run of 10 keys or more, rows fetched ``batch_rows`` at a time, so a key's rows
-    span batches) or off; returns a list that gets the number of keys of each scan."""
+    span batches and SQLite's segments) or off; returns a list that gets the number of keys of each scan."""
     monkeypatch.setattr(key_scan, "SCAN_MIN_KEYS", 10 if on else 10**12)
     monkeypatch.setattr(key_scan, "SCAN_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(key_scan, "SEGMENT_ROWS", batch_rows)  # SQLite: statements of this many rows
     opened: list[int] = []
     orig = KeyScan.__init__
 
@@ -109,7 +110,8 @@ def test_rows_of_a_key_met_apart_are_processed_again_by_key(dbconn, monkeypatch)
     keyed = history("keyed", dbconn)
     scans(monkeypatch, True)
     orig = DataTable.scan_statement
-    monkeypatch.setattr(DataTable, "scan_statement", lambda self, columns: orig(self, []))  # write order only
+    monkeypatch.setattr(key_scan, "SEGMENT_ROWS", 10**9)  # one statement (segments follow the key order)
+    monkeypatch.setattr(DataTable, "scan_statement", lambda self, columns, *a, **kw: orig(self, [], *a, **kw))  # write order
     rest: list[int] = []
     chunks = KeyScan.chunks
 
@@ -248,3 +250,25 @@ def test_key_lookup_confirms_a_hash_match_by_value(monkeypatch) -> None:
     lookup = KeyLookup(pd.DataFrame({"k": ["a", "bb", "ccc"]}), ["k"])
     assert lookup.exact is None
     assert lookup.positions(pd.DataFrame({"k": ["zz", "bb", "ccc", "dddd"]})).tolist() == [-1, 1, 2, -1]
+
+
+def test_a_key_with_more_rows_than_a_segment_is_read_whole(dbconn, monkeypatch) -> None:
+    """SQLite scans in statements of ``SEGMENT_ROWS`` rows, each starting again at the last key of the one
+    before; a key with more rows than that is read by itself. Ends as the keyed run ends."""
+    heavy = pd.DataFrame({"user_id": "u5", "event_id": [f"h{i}" for i in range(40)], "event": json.dumps({"event_type": "click", "ip": "heavy"})})
+
+    def run(prefix: str) -> dict:
+        ds, dts, steps = setup(dbconn, prefix)
+        steps[0].chunk_size = 7
+        dts["events"].store_chunk(events(range(30)))
+        dts["events"].store_chunk(heavy)
+        assert run_steps(ds, steps).steps[0].keys_processed == 30
+        return dts
+
+    keyed = run("keyed")
+    opened = scans(monkeypatch, True, batch_rows=9)
+    scanned = run("scanned")
+    assert opened == [30]
+    for got, want in zip(written(scanned), written(keyed), strict=True):
+        pd.testing.assert_frame_equal(got, want)
+    assert scanned["click_count"].get_data(pd.DataFrame({"user_id": ["u5"]}))["click_count"].tolist() == [41]

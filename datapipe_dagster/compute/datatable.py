@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -153,11 +154,18 @@ class DataTable(TableWriter):
         cols = [c.name for c in self.table_store.get_schema()]
         return sa.select(*json_text_columns(d, cols), m.c.seq).select_from(d.join(m, on)), d, m
 
-    def scan_statement(self, columns: list[str]) -> sa.Select:
-        """Every live row ordered by ``columns`` (key columns), then in write order, as ``shape_read`` takes
-        them (``compute.key_scan``)."""
+    def scan_statement(
+        self, columns: list[str], start: tuple[Any, ...] | None = None, past: bool = False, only: bool = False, limit: int | None = None
+    ) -> sa.Select:
+        """Live rows ordered by ``columns`` (key columns), then in write order, as ``shape_read`` takes them
+        (``compute.key_scan``): all, or from the key ``start`` on (``past``: after its rows; ``only``: its
+        rows alone), at most ``limit``."""
         base, d, m = self._joined()
-        return base.order_by(*[d.c[c] for c in columns], m.c.seq)
+        if start is not None:
+            key, at = sa.tuple_(*[d.c[c] for c in columns]), sa.tuple_(*[sa.literal(v) for v in start])
+            base = base.where(key == at if only else key > at if past else key >= at)
+        stmt = base.order_by(*[d.c[c] for c in columns], m.c.seq)
+        return stmt if limit is None else stmt.limit(limit)
 
     def shape_read(self, df: pd.DataFrame) -> pd.DataFrame:
         """Rows selected by ``_joined`` (object columns and ``seq``, in any order) as ``read`` returns them:

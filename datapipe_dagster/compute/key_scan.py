@@ -20,8 +20,8 @@ and, should the database ever order a key's rows apart, a key met again after it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,10 @@ SCAN_SHARE = 0.5
 keyed reads cost a random page or two per row)."""
 
 SCAN_BATCH_ROWS = 20_000
-"""Rows fetched from the scan's cursor at a time."""
+"""Rows fetched from the scan's cursor at a time (PostgreSQL)."""
+
+SEGMENT_ROWS = 100_000
+"""Rows of one scanning statement on SQLite (``KeyScan._batches``)."""
 
 
 class KeyScan:
@@ -80,14 +83,10 @@ class KeyScan:
             self._conn = None
 
     def chunks(self, size: int) -> Iterator[tuple[pd.DataFrame, int, pd.DataFrame]]:
-        """(keys, the write sequence read before the scan, the input's rows for them) per chunk of up to
-        ``size`` keys, in the database's key order; afterwards ``rest`` holds the keys not yet processed."""
-        dt, role, pks = self.role.dt, self.role, list(self.keys.columns)
-        cols = [c.name for c in dt.table_store.get_schema()]
+        """(keys, the write sequence their rows are current to, the input's rows for them) per chunk of up
+        to ``size`` keys, in the database's key order; afterwards ``rest`` holds the keys not yet processed."""
+        role, pks = self.role, list(self.keys.columns)
         table_keys = [role.col(k) for k in pks]
-        self._conn = conn = self.step.ds.meta_dbconn.engine.connect()
-        read_seq = self.step.ds.seq.current(conn)
-        result = conn.execution_options(stream_results=True, yield_per=SCAN_BATCH_ROWS).execute(dt.scan_statement(table_keys))
         wanted = KeyLookup(pd.DataFrame({k: self.keys[k].astype(object) for k in pks}), pks)
         opened = np.zeros(len(self.keys), dtype=bool)  # keys whose first row has arrived
         done = np.zeros(len(self.keys), dtype=bool)  # keys handed out
@@ -95,8 +94,7 @@ class KeyScan:
         pending: list[pd.DataFrame] = []
         open_keys: list[int] = []  # positions in ``keys`` of the pending rows' keys, in arrival order
         last = -1
-        for part in result.partitions():
-            batch = pd.DataFrame({c: list(v) for c, v in zip([*cols, "seq"], zip(*part, strict=True), strict=True)})
+        for batch, read_seq in self._batches(table_keys):
             pos = wanted.positions(role.to_key_names(batch[table_keys]).astype(object))
             keep = pos >= 0  # rows of keys the run does not cover are skipped
             batch, pos = (batch, pos) if keep.all() else (batch.loc[keep], pos[keep])
@@ -109,23 +107,72 @@ class KeyScan:
                 again.update(starts[apart].tolist())
                 starts = starts[~apart]
             opened[starts] = True
-            pending.append(batch.assign(_key=pos))
+            pending.append(batch.assign(_key=pos, _read=read_seq))
             open_keys.extend(starts.tolist())
             while len(open_keys) > size:  # the first ``size`` keys are complete: a later key has begun
-                yield self._chunk(pending, open_keys[:size], read_seq, done)
+                yield self._chunk(pending, open_keys[:size], done)
                 open_keys = open_keys[size:]
-        result.close()
         if open_keys:
-            yield self._chunk(pending, open_keys, read_seq, done)
+            yield self._chunk(pending, open_keys, done)
         if again:
             done[sorted(again)] = False
         self.rest = self.keys.loc[~done].reset_index(drop=True)
 
-    def _chunk(self, pending: list[pd.DataFrame], chunk: list[int], read_seq: int, done: np.ndarray) -> tuple[pd.DataFrame, int, pd.DataFrame]:
-        """The rows of the keys ``chunk`` taken out of ``pending`` (what is left stays), shaped as a read."""
+    def _batches(self, table_keys: list[str]) -> Iterator[tuple[pd.DataFrame, int]]:
+        """The input's rows in key order, a frame at a time, with the write sequence read before them.
+
+        PostgreSQL: one statement (a hash join and one sort), streamed from a server-side cursor. SQLite:
+        statements of ``SEGMENT_ROWS`` rows, each in its own read transaction, the next starting at the
+        last key of the one before (whose rows it reads again, whole): one statement would hold its read
+        snapshot for the whole run, and the WAL could not be checkpointed past it (it grew by 111 MB in
+        a 1M-event first run, against 5 MB read by key).
+        """
+        dt = self.role.dt
+        cols = [*[c.name for c in dt.table_store.get_schema()], "seq"]
+        dbconn = self.step.ds.meta_dbconn
+        if dbconn.backend != "sqlite":
+            self._conn = conn = dbconn.engine.connect()
+            read_seq = self.step.ds.seq.current(conn)
+            result = conn.execution_options(stream_results=True, yield_per=SCAN_BATCH_ROWS).execute(dt.scan_statement(table_keys))
+            for part in result.partitions():
+                yield _frame(part, cols), read_seq
+            result.close()
+            return
+        start: tuple[Any, ...] | None = None
+        past = False  # start after ``start``'s rows, or at them
+        while True:
+            with dbconn.connect() as conn:
+                read_seq = self.step.ds.seq.current(conn)
+                rows = conn.execute(dt.scan_statement(table_keys, start, past, limit=SEGMENT_ROWS)).fetchall()
+            if len(rows) < SEGMENT_ROWS:
+                if rows:
+                    yield _frame(rows, cols), read_seq
+                return
+            frame = _frame(rows, cols)
+            last = tuple(rows[-1][cols.index(k)] for k in table_keys)
+            tail = np.ones(len(frame), dtype=bool)  # the last key's rows: maybe not all of them
+            for k, v in zip(table_keys, last, strict=True):
+                tail &= (frame[k] == v).to_numpy()
+            if tail.all():  # one key fills the segment: all its rows, then on past it
+                with dbconn.connect() as conn:
+                    read_seq = self.step.ds.seq.current(conn)
+                    rows = conn.execute(dt.scan_statement(table_keys, last, only=True)).fetchall()
+                yield _frame(rows, cols), read_seq
+                start, past = last, True
+                continue
+            yield frame.loc[~tail], read_seq
+            start, past = last, False
+    def _chunk(self, pending: list[pd.DataFrame], chunk: list[int], done: np.ndarray) -> tuple[pd.DataFrame, int, pd.DataFrame]:
+        """The rows of the keys ``chunk`` taken out of ``pending`` (what is left stays), shaped as a read,
+        and the oldest write sequence they were read at (rows of several segments: current to the oldest)."""
         rows = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
         mine = np.isin(rows["_key"].to_numpy(), chunk)
         pending[:] = [rows.loc[~mine]] if not mine.all() else []
         done[chunk] = True
-        data = rows.loc[mine].drop(columns=["_key"])
+        read_seq = int(rows["_read"].to_numpy()[mine].min())
+        data = rows.loc[mine].drop(columns=["_key", "_read"])
         return self.keys.iloc[chunk].reset_index(drop=True), read_seq, self.role.dt.shape_read(data)
+
+
+def _frame(rows: Sequence[Sequence[Any]], cols: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: list(v) for c, v in zip(cols, zip(*rows, strict=True), strict=True)})

@@ -102,8 +102,9 @@ def _constant_text(t: sa.types.TypeEngine, s: pd.Series) -> str | None:
 def in_key_order(table: sa.Table, df: pd.DataFrame, encoded: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The rows of ``df`` (and their ``encoded`` texts, aligned by position) in the order of ``table``'s
     primary key, for a bulk insert: an index then takes its new entries page by page instead of one
-    random page per row, which keeps a large table's ingest from slowing down as its indexes outgrow the
-    cache (and lays a write's rows out by key). Unchanged when some key column is not in ``df``."""
+    random page per row where several of them share a page (ingest of 1M events, 100,000 rows a write:
+    1.05x on PostgreSQL, 1.13x on SQLite; at 10M each key still lands on a page of its own), and a
+    write's rows lie together by key. Unchanged when some key column is not in ``df``."""
     pks = [c.name for c in table.primary_key.columns]
     if not pks or any(k not in df.columns for k in pks):
         return df, encoded
