@@ -87,7 +87,7 @@ class KeyScan:
         to ``size`` keys, in the database's key order; afterwards ``rest`` holds the keys not yet processed."""
         role, pks = self.role, list(self.keys.columns)
         table_keys = [role.col(k) for k in pks]
-        wanted = KeyLookup(pd.DataFrame({k: self.keys[k].astype(object) for k in pks}), pks)
+        wanted = KeyLookup(self.keys, pks)
         opened = np.zeros(len(self.keys), dtype=bool)  # keys whose first row has arrived
         done = np.zeros(len(self.keys), dtype=bool)  # keys handed out
         again: set[int] = set()  # keys whose rows did not arrive together: processed again by key
