@@ -43,8 +43,9 @@ keyed reads cost a random page or two per row)."""
 SCAN_BATCH_ROWS = 20_000
 """Rows fetched from the scan's cursor at a time (PostgreSQL)."""
 
-SEGMENT_ROWS = 100_000
-"""Rows of one scanning statement on SQLite (``KeyScan._batches``)."""
+SEGMENT_ROWS = 20_000
+"""Rows of one scanning statement on SQLite (``KeyScan._batches``): fetched whole, so this bounds the
+memory a segment takes (100,000 rows added about 170 MB to a 10M-event full run's heap peak)."""
 
 
 class KeyScan:
@@ -135,7 +136,9 @@ class KeyScan:
             read_seq = self.step.ds.seq.current(conn)
             result = conn.execution_options(stream_results=True, yield_per=SCAN_BATCH_ROWS).execute(dt.scan_statement(table_keys))
             for part in result.partitions():
-                yield _frame(part, cols), read_seq
+                frame = _frame(part, cols)
+                del part
+                yield frame, read_seq
             result.close()
             return
         start: tuple[Any, ...] | None = None
@@ -144,24 +147,30 @@ class KeyScan:
             with dbconn.connect() as conn:
                 read_seq = self.step.ds.seq.current(conn)
                 rows = conn.execute(dt.scan_statement(table_keys, start, past, limit=SEGMENT_ROWS)).fetchall()
-            if len(rows) < SEGMENT_ROWS:
-                if rows:
-                    yield _frame(rows, cols), read_seq
+            complete = len(rows) < SEGMENT_ROWS
+            frame = _frame(rows, cols) if rows else None
+            last = tuple(rows[-1][cols.index(k)] for k in table_keys) if rows else ()
+            del rows  # the frame holds the values: the driver's rows are not kept beside it
+            if complete:
+                if frame is not None:
+                    yield frame, read_seq
                 return
-            frame = _frame(rows, cols)
-            last = tuple(rows[-1][cols.index(k)] for k in table_keys)
+            assert frame is not None
             tail = np.ones(len(frame), dtype=bool)  # the last key's rows: maybe not all of them
             for k, v in zip(table_keys, last, strict=True):
                 tail &= (frame[k] == v).to_numpy()
             if tail.all():  # one key fills the segment: all its rows, then on past it
                 with dbconn.connect() as conn:
                     read_seq = self.step.ds.seq.current(conn)
-                    rows = conn.execute(dt.scan_statement(table_keys, last, only=True)).fetchall()
-                yield _frame(rows, cols), read_seq
+                    whole = _frame(conn.execute(dt.scan_statement(table_keys, last, only=True)).fetchall(), cols)
+                yield whole, read_seq
+                del whole
                 start, past = last, True
                 continue
-            yield frame.loc[~tail], read_seq
+            frame = frame.loc[~tail]
+            yield frame, read_seq
             start, past = last, False
+
     def _chunk(self, pending: list[pd.DataFrame], chunk: list[int], done: np.ndarray) -> tuple[pd.DataFrame, int, pd.DataFrame]:
         """The rows of the keys ``chunk`` taken out of ``pending`` (what is left stays), shaped as a read,
         and the oldest write sequence they were read at (rows of several segments: current to the oldest)."""
