@@ -1,21 +1,23 @@
-"""A large run's input read in one ordered scan instead of chunk by chunk (issue 11: a first run near a
-naive recompute).
+"""A large run's input read in one scan ordered by key instead of chunk by chunk (issue 11: a first run
+near a naive recompute).
 
 Read by key, each chunk of a run costs an index probe and a page of the data table and one of its
 metadata per input row: a first run over 1M events read about 2M scattered pages where a recompute
 reads the table once, in order. So when a full run (``run_full``: its keys are every stale key) covers
 many keys (``SCAN_MIN_KEYS``, and at least ``SCAN_SHARE`` of the keys the transform has processed
-before) of a step with one keyed input, a SQL table of the metadata's database, that input is read in
-one statement ordered by the transform keys and then by write order. A run over given keys (a
-partition's, a reparse) reads by key: it would scan the whole table for a part of it. Its rows are cut into chunks of whole keys as they stream in, and each chunk
-is the frame a keyed read of the same keys returns (its rows in write order, the same types).
+before) of a step with one keyed input, a SQL table of the metadata's database, that input is read
+ordered by the transform keys and then by write order: one statement on PostgreSQL, statements of
+``SEGMENT_ROWS`` rows on SQLite (``KeyScan._batches``). The rows are cut into chunks of whole keys as
+they arrive, and each chunk is the frame a keyed read of the same keys returns (its rows in write
+order, the same types). A run over given keys (a partition's, a reparse) reads by key: it would scan
+the whole table for a part of it.
 
-Why a chunk sees what a keyed read would: the scan reads the write sequence first, then starts its one
-statement, so every row numbered up to that value is in it, as a keyed read sees every row up to the
-value it reads first; the chunks' commits record that value. A key is processed once its last row has
-arrived (the next key's first row, or the end). Keys no row holds (inputs deleted, outputs left over)
-and, should the database ever order a key's rows apart, a key met again after its chunk are left in
-``rest``, for the caller to process with keyed reads.
+Why a chunk sees what a keyed read would: each statement is preceded by a read of the write sequence,
+so every row numbered up to that value is in it, as a keyed read sees every row up to the value it
+reads first; a chunk's commit records the oldest such value its rows were read at. A key is processed
+once its last row has arrived (the next key's first row, or the end). Keys no row holds (inputs
+deleted, outputs left over) and, should the database ever return a key's rows apart, a key met again
+after its chunk are left in ``rest``, for the caller to process with keyed reads.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class KeyScan:
         if len(keyed) != 1 or keyed[0].kind != "full" or keyed[0].dt._sql is None or set(keyed[0].shared) != set(keys.columns):
             return None
         if step.ds.meta_dbconn.backend == "sqlite" and step.ds.meta_dbconn.database in (None, "", ":memory:"):
-            return None  # one shared connection: the scan's cursor and the commits would interleave on it
+            return None  # no pages to save in memory (and one connection shared by every caller)
         with step.ds.meta_dbconn.connect() as conn:
             t = step.meta.table
             known = int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
