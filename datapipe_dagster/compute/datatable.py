@@ -173,7 +173,7 @@ class DataTable(TableWriter):
         from datapipe_dagster.store.records import conform_types, decode_json_texts
 
         schema = self.table_store.get_schema()
-        if len(df) > 1:
+        if len(df) > 1 and not df["seq"].is_monotonic_increasing:  # a whole-table read comes ordered
             df = df.sort_values("seq", kind="stable")
         df = df.drop(columns=["seq"]).reset_index(drop=True)
         return conform_types(decode_json_texts(df, schema), schema)
