@@ -22,7 +22,7 @@ after its chunk are left in ``rest``, for the caller to process with keyed reads
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +30,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.frames import KeyLookup
+from datapipe_dagster.store.sql import rows_frame
 
 if TYPE_CHECKING:
     from datapipe_dagster.compute.chunk_runner import ChunkRunner
@@ -138,7 +139,7 @@ class KeyScan:
             read_seq = self.step.ds.seq.current(conn)
             result = conn.execution_options(stream_results=True, yield_per=SCAN_BATCH_ROWS).execute(dt.scan_statement(table_keys))
             for part in result.partitions():
-                frame = _frame(part, cols)
+                frame = rows_frame(part, cols)
                 del part
                 yield frame, read_seq
             result.close()
@@ -150,7 +151,7 @@ class KeyScan:
                 read_seq = self.step.ds.seq.current(conn)
                 rows = conn.execute(dt.scan_statement(table_keys, start, past, limit=SEGMENT_ROWS)).fetchall()
             complete = len(rows) < SEGMENT_ROWS
-            frame = _frame(rows, cols) if rows else None
+            frame = rows_frame(rows, cols) if rows else None
             last = tuple(rows[-1][cols.index(k)] for k in table_keys) if rows else ()
             del rows  # the frame holds the values: the driver's rows are not kept beside it
             if complete:
@@ -164,7 +165,7 @@ class KeyScan:
             if tail.all():  # one key fills the segment: all its rows, then on past it
                 with dbconn.connect() as conn:
                     read_seq = self.step.ds.seq.current(conn)
-                    whole = _frame(conn.execute(dt.scan_statement(table_keys, last, only=True)).fetchall(), cols)
+                    whole = rows_frame(conn.execute(dt.scan_statement(table_keys, last, only=True)).fetchall(), cols)
                 yield whole, read_seq
                 del whole
                 start, past = last, True
@@ -184,6 +185,3 @@ class KeyScan:
         data = rows.loc[mine].drop(columns=["_key", "_read"])
         return self.keys.iloc[chunk].reset_index(drop=True), read_seq, self.role.dt.shape_read(data)
 
-
-def _frame(rows: Sequence[Sequence[Any]], cols: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: list(v) for c, v in zip(cols, zip(*rows, strict=True), strict=True)})
