@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +22,9 @@ from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, Encode, copy_frame, exe
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.rowhash import json_encoder
 from datapipe_dagster.store.sql import UNNEST_MIN_KEYS, delete_by_keys, pg_unnest_upsert
+from datapipe_dagster.store.sqlite_wal import begin as begin_sqlite
+from datapipe_dagster.store.sqlite_wal import checkpoint_soon
+from datapipe_dagster.store.sqlite_wal import configure as configure_sqlite
 
 try:  # COPY raises the driver's own error, not SQLAlchemy's
     from psycopg2.errors import UniqueViolation
@@ -66,31 +67,6 @@ tick) catches these and tries again later."""
 # PostgreSQL cuts identifiers at NAMEDATALEN - 1 = 63 bytes; SQLite has no limit.
 MAX_IDENTIFIER_BYTES = {"postgresql": 63}
 DEFAULT_LOCK_TIMEOUT = 60.0
-SQLITE_CACHE_KB = 65536
-SQLITE_MMAP_BYTES = 1 << 30
-
-
-def _enable_wal(cur: sqlite3.Cursor, wait_s: float) -> None:
-    """``PRAGMA journal_mode=WAL``, retried until ``wait_s`` has passed while the database is locked.
-
-    Switching a new file to WAL takes an exclusive lock that SQLite requests without its busy handler: a
-    process opening the file while another one switches it fails at once with "database is locked",
-    whatever the busy timeout (3 of 100 first uses by three processes at once). So the wait is ours.
-    """
-    deadline = time.monotonic() + wait_s
-    delay = 0.001
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-"""Address space SQLite may map of a database file (a bound, not memory: the pages are the OS's file
-cache; mapped pages a process touched count in its RSS, though, shared with the cache)."""
-
 
 def fit_identifier(name: str, limit: int | None) -> str:
     """``name`` unchanged when it fits ``limit`` bytes (UTF-8); else its longest prefix that leaves room
@@ -141,6 +117,8 @@ class DBConn:
         self._upserts: weakref.WeakKeyDictionary[sa.Table, dict[tuple[str, ...], sa.Insert]] = weakref.WeakKeyDictionary()
 
         self.max_identifier_bytes = MAX_IDENTIFIER_BYTES.get(backend)
+        db = sa.engine.make_url(self.url).database if backend == "sqlite" else None
+        self._file_path = None if not db or db == ":memory:" or db.startswith("file:") else db
 
     @property
     def safe_url(self) -> str:
@@ -195,30 +173,18 @@ class DBConn:
             connect_args = {"timeout": wait_ms / 1000, **kwargs.pop("connect_args", {})}
             engine = sa.create_engine(self.url, connect_args=connect_args, **kwargs)
 
+            file_backed = self.file_path is not None
+
             @event.listens_for(engine, "connect")
             def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
-                # Take over transaction control from pysqlite, so writes can BEGIN IMMEDIATE.
-                dbapi_conn.isolation_level = None
-                cur = dbapi_conn.cursor()
-                # The busy timeout first: switching to WAL takes a lock that another process may hold.
-                cur.execute(f"PRAGMA busy_timeout={wait_ms}")
-                _enable_wal(cur, wait_ms / 1000)
-                cur.execute("PRAGMA synchronous=NORMAL")
-                # SQLite's default page cache (2 MB) spills dirty pages to the WAL in the middle of a bulk
-                # write once the indexes outgrow it: 64 MB doubled ingest at 1M rows (an upper bound, per
-                # connection, filled only as pages are touched).
-                cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KB}")
-                # Reads through a memory map instead of read() into the page cache: a keyed read of 10,000
-                # rows scattered over a 1M-row table took 170 ms instead of 290 (1,000 changes + run).
-                cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
-                cur.close()
+                configure_sqlite(dbapi_conn, wait_ms, file_backed)
 
             @event.listens_for(engine, "begin")
             def _on_begin(conn: sa.Connection) -> None:
                 # A write transaction takes the write lock up front: no lock upgrade deadlocks between
                 # processes, and write sequences are allocated in commit order.
                 immediate = conn.get_execution_options().get("datapipe_write", False)
-                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                begin_sqlite(conn, immediate)
 
         else:
             kwargs = dict(engine_kwargs)
@@ -264,6 +230,8 @@ class DBConn:
         """A write transaction (BEGIN IMMEDIATE on SQLite); commits on success, rolls back on error."""
         with self.engine.connect().execution_options(datapipe_write=True) as conn, conn.begin():
             yield conn
+        if self.file_path is not None:
+            checkpoint_soon(self.file_path)  # the WAL copied back off this commit's path (``sqlite_wal``)
 
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
@@ -275,6 +243,11 @@ class DBConn:
     def database(self) -> str | None:
         """The database part of the URL (SQLite: the file's path, or ``:memory:``)."""
         return sa.engine.make_url(self.url).database
+
+    @property
+    def file_path(self) -> str | None:
+        """The SQLite database file (None for PostgreSQL and in-memory SQLite)."""
+        return self._file_path
 
     def same_database(self, other: DBConn) -> bool:
         return self is other or self.url == other.url

@@ -373,7 +373,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(path: Path, leave: int) -> None:
-    """Fill the file system of ``path`` with a ballast file until ``leave`` bytes are free."""
+    """Fill the file system of ``path`` with a ballast file until ``leave`` bytes are free (once SQLite's
+    background checkpoints are done: one running after the fill would take the space left first)."""
+    from datapipe_dagster.store.sqlite_wal import CHECKPOINTER
+
+    assert CHECKPOINTER.wait_idle(30)
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
     with open(path / "ballast", "wb") as f:
