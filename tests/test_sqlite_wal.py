@@ -82,14 +82,15 @@ def test_a_removed_file_is_not_created_again(tmp_path) -> None:
 
 
 def test_a_rolled_back_write_requests_nothing(tmp_path) -> None:
-    db, t, _ = _setup(tmp_path)
-    done = CHECKPOINTER.done
+    db, t, path = _setup(tmp_path)
+    asked = CHECKPOINTER.requests[path]
     with pytest.raises(RuntimeError), db.begin_write() as c:
         c.execute(t.insert(), [{"id": 1, "v": "a"}])
         raise RuntimeError("boom")
-    assert CHECKPOINTER.wait_idle(10)
-    assert CHECKPOINTER.done == done
+    assert CHECKPOINTER.requests[path] == asked
     assert _count(db, t) == 0
+    _insert(db, t, range(1))  # a commit does request one
+    assert CHECKPOINTER.requests[path] == asked + 1
 
 
 def _child_writes(path: str, q: multiprocessing.Queue) -> None:  # type: ignore[type-arg]

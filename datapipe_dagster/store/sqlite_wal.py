@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,12 @@ class _Checkpointer:
         self._paused = 0
         self._busy = False
         self.done = 0  # checkpoints run (for tests and benchmarks)
+        self.requests: Counter[str] = Counter()  # requests per file (for tests)
 
     def request(self, path: str) -> None:
         with self._cond:
             self._pending.add(path)
+            self.requests[path] += 1
             if self._thread is None or not self._thread.is_alive():  # first use, or a forked child
                 self._thread = threading.Thread(target=self._loop, name="datapipe-wal-checkpoint", daemon=True)
                 self._thread.start()
