@@ -22,7 +22,7 @@ after its chunk are left in ``rest``, for the caller to process with keyed reads
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -144,12 +144,17 @@ class KeyScan:
                 yield frame, read_seq
             result.close()
             return
+
+        def segment(stmt: sa.Select) -> tuple[Sequence[Any], int]:
+            """``stmt``'s rows and the write sequence read before them, in one read transaction."""
+            with dbconn.connect() as conn:
+                read_seq = self.step.ds.seq.current(conn)
+                return conn.execute(stmt).fetchall(), read_seq
+
         start: tuple[Any, ...] | None = None
         past = False  # start after ``start``'s rows, or at them
         while True:
-            with dbconn.connect() as conn:
-                read_seq = self.step.ds.seq.current(conn)
-                rows = conn.execute(dt.scan_statement(table_keys, start, past, limit=SEGMENT_ROWS)).fetchall()
+            rows, read_seq = segment(dt.scan_statement(table_keys, start, past, limit=SEGMENT_ROWS))
             complete = len(rows) < SEGMENT_ROWS
             frame = rows_frame(rows, cols) if rows else None
             last = tuple(rows[-1][cols.index(k)] for k in table_keys) if rows else ()
@@ -163,9 +168,9 @@ class KeyScan:
             for k, v in zip(table_keys, last, strict=True):
                 tail &= (frame[k] == v).to_numpy()
             if tail.all():  # one key fills the segment: all its rows, then on past it
-                with dbconn.connect() as conn:
-                    read_seq = self.step.ds.seq.current(conn)
-                    whole = rows_frame(conn.execute(dt.scan_statement(table_keys, last, only=True)).fetchall(), cols)
+                key_rows, read_seq = segment(dt.scan_statement(table_keys, last, only=True))
+                whole = rows_frame(key_rows, cols)
+                del key_rows
                 yield whole, read_seq
                 del whole
                 start, past = last, True
@@ -184,4 +189,3 @@ class KeyScan:
         read_seq = int(rows["_read"].to_numpy()[mine].min())
         data = rows.loc[mine].drop(columns=["_key", "_read"])
         return self.keys.iloc[chunk].reset_index(drop=True), read_seq, self.role.dt.shape_read(data)
-
