@@ -373,11 +373,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(path: Path, leave: int) -> None:
-    """Fill the file system of ``path`` with a ballast file until ``leave`` bytes are free (once SQLite's
-    background checkpoints are done: one running after the fill would take the space left first)."""
+    """Fill the file system of ``path`` with a ballast file until ``leave`` bytes are free.
+
+    SQLite databases there are checkpointed first and their WAL truncated, so the space left is all a
+    write can use: a checkpoint in the background after the fill would take it first, and a WAL that
+    starts over from its beginning reuses the file's space (a write "that does not fit" fitted)."""
     from datapipe_dagster.store.sqlite_wal import CHECKPOINTER
 
     assert CHECKPOINTER.wait_idle(30)
+    for db in path.glob("*.sqlite"):
+        with sqlite3.connect(db, timeout=30) as conn:
+            assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0  # not busy: done
+        conn.close()
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
     with open(path / "ballast", "wb") as f:
