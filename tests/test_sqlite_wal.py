@@ -118,6 +118,45 @@ def test_a_forked_child_starts_a_thread_of_its_own(tmp_path) -> None:
     assert _count(db, t) == 60
 
 
+def _child_after_busy_fork(path: str, finished: bool, q: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    db = DBConn(f"sqlite:///{path}")
+    t = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("v", sa.String))
+    _insert(db, t, range(2000, 2010))
+    q.put((finished, CHECKPOINTER.wait_idle(10)))
+
+
+def test_a_fork_waits_for_a_running_checkpoint_and_the_child_starts_clean(tmp_path, monkeypatch) -> None:
+    """A process forked while the thread is inside a checkpoint (inside SQLite, which a child must not
+    inherit mid-call) forks once it is out; the child's checkpointer is idle, not busy forever with the
+    parent's work."""
+    from datapipe_dagster.store import sqlite_wal
+
+    db, t, path = _setup(tmp_path)
+    inside, finished = threading.Event(), threading.Event()
+    real = sqlite_wal._checkpoint
+
+    def slow(p: str) -> None:
+        inside.set()
+        threading.Event().wait(0.5)
+        real(p)
+        finished.set()
+
+    monkeypatch.setattr(sqlite_wal, "_checkpoint", slow)
+    _insert(db, t, range(10))
+    assert inside.wait(10)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=lambda: _child_after_busy_fork(path, finished.is_set(), q))
+    p.start()
+    was_finished, idle = q.get(timeout=60)
+    p.join(60)
+    assert p.exitcode == 0
+    assert was_finished, "the fork happened in the middle of a checkpoint"
+    assert idle, "the child's checkpointer stayed busy with the parent's work"
+    assert CHECKPOINTER.wait_idle(10)
+    assert _count(db, t) == 20
+
+
 def test_writers_and_readers_racing_while_checkpoints_run(tmp_path) -> None:
     """Two threads insert 100 transactions each into one table while a reader counts: every count is
     between the last one and the total, and nothing is lost."""

@@ -94,13 +94,27 @@ class _Checkpointer:
     """The thread that checkpoints the databases written in this process, one request per file pending."""
 
     def __init__(self) -> None:
+        self.done = 0  # checkpoints run (for tests and benchmarks)
+        self.requests: Counter[str] = Counter()  # requests per file (for tests)
+        self._reset()
+
+    def _reset(self) -> None:
+        """A fresh state, without the thread (at start, and in a forked child: the parent's thread is not
+        there, and a lock it held at the fork would stay held)."""
         self._cond = threading.Condition()
         self._pending: set[str] = set()
         self._thread: threading.Thread | None = None
         self._paused = 0
         self._busy = False
-        self.done = 0  # checkpoints run (for tests and benchmarks)
-        self.requests: Counter[str] = Counter()  # requests per file (for tests)
+        # Held while the thread is inside SQLite: a fork waits for it (``os.register_at_fork`` below), so a
+        # child never inherits one of SQLite's mutexes locked by a thread it does not have.
+        self._in_sqlite = threading.Lock()
+
+    def before_fork(self) -> None:
+        self._in_sqlite.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        self._in_sqlite.release()
 
     def request(self, path: str) -> None:
         with self._cond:
@@ -142,7 +156,8 @@ class _Checkpointer:
             with self._cond:
                 paths, self._pending = self._pending, set()
             for path in paths:
-                _checkpoint(path)
+                with self._in_sqlite:
+                    _checkpoint(path)
             with self._cond:
                 self.done += len(paths)
                 self._busy = False
@@ -166,6 +181,9 @@ def _checkpoint(path: str) -> None:
 
 
 CHECKPOINTER = _Checkpointer()
+os.register_at_fork(
+    before=CHECKPOINTER.before_fork, after_in_parent=CHECKPOINTER.after_fork_in_parent, after_in_child=CHECKPOINTER._reset
+)
 
 
 def checkpoint_soon(path: str) -> None:
