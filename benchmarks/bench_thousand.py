@@ -7,7 +7,9 @@ by part, old and new code alternated against the same database.
 Build: ``store_chunk`` of the seed workload in 100k slices and one full ``run_steps``. A round: ``store_chunk``
 of 1,000 events spread over the table with new content, then ``run_steps`` (and the same with
 ``run_steps_changelist``). Each round is split into store / stale query / input reads / function / output
-writes (prepare + apply + mark) / commit, and every statement's time is summed by statement shape. Each
+writes (prepare + apply + mark) / commit, and every statement's time is summed by statement shape. One
+more round per child runs under cProfile for the time spent inside the driver's own calls: the floor of
+the round with these statements, whatever the Python around them costs. Each
 ``--old`` / ``--new`` tree runs in a child process of its own (``PYTHONPATH``), alternated. The databases
 are dropped at the end (``--keep`` keeps them).
 """
@@ -235,6 +237,7 @@ def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mo
         rec.update({f"cpu_{p}": v for p, v in parts.cpu.items()})
         rec["cpu_other"] = cpu - sum(parts.cpu.values())
         out.append(rec)
+    driver = _driver_round(lambda: _round(events, ds, steps, _changed_events(n, users, first_round + rounds), mode))
     plans = {}
     if explain:
         for key, (statement, params) in stmts.last.items():
@@ -242,8 +245,38 @@ def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mo
                 plans[key] = _explain(dbconn.engine, statement, params)
     print(json.dumps({
         "file": datapipe_dagster.__file__, "rounds": out, "stmts": {k: [stmts.t[k], stmts.n[k]] for k in stmts.t},
-        "plans": plans,
+        "plans": plans, "driver": driver,
     }))
+
+
+def _round(events: Any, ds: Any, steps: Any, many: Any, mode: str) -> None:
+    from datapipe_dagster import ChangeList, run_steps, run_steps_changelist
+
+    if mode == "changelist":
+        run_steps_changelist(ds, steps, ChangeList.create("events", events.store_chunk(many)))
+    else:
+        events.store_chunk(many)
+        run_steps(ds, steps)
+
+
+DRIVER_TYPES = ("'sqlite3.", "'psycopg2.", "'psycopg.")
+
+
+def _driver_round(fn: Any) -> dict[str, float]:
+    """One more round under cProfile: its time, and the part spent inside the database driver's own
+    methods (sqlite3's or psycopg's cursor and connection: executing, fetching, committing). cProfile
+    slows the Python around them, not them, so the driver part is what the round costs at least with
+    these statements, however fast the Python: SQLite's own work, or PostgreSQL's plus the round trips."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.runcall(fn)
+    total = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    inside = sum(v[2] for (_, _, name), v in stats.items() if any(t in name for t in DRIVER_TYPES))
+    return {"profiled_s": total, "driver_s": inside}
 
 
 # ------------------------------------------------------------------ driver
@@ -293,6 +326,7 @@ def driver(a: argparse.Namespace) -> None:
                 results: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
                 stmts: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
                 plans: dict[str, dict[str, str]] = {}
+                drivers: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
                 round_no = int(time.time()) % 60000  # content no earlier run (kept database) wrote
                 for alt in range(a.alternations):
                     for mode in ("run", "changelist"):
@@ -302,7 +336,8 @@ def driver(a: argparse.Namespace) -> None:
                                 "--child-rounds", url, "--events", str(a.events), "--users", str(a.users),
                                 "--rounds", str(a.rounds), "--first-round", str(round_no), "--mode", mode,
                             ] + (["--explain"] if last and mode == "run" else []))
-                            round_no += a.rounds
+                            round_no += a.rounds + 1  # and the profiled round's
+                            drivers[(label, mode)].append(res["driver"])
                             results[(label, mode)] += res["rounds"]
                             for k, (t, c) in res["stmts"].items():
                                 stmts[(label, mode)][k][0] += t
@@ -317,6 +352,11 @@ def driver(a: argparse.Namespace) -> None:
                     for mode in ("run", "changelist"):
                         for label in trees:
                             print(_summary(f"{label}, {mode}", results[(label, mode)], prefix))
+                print(f"\n### {backend}: time inside the driver's calls, one round under cProfile per child (median)\n")
+                for (label, mode), ds_ in drivers.items():
+                    inside = statistics.median(d["driver_s"] for d in ds_) * 1000
+                    whole = statistics.median(d["profiled_s"] for d in ds_) * 1000
+                    print(f"- {label}, {mode}: {inside:.0f} ms of a profiled round of {whole:.0f} ms")
                 for mode in ("run", "changelist"):
                     print(f"\n### {backend} {mode}: statements, ms per round (old → new)\n")
                     nr = {lb: len(results[(lb, mode)]) for lb in trees}
