@@ -59,14 +59,8 @@ def own_table(dbconn: DBConn, name: str, *items: Any) -> sa.Table:
     Not in ``dbconn.metadata``: a Table redefined there (``extend_existing``) gains a second copy of its
     indexes, so after one failed CREATE every retry failed with "index … already exists"; and a catalog
     table of the same name would be silently merged into it.
-
-    One with a primary key is created ``WITHOUT ROWID`` on SQLite: its rows lie in key order in one
-    B-tree, so the rows of one transform key sit together (a page read, not one per row) and a row written
-    updates one tree instead of the table and its key index. Tables created before keep their layout;
-    both work alike.
     """
-    keyed = any(isinstance(i, sa.Column) and i.primary_key for i in items)
-    return sa.Table(name, sa.MetaData(schema=dbconn.schema), *items, sqlite_with_rowid=not keyed)
+    return sa.Table(name, sa.MetaData(schema=dbconn.schema), *items)
 
 
 def key_columns_copy(primary_schema: list[sa.Column]) -> list[sa.Column]:
