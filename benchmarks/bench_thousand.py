@@ -183,7 +183,7 @@ def _explain(engine: sa.Engine, statement: str, params: Any) -> str:
 def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mode: str, explain: bool) -> None:
     import datapipe_dagster
     from benchmarks.workload import build
-    from datapipe_dagster import ChangeList, DBConn, build_compute, run_steps, run_steps_changelist
+    from datapipe_dagster import DBConn, build_compute, run_steps
     from datapipe_dagster.compute import batch_keys, chunk_runner, table_write
     from datapipe_dagster.meta import tables
 
@@ -222,16 +222,9 @@ def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mo
         n0 = sum(stmts.n.values())
         stmts.on = True
         c0, t0 = time.process_time(), time.perf_counter()
-        if mode == "changelist":
-            changed = events.store_chunk(many)
-            summary = run_steps_changelist(ds, steps, ChangeList.create("events", changed))
-        else:
-            events.store_chunk(many)
-            summary = run_steps(ds, steps)
+        _round(events, ds, steps, many, mode)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         stmts.on = False
-        keys = summary.steps[0].keys_processed
-        assert keys == many["user_id"].nunique(), (keys, summary)
         rec = {"total": total, "cpu": cpu, "statements": sum(stmts.n.values()) - n0, **dict(parts.t)}
         rec["other"] = total - sum(parts.t.values())
         rec.update({f"cpu_{p}": v for p, v in parts.cpu.items()})
@@ -250,13 +243,16 @@ def child_rounds(url: str, n: int, users: int, rounds: int, first_round: int, mo
 
 
 def _round(events: Any, ds: Any, steps: Any, many: Any, mode: str) -> None:
+    """``store_chunk`` of the changed events, then the run; checks that it processed every changed user."""
     from datapipe_dagster import ChangeList, run_steps, run_steps_changelist
 
     if mode == "changelist":
-        run_steps_changelist(ds, steps, ChangeList.create("events", events.store_chunk(many)))
+        summary = run_steps_changelist(ds, steps, ChangeList.create("events", events.store_chunk(many)))
     else:
         events.store_chunk(many)
-        run_steps(ds, steps)
+        summary = run_steps(ds, steps)
+    keys = summary.steps[0].keys_processed
+    assert keys == many["user_id"].nunique(), (keys, summary)
 
 
 DRIVER_TYPES = ("'sqlite3.", "'psycopg2.", "'psycopg.")
