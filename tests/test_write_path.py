@@ -205,7 +205,7 @@ def test_an_output_row_written_by_hand_before_a_commit_is_still_swept(dbconn) ->
 def test_a_watermark_never_moves_down(dbconn) -> None:
     """``advance`` keeps the larger value in the upsert itself, so a late, lower advance (a stale query read
     before a commit moved the mark) cannot undo a higher one."""
-    from datapipe_dagster.meta.tables import WatermarkTable
+    from datapipe_dagster.meta.watermarks import WatermarkTable
 
     marks = WatermarkTable(dbconn)
     marks.create()
@@ -223,7 +223,7 @@ def test_a_lower_advance_racing_a_higher_one_keeps_the_higher(pg_schema_conn) ->
     import threading
 
     from datapipe_dagster import DBConn
-    from datapipe_dagster.meta.tables import WatermarkTable
+    from datapipe_dagster.meta.watermarks import WatermarkTable
 
     marks = WatermarkTable(pg_schema_conn)
     marks.create()

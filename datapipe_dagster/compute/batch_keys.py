@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from datapipe_dagster.compute.catalog import ComputeStep
 from datapipe_dagster.compute.context import context_params
 from datapipe_dagster.compute.datatable import DataStore, DataTable
+from datapipe_dagster.compute.key_sets import all_keys_query, keys_matching
 from datapipe_dagster.compute.partitioning import bucket_ranges, key_buckets
 from datapipe_dagster.compute.spec import (
     ALL_KEY,
@@ -24,10 +25,8 @@ from datapipe_dagster.compute.spec import (
 )
 from datapipe_dagster.compute.stale import (
     InputRole,
-    all_keys_query,
     classify_inputs,
     factor_indexes,
-    keys_matching,
     output_roles,
     stale_keys_query,
 )
@@ -178,8 +177,7 @@ class KeyedBatchStep(ComputeStep):
         read before the query (on the read connection ``read``, left open, when given)."""
         tmeta = self.meta
         with nullcontext(read) if read is not None else self.ds.meta_dbconn.connect() as conn:
-            current = self.ds.seq.current(conn)
-            marks = self.ds.watermarks.get(conn, self.name)
+            current, marks = self.ds.watermarks.get_with_current(conn, self.name)
             stale, new_marks = stale_keys_query(
                 conn, self._scan_roles(), tmeta, self.transform_keys, marks, current, include_failed
             )

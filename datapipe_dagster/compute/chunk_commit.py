@@ -135,15 +135,15 @@ class CommittingStep(KeyedBatchStep):
         transaction, so it is no orphan, and the stale query need not scan it. A row between an output's
         watermark and this commit's first sequence number may be one (written by hand or by another
         writer): then that watermark stays for the stale query to look. The rows up to the sequence value
-        read first are probed before the lock; those numbered between that read and the lock (another
-        writer's, rare) under it, so the common commit reads nothing more while holding the lock.
+        read first are probed before the lock (with that value and the watermarks, one statement); those
+        numbered between that read and the lock (another writer's, rare) under it, so the common commit
+        reads nothing more while holding the lock.
         """
         if self.keyless or not self._swept_outputs():
             return [], None
-        seen = self.ds.seq.current(conn)
-        marks = self.ds.watermarks.get(conn, self.name)
         roles = output_roles(self._swept_outputs(), self.transform_keys)
-        roles = self._without_rows_between(conn, roles, {r.mark: marks.get(r.mark, 0) for r in roles}, seen)
+        seen, dirty = self.ds.watermarks.probe_above(conn, self.name, {r.mark: r.dt.meta.table for r in roles})
+        roles = [r for r in roles if r.mark not in dirty]
         # Every number at or below ``below`` was committed before the lock was granted; the numbers above it
         # are this commit's alone until it ends.
         first = self.ds.seq.allocate(conn, reserve)  # the first number it reserves, even of none

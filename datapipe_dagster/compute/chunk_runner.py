@@ -51,8 +51,11 @@ class ChunkRunner(CommittingStep):
 
     _run_advance: tuple[int, dict[str, int]] | None = None
     """A full run of one chunk: its key count and the watermarks its commit raises (``run_full``)."""
-    _held_read: sa.Connection | None = None
-    """A full run of one chunk: the stale query's read connection, where ``_read_chunk`` reads its inputs."""
+    _held_read: tuple[sa.Connection, int] | None = None
+    """A full run of one chunk: the stale query's read connection, where ``_read_chunk`` reads its inputs,
+    and the write sequence value read before that query: every row at or below it was committed before,
+    so the chunk's inputs read later hold them all, and it serves as their ``read_seq`` (a statement
+    fewer; on SQLite the read is the same snapshot, so the very value a new read would give)."""
     _full_run: bool = False
     """Within ``run_full``: the keys processed are every stale key (what ``KeyScan.open`` weighs)."""
     _scanned: tuple[int, pd.DataFrame] | None = None
@@ -69,8 +72,8 @@ class ChunkRunner(CommittingStep):
             read.close()
             raise
         # One chunk reads its inputs in the stale query's read transaction: a connection and a transaction
-        # fewer (on SQLite the same snapshot, so its ``read_seq`` is the stale query's ``current``). Only
-        # this class's ``_try_chunk`` reads with ``_read_chunk``.
+        # fewer, and its ``read_seq`` is the stale query's ``current``. Only this class's ``_try_chunk``
+        # reads with ``_read_chunk``.
         one_chunk = 0 < len(stale) <= self.chunk_size
         # Every key stale at ``current`` is now processed (or recorded as failed, which the failed-key
         # query finds by itself), so the next stale query can start above ``current``. After a stop
@@ -80,7 +83,7 @@ class ChunkRunner(CommittingStep):
         one = one_chunk and any(v > marks.get(t, -1) for t, v in new_marks.items())
         self._run_advance = (len(stale), new_marks) if one else None
         if one_chunk and type(self)._try_chunk is ChunkRunner._try_chunk:
-            self._held_read = read
+            self._held_read = (read, current)
         else:
             read.close()
         self._full_run = True
@@ -91,7 +94,7 @@ class ChunkRunner(CommittingStep):
             raised, self._run_advance = one and self._run_advance is None, None
             held, self._held_read = self._held_read, None
             if held is not None:
-                held.close()
+                held[0].close()
         if not self._stopped and not raised:
             self._advance(marks, new_marks)
         return result
@@ -255,8 +258,11 @@ class ChunkRunner(CommittingStep):
         at or below it is among them)."""
         held, self._held_read = self._held_read, None
         scanned, self._scanned = self._scanned, None  # a split or retried chunk reads by key
-        with held if held is not None else self.ds.meta_dbconn.connect() as rconn:
-            read_seq = self.ds.seq.current(rconn) if scanned is None else scanned[0]
+        with held[0] if held is not None else self.ds.meta_dbconn.connect() as rconn:
+            if scanned is not None:
+                read_seq = scanned[0]
+            else:
+                read_seq = held[1] if held is not None else self.ds.seq.current(rconn)
             dfs = self._read_inputs(rconn, keys, whole, read_seq, None if scanned is None else scanned[1])
         if whole.seq is not None:
             # Inputs passed whole were read once for the run: the keys saw them as of that read.

@@ -13,7 +13,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.compute.table_write import TableWriter
-from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable, WatermarkTable
+from datapipe_dagster.meta.tables import MetaTable, SequenceTable, TransformMetaTable
+from datapipe_dagster.meta.watermarks import WatermarkTable
 from datapipe_dagster.store.base import SQLTable, TableStore
 from datapipe_dagster.store.dbconn import DBConn
 from datapipe_dagster.store.sql import AnalyzeOnGrowth, fetch_by_keys, fetch_frame, fetch_rows_by_keys
@@ -38,7 +39,7 @@ class DataStore:
             )
         self.meta_dbconn = dbconn
         self.seq = SequenceTable(dbconn)
-        self.watermarks = WatermarkTable(dbconn)
+        self.watermarks = WatermarkTable(dbconn, self.seq)
         self._tables: dict[str, DataTable] = {}
         self._ready = False
 

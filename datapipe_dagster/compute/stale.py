@@ -28,8 +28,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.meta.tables import TransformMetaTable
-from datapipe_dagster.store.paged import FoundKeys, fetch_frame_paged, iter_row_pages
-from datapipe_dagster.store.sql import fetch_by_keys, fetch_frame
+from datapipe_dagster.store.paged import FoundKeys, iter_row_pages
 
 Watermark = int | sa.BindParameter[int]
 """A watermark's value, or the parameter a cached query takes it from."""
@@ -135,88 +134,134 @@ def stale_keys_query(
 
     ``include_failed=False`` leaves out keys whose last attempt failed unless an input row of theirs
     changed since (a sensor must not retry a failing key on every unrelated write).
+
+    Every input asked, and the failed keys, come in one statement (a ``UNION ALL`` whose rows carry the
+    role they come from): a one-key run waited on a round trip per input before.
     """
-    t = tmeta.table
     n = len(keys)
     found = FoundKeys(keys)
     new_marks: dict[str, int] = {}
-    for role in roles:
+    asked: list[int] = []
+    params: dict[str, int] = {}
+    for i, role in enumerate(roles):
         wm = watermarks.get(role.mark, 0)
         # At or past ``current`` (read before this query) no row of the table can be above the
         # watermark: an idle run asks nothing here.
         if wm >= current:
             new_marks[role.mark] = current
-            continue
-        if role.kind == "keyless":
-            stmt = role_stale_query(conn, role, roles, t, keys, wm)
-            if stmt is None:
-                new_marks[role.mark] = current
-                continue
-            params: dict[str, int] = {}
+        elif role.kind == "keyless":  # asks a query of its own first: not part of the cached statement
+            stmt = role_stale_query(conn, role, roles, tmeta.table, keys, wm)
+            low = None if stmt is None else _scan(conn, stmt, found, n)
+            new_marks[role.mark] = current if low is None else low - 1
         else:
-            stmt, params = _cached_query(conn, role, roles, tmeta, keys), {WM_PARAM: wm}
-        low = None
-        # In pages: a first run's stale keys are every key (see store.paged).
-        for rows in iter_row_pages(conn, stmt, params):
-            page_low = min(r[n] for r in rows)
-            low = page_low if low is None else min(low, page_low)
-            found.add(rows)
-        new_marks[role.mark] = int(low) - 1 if low is not None else current
-    if include_failed:
-        for rows in iter_row_pages(conn, sa.select(*[t.c[k] for k in keys]).where(t.c.is_success.is_(False)), {}):
-            found.add(rows)
+            asked.append(i)
+            params[f"{WM_PARAM}_{i}"] = wm
+    if not asked and not include_failed:
+        return found.frame(), new_marks
+    lows: dict[int, int] = {}
+    # In pages: a first run's stale keys are every key (see store.paged).
+    for rows in iter_row_pages(conn, _cached_union(conn, roles, tmeta, keys, asked, include_failed), params):
+        for r in rows:
+            i, seq = r[n + 1], r[n]
+            if i >= 0 and (i not in lows or seq < lows[i]):
+                lows[i] = seq
+        found.add(rows)
+    for i in asked:
+        new_marks[roles[i].mark] = int(lows[i]) - 1 if i in lows else current
     return found.frame(), new_marks
 
 
+def _scan(conn: sa.Connection, stmt: sa.Executable, found: FoundKeys, n: int) -> int | None:
+    """Add the keys of ``stmt`` (key columns, then ``min_seq``) to ``found``; returns its oldest
+    ``min_seq`` (None: no row)."""
+    low = None
+    for rows in iter_row_pages(conn, stmt, {}):
+        page_low = min(r[n] for r in rows)
+        low = page_low if low is None else min(low, page_low)
+        found.add(rows)
+    return None if low is None else int(low)
+
+
 WM_PARAM = "dp_watermark"
-"""The bound parameter a cached stale-key query takes its watermark from."""
+"""The bound parameters a cached stale-key query takes its watermarks from (one per role: ``_<i>``)."""
 
 
 def _role_signature(role: InputRole) -> tuple[object, ...]:
     return (role.kind, role.dt.meta.table, tuple(role.shared), tuple(sorted(role.aliases.items())))
 
 
-def _cached_query(
-    conn: sa.Connection, role: InputRole, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str]
+def _cached_union(
+    conn: sa.Connection,
+    roles: list[InputRole],
+    tmeta: TransformMetaTable,
+    keys: list[str],
+    asked: list[int],
+    include_failed: bool,
 ) -> sa.Select | sa.CompoundSelect:
-    """``role_stale_query`` with its watermark as a parameter, built once per transform and role: a
-    one-key run spent more on building its three queries than on running them."""
-    factors = tuple(_role_signature(r) for r in roles if r.kind == "factor") if role.kind == "factor" else ()
-    sig = (_role_signature(role), tuple(keys), factors)
+    """The stale keys of the roles ``asked`` (their indexes) and, with ``include_failed``, the failed
+    keys, as one statement of rows (key columns, ``min_seq``, role index; -1 for a failed key), each
+    watermark a parameter. Built once per transform and set of roles: a one-key run spent more on
+    building its queries than on running them."""
+    sig = ("stale", tuple(_role_signature(r) for r in roles), tuple(keys), tuple(asked), include_failed)
     stmt = tmeta.statements.get(sig)
-    if stmt is None:
-        stmt = role_stale_query(conn, role, roles, tmeta.table, keys, sa.bindparam(WM_PARAM, type_=sa.BigInteger))
-        assert stmt is not None  # only a keyless input's query can be None, and it is not cached
-        tmeta.statements[sig] = stmt
+    if stmt is not None:
+        return stmt
+    t = tmeta.table
+    parts: list[sa.Select] = []
+    for i in asked:
+        wm = sa.bindparam(f"{WM_PARAM}_{i}", type_=sa.BigInteger)
+        q = role_stale_query(conn, roles[i], roles, t, keys, wm, tag=str(i))
+        assert q is not None  # only a keyless input's query can be None, and it is asked apart
+        tagged = sa.literal_column(str(i), sa.Integer).label("dp_role")
+        branches = q.selects if isinstance(q, sa.CompoundSelect) else [q]
+        parts += [b.add_columns(tagged) for b in branches if isinstance(b, sa.Select)]
+    if include_failed:
+        none = sa.cast(sa.null(), sa.BigInteger).label("min_seq")
+        parts.append(
+            sa.select(
+                *[t.c[k] for k in keys], none, sa.literal_column("-1", sa.Integer).label("dp_role")
+            ).where(t.c.is_success.is_(False))
+        )
+    stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+    tmeta.statements[sig] = stmt
     return stmt
 
 
 def role_stale_query(
-    conn: sa.Connection, role: InputRole, roles: list[InputRole], t: sa.Table, keys: list[str], wm: Watermark
+    conn: sa.Connection,
+    role: InputRole,
+    roles: list[InputRole],
+    t: sa.Table,
+    keys: list[str],
+    wm: Watermark,
+    tag: str = "",
 ) -> sa.Select | sa.CompoundSelect | None:
     """The keys one input (or swept output) makes stale above its watermark ``wm``, with ``min_seq``, the
     oldest row that makes each stale; None when nothing of it changed (a keyless input asked directly)."""
     if role.kind == "output":
-        return _orphan_outputs(role, t, keys, wm)
+        return _orphan_outputs(role, t, keys, wm, tag)
     if role.kind == "keyless":
         return _keyless_changed(conn, role, t, keys, wm)
-    changed = _changed_rows(role, wm)
+    changed = _changed_rows(role, wm, tag)
     on = sa.and_(*[changed.c[k] == t.c[k] for k in role.shared])
     if role.kind == "factor":
-        return sa.union_all(_factor_processed(changed, t, on, keys), _factor_new(roles, role, changed, t, keys))
+        return sa.union_all(
+            _factor_processed(changed, t, on, keys), _factor_new(roles, role, changed, t, keys)
+        )
     if role.kind == "full":
         return _full_changed(changed, t, on, keys)
     return _factor_processed(changed, t, on, keys)  # partial: the processed keys sharing its values
 
 
-def _changed_rows(role: InputRole, wm: Watermark) -> sa.CTE:
+def _changed_rows(role: InputRole, wm: Watermark, tag: str) -> sa.CTE:
     """An input's rows above the watermark, taken from the seq index and materialised: left to itself,
-    SQLite would walk the whole table in key order to serve the GROUP BY."""
+    SQLite would walk the whole table in key order to serve the GROUP BY. ``tag`` tells apart the CTEs
+    of two roles of one table in one statement."""
     m = role.dt.meta.table
     return (
         sa.select(*role.key_columns(m), m.c.seq, m.c.delete_ts)
         .where(m.c.seq > wm)
-        .cte(f"changed_{role.dt.name}")
+        .cte(f"changed{tag}_{role.dt.name}")
         .prefix_with("MATERIALIZED")
     )
 
@@ -234,13 +279,13 @@ def _full_changed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], keys
     )
 
 
-def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: Watermark) -> sa.Select:
+def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: Watermark, tag: str) -> sa.Select:
     """Keys of live output rows above the watermark that the transform never processed."""
     m = role.dt.meta.table
     fresh = (
         sa.select(*[m.c[k] for k in keys], m.c.seq)
         .where(m.c.seq > wm, m.c.delete_ts.is_(None))
-        .cte(f"out_{role.dt.name}")
+        .cte(f"out{tag}_{role.dt.name}")
         .prefix_with("MATERIALIZED")
     )
     on = sa.and_(*[fresh.c[k] == t.c[k] for k in keys])
@@ -252,14 +297,18 @@ def _orphan_outputs(role: InputRole, t: sa.Table, keys: list[str], wm: Watermark
     )
 
 
-def _keyless_changed(conn: sa.Connection, role: InputRole, t: sa.Table, keys: list[str], wm: Watermark) -> sa.Select | None:
+def _keyless_changed(
+    conn: sa.Connection, role: InputRole, t: sa.Table, keys: list[str], wm: Watermark
+) -> sa.Select | None:
     """Every key processed before a keyless input's newest change (None: it did not change)."""
     assert isinstance(wm, int)  # a keyless input's query runs a query of its own: never cached
     m = role.dt.meta.table
     top = conn.execute(sa.select(sa.func.max(m.c.seq)).where(m.c.seq > wm)).scalar()
     if top is None:
         return None
-    return sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(t.c.processed_seq < top)
+    return sa.select(*[t.c[k] for k in keys], sa.literal(wm + 1, sa.BigInteger)).where(
+        t.c.processed_seq < top
+    )
 
 
 def _factor_processed(changed: sa.CTE, t: sa.Table, on: sa.ColumnElement[bool], keys: list[str]) -> sa.Select:
@@ -290,88 +339,3 @@ def _factor_new(
         .where(t.c[keys[0]].is_(None))
         .group_by(*cols)
     )
-
-
-def all_keys_query(
-    conn: sa.Connection, roles: list[InputRole], tmeta: TransformMetaTable, keys: list[str]
-) -> pd.DataFrame:
-    """Every key the transform knows: live keys of its full inputs and swept outputs, and keys it
-    processed before."""
-    t = tmeta.table
-    selects = [sa.select(*[t.c[k] for k in keys])]
-    for role in roles:
-        if role.kind in ("full", "output"):
-            m = role.dt.meta.table
-            selects.append(
-                sa.select(*[m.c[role.col(k)].label(k) for k in keys]).where(m.c.delete_ts.is_(None))
-            )
-    factors = [r for r in roles if r.kind == "factor"]
-    if factors:
-        first = factors[0]
-        m0 = first.dt.meta.table.alias("factor_first")
-        src, provided = join_factors(roles, m0, {k: m0.c[first.col(k)] for k in first.shared}, first)
-        selects.append(
-            sa.select(*[provided[k].label(k) for k in keys]).select_from(src).where(m0.c.delete_ts.is_(None))
-        )
-    return fetch_frame_paged(conn, sa.union(*selects), keys)
-
-
-def keys_matching(
-    conn: sa.Connection,
-    roles: list[InputRole],
-    tmeta: TransformMetaTable,
-    keys: list[str],
-    idx: pd.DataFrame,
-    changed: InputRole | None = None,
-) -> pd.DataFrame:
-    """Transform keys that share values with ``idx`` (a partial-key change, transform's names): from the
-    full inputs and the transform metadata; for a change of factor ``changed``, also the keys the values
-    form with the other factors' live rows."""
-
-    sub = [c for c in idx.columns if c in keys]
-    t = tmeta.table
-    frames = [fetch_by_keys(conn, sa.select(*[t.c[k] for k in keys]), t, sub, idx, keys)]
-    for role in roles:
-        if role.kind == "full":
-            m = role.dt.meta.table
-            base = sa.select(*[m.c[role.col(k)] for k in keys]).where(m.c.delete_ts.is_(None)).distinct()
-            found = fetch_by_keys(
-                conn,
-                base,
-                m,
-                [role.col(k) for k in sub],
-                role.to_table_names(idx),
-                [role.col(k) for k in keys],
-            )
-            frames.append(role.to_key_names(found))
-    if changed is not None and changed.kind == "factor":
-        frames.append(factor_keys(conn, roles, changed, idx[sub]))
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({k: [] for k in keys})
-    return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
-
-
-def factor_keys(
-    conn: sa.Connection, roles: list[InputRole], changed: InputRole, idx: pd.DataFrame
-) -> pd.DataFrame:
-    """The keys that ``idx`` (values of factor ``changed``'s key columns) forms with the other factors'
-    live rows: each factor is read by the values it shares with what is known so far (all its live key
-    values when it shares none)."""
-    acc = idx[changed.shared].drop_duplicates()
-    for r in roles:
-        if r.kind != "factor" or r is changed or len(acc) == 0:
-            continue
-        m = r.dt.meta.table
-        base = sa.select(*r.key_columns(m)).where(m.c.delete_ts.is_(None)).distinct()
-        common = [k for k in r.shared if k in acc.columns]
-        if common:
-            rows = r.to_key_names(
-                fetch_by_keys(
-                    conn, base, m, [r.col(k) for k in common], r.to_table_names(acc[common]), r.shared
-                )
-            )
-            acc = acc.merge(rows.drop_duplicates(), on=common, how="inner")
-        else:
-            acc = acc.merge(fetch_frame(conn, base, r.shared), how="cross")
-    return acc
