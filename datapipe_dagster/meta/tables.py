@@ -258,9 +258,12 @@ class TransformMetaTable:
         """
         if self.dbconn.backend != "postgresql":
             return
-        ident = f"{self.table.schema or ''}.{self.table.name}".encode()
-        lock_id = int.from_bytes(hashlib.blake2b(ident, digest_size=8).digest(), "big", signed=True)
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(lock_id, sa.BigInteger))))
+        stmt = self.statements.get(("lock",))
+        if stmt is None:  # built once: every commit of the transform takes it
+            ident = f"{self.table.schema or ''}.{self.table.name}".encode()
+            lock_id = int.from_bytes(hashlib.blake2b(ident, digest_size=8).digest(), "big", signed=True)
+            stmt = self.statements[("lock",)] = sa.select(sa.func.pg_advisory_xact_lock(sa.literal(lock_id, sa.BigInteger)))
+        conn.execute(stmt)
 
     def newer_than(self, conn: sa.Connection, keys: pd.DataFrame, seq: int) -> pd.DataFrame:
         """The keys among ``keys`` whose recorded state comes from inputs read after ``seq``.

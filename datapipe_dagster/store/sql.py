@@ -204,10 +204,14 @@ def fetch_rows_by_keys(
     columns: list[str],
     idx: pd.DataFrame,
     also: tuple[sa.Table | sa.FromClause, ...] = (),
+    built: dict[tuple[Any, ...], sa.Select] | None = None,
 ) -> list[sa.Row[Any]] | None:
     """``fetch_by_keys``'s rows as they come (no frame) when ``idx``'s keys fit one ``IN`` list (and, on
     PostgreSQL, are few enough not to take ``unnest``), else None (the caller then takes ``fetch_by_keys``):
-    a caller of a few rows can order and shape them in Python."""
+    a caller of a few rows can order and shape them in Python.
+
+    ``built``: the caller's cache of statements for this ``base`` (the keys then bound parameters, the same
+    SQL), for a caller reading a few keys often: building the statement cost more than running it."""
     if len(idx) > SMALL_KEYS:
         return None
     values = distinct_keys(idx, columns)
@@ -217,7 +221,12 @@ def fetch_rows_by_keys(
     if not values:
         return []
     seek = conn.dialect.name == "sqlite"
-    return list(conn.execute(base.where(*[key_clause(t, columns, values, seek) for t in (table, *also)])).fetchall())
+    if built is None:
+        return list(conn.execute(base.where(*[key_clause(t, columns, values, seek) for t in (table, *also)])).fetchall())
+    stmt = built.get((tuple(columns), seek))
+    if stmt is None:
+        stmt = built[(tuple(columns), seek)] = base.where(*[key_clause_bound(t, columns, seek) for t in (table, *also)])
+    return list(conn.execute(stmt, key_params(columns, values, seek)).fetchall())
 
 
 def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx: pd.DataFrame) -> None:
