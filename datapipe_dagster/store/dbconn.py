@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from datapipe_dagster.errors import ConfigurationError, LockTimeoutError, StorageFullError
+from datapipe_dagster.store.liveness import ping_when_idle
 from datapipe_dagster.store.pgcopy import COPY_MIN_ROWS, Encode, copy_frame, executemany_frame, in_key_order
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.rowhash import json_encoder
@@ -93,6 +94,9 @@ class DBConn:
         lock_timeout: seconds a statement waits for a lock held by another session before it fails with
             ``LockTimeoutError`` (PostgreSQL ``lock_timeout``; SQLite's busy timeout). ``None`` waits
             forever. Default 60.
+        **engine_kwargs: passed to ``sqlalchemy.create_engine``. On PostgreSQL a pooled connection idle for
+            a second or more is pinged before use (``store.liveness``); ``pool_pre_ping=True`` pings on
+            every checkout instead.
     """
 
     def __init__(
@@ -191,7 +195,9 @@ class DBConn:
             if self.url.startswith("postgresql+psycopg2"):
                 # Batch executemany of UPDATE and INSERT .. ON CONFLICT too (the default batches plain INSERTs only).
                 kwargs.setdefault("executemany_mode", "values_plus_batch")
-            engine = sa.create_engine(self.url, pool_pre_ping=True, **kwargs)
+            engine = sa.create_engine(self.url, **kwargs)
+            if "pool_pre_ping" not in kwargs:  # the caller's choice stands; else a ping after idling only
+                ping_when_idle(engine)
             if self.lock_timeout is not None:
                 timeout_ms = wait_ms
 

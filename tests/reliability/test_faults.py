@@ -355,6 +355,59 @@ def test_postgres_backend_terminated_mid_run(pg_database: str, outage: bool) -> 
         admin.dispose()
 
 
+def _backend_pid(dbconn: DBConn) -> int:
+    with dbconn.connect() as c:
+        return int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def test_an_idle_pooled_connection_closed_by_the_server_is_replaced(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection idle in the pool past ``PING_IDLE_AFTER`` is pinged on checkout; one the server closed
+    meanwhile (a restart, an administrator) is replaced, and the caller never sees it."""
+    from datapipe_dagster.store import liveness
+
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    dbconn = DBConn(pg_database)
+    try:
+        pid = _backend_pid(dbconn)  # the pool keeps this connection
+        with admin.connect() as a:
+            a.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        monkeypatch.setattr(liveness, "PING_IDLE_AFTER", 0.0)  # every checkout counts as idle
+        assert _backend_pid(dbconn) != pid
+    finally:
+        dbconn.engine.dispose()
+        admin.dispose()
+
+
+def test_a_connection_reused_at_once_is_not_pinged(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round trip fewer per transaction: back-to-back checkouts send no ping, idle ones do; a caller's
+    own ``pool_pre_ping`` stands (SQLAlchemy's ping on every checkout)."""
+    from datapipe_dagster.store import liveness
+
+    dbconn = DBConn(pg_database)
+    pings: list[int] = []
+    real = dbconn.engine.dialect.do_ping
+    monkeypatch.setattr(dbconn.engine.dialect, "do_ping", lambda c: pings.append(1) or real(c))
+    try:
+        first = _backend_pid(dbconn)
+        for _ in range(5):
+            assert _backend_pid(dbconn) == first
+        assert pings == []
+        monkeypatch.setattr(liveness, "PING_IDLE_AFTER", 0.0)
+        assert _backend_pid(dbconn) == first
+        assert pings == [1]
+    finally:
+        dbconn.engine.dispose()
+    own = DBConn(pg_database, pool_pre_ping=True)
+    pings.clear()
+    monkeypatch.setattr(own.engine.dialect, "do_ping", lambda c: pings.append(1) or real(c))
+    try:
+        for _ in range(4):
+            _backend_pid(own)
+        assert len(pings) == 3  # SQLAlchemy's, once per checkout of a pooled connection: not twice
+    finally:
+        own.engine.dispose()
+
+
 # ------------------------------------------------------------------------------------ disk full
 
 
