@@ -97,3 +97,31 @@ in a transaction of their own after the run, passes this test too.)"""
     assert again.keys_processed == 0 and again.keys_failed == int(with_failure)  # a failed key is retried
     clicks = catalog.get_datatable(ds, "click_count").get_data()
     assert dict(zip(clicks["user_id"], clicks["click_count"], strict=True)) == {"u1": 0, "u2": 1}
+
+
+def test_a_small_stale_query_takes_no_server_side_cursor(dbconn, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A server-side cursor (PostgreSQL's DECLARE, FETCH, CLOSE: round trips of their own) only where the
+    stale keys may be many: more sequence numbers above the watermarks than a page holds (a first run)."""
+    from datapipe_dagster.store import paged
+
+    monkeypatch.setattr(paged, "PAGE_ROWS", 8)
+    ds, catalog, steps = seed_setup(dbconn)
+    events = catalog.get_datatable(ds, "events")
+    streamed: list[bool] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001, ARG001
+        if "union all" in statement.lower() and "is_success" in statement.lower():
+            streamed.append(bool(context.execution_options.get("stream_results")))
+
+    sa.event.listen(dbconn.engine, "before_cursor_execute", seen)
+    try:
+        events.store_chunk(pd.DataFrame([event(f"u{i}", f"e{i}") for i in range(10)]))
+        assert run_steps(ds, steps, raise_on_error=True).steps[0].keys_processed == 10
+        first = list(streamed)
+        for i in (1, 2):  # the first change's span holds the first run's 20 output writes
+            streamed.clear()
+            events.store_chunk(_changed(i))
+            assert run_steps(ds, steps, raise_on_error=True).steps[0].keys_processed == 1
+    finally:
+        sa.event.remove(dbconn.engine, "before_cursor_execute", seen)
+    assert first == [True] and streamed == [False]

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from datapipe_dagster.compute.datatable import DataTable
 from datapipe_dagster.meta.tables import TransformMetaTable
+from datapipe_dagster.store import paged
 from datapipe_dagster.store.paged import FoundKeys, iter_row_pages
 
 Watermark = int | sa.BindParameter[int]
@@ -159,8 +160,13 @@ def stale_keys_query(
     if not asked and not include_failed:
         return found.frame(), new_marks
     lows: dict[int, int] = {}
-    # In pages: a first run's stale keys are every key (see store.paged).
-    for rows in iter_row_pages(conn, _cached_union(conn, roles, tmeta, keys, asked, include_failed), params):
+    # In pages: a first run's stale keys are every key (see store.paged). Streamed unless the rows are
+    # known to be few: a full input or swept output gives at most a row per sequence number above its
+    # watermark (a concurrent write adds its own few); an input holding part of the key may fan out.
+    span = sum(current - watermarks.get(roles[i].mark, 0) for i in asked)
+    stream = span > paged.PAGE_ROWS or any(roles[i].kind not in ("full", "output") for i in asked)
+    stmt = _cached_union(conn, roles, tmeta, keys, asked, include_failed)
+    for rows in iter_row_pages(conn, stmt, params, stream=stream):
         for r in rows:
             i, seq = r[n + 1], r[n]
             if i >= 0 and (i not in lows or seq < lows[i]):

@@ -40,13 +40,18 @@ def iter_pages(
 
 
 def iter_row_pages(
-    conn: sa.Connection, stmt: sa.Executable, params: dict[str, Any], page_rows: int | None = None
+    conn: sa.Connection, stmt: sa.Executable, params: dict[str, Any], page_rows: int | None = None, stream: bool = True
 ) -> Iterator[Sequence[Any]]:
     """The rows of ``stmt`` (with ``params``) in lists of at most ``page_rows`` (default ``PAGE_ROWS``),
-    streamed as ``iter_pages`` streams them; a result of no row gives no page."""
+    streamed as ``iter_pages`` streams them; a result of no row gives no page.
+
+    ``stream=False``, for a result known to be small: no server-side cursor (on PostgreSQL its DECLARE,
+    FETCH and CLOSE are round trips of their own); the driver holds the result's rows, Python still only
+    a page of them."""
     size = page_rows or PAGE_ROWS
     # Options of this statement only (``Connection.execution_options`` would change the connection).
-    result = conn.execute(stmt, params, execution_options={"stream_results": True, "yield_per": size})
+    options = {"stream_results": True, "yield_per": size} if stream else {}
+    result = conn.execute(stmt, params, execution_options=options)
     try:
         yield from result.partitions(size)
     finally:
