@@ -166,6 +166,7 @@ def _explain(engine: sa.Engine, statement: str, params: Any) -> str:
     backend = engine.dialect.name
     with engine.connect() as conn:
         raw = conn.connection.dbapi_connection
+        assert raw is not None  # a checked-out connection holds its driver connection
         cur = raw.cursor()
         try:
             if backend == "postgresql":
