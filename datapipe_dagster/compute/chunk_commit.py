@@ -73,7 +73,7 @@ class CommittingStep(KeyedBatchStep):
         """
         now = time.time()
         kc = self.key_cols
-        failed = failed if failed is not None else pd.DataFrame(columns=kc + ["error", "traceback"])
+        failed = failed if failed is not None else self._no_failed()
         marks = dict(advance or {})
         with self.ds.meta_dbconn.begin_write() as conn:
             self.meta.lock(conn)
@@ -167,6 +167,15 @@ class CommittingStep(KeyedBatchStep):
         found = conn.execute(sa.select(*probes)).one()
         dirty = {r.mark for r, hit in zip(asked, found, strict=True) if hit}
         return [r for r in roles if r.mark not in dirty]
+
+    _no_failed_frame: pd.DataFrame | None = None
+
+    def _no_failed(self) -> pd.DataFrame:
+        """No failed keys: a copy of an empty frame built once (building one cost a tenth of a
+        millisecond, on every commit)."""
+        if self._no_failed_frame is None:
+            self._no_failed_frame = pd.DataFrame(columns=self.key_cols + ["error", "traceback"])
+        return self._no_failed_frame.copy(deep=False)
 
     _all_new_skip = 0
     """Chunks left before the all-new insert is tried again, after one failed (a re-run of known keys)."""

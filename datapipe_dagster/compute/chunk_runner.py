@@ -166,6 +166,8 @@ class ChunkRunner(CommittingStep):
 
     def context_args(self, names: set[str], keys: pd.DataFrame, context: Any = None) -> dict[str, Any]:
         """The context parameters ``names`` for a call on the chunk ``keys`` (``compute.context``)."""
+        if not names:  # most functions take none: no frame built for them
+            return {}
         ctx = {"ds": self.ds, "idx": columns_of(keys, self.key_cols), "run_config": self.run_config}
         ctx["context"] = context if context is not None else SimpleNamespace()
         return {p: ctx[p] for p in names}
