@@ -28,14 +28,14 @@ class WatermarkTable:
         self._name = sa.bindparam("transform", type_=c.transform.type)
         self._get = sa.select(c.input_table, c.seq).where(c.transform == self._name)
         s = self.seq.table
-        # The sequence's row, joined to the transform's watermarks (none: one row of NULLs).
+        # The sequence's row joined to the transform's watermarks (none yet: one row, its watermark columns NULL).
         self._with_current = (
             sa.select(s.c.value, c.input_table, c.seq)
             .select_from(s.outerjoin(self.table, c.transform == self._name))
             .where(s.c.id == 1)
         )
         self._advance: Any = None
-        self._probes: dict[tuple[str, ...], sa.Select] = {}
+        self._probes: dict[tuple[tuple[str, sa.Table], ...], sa.Select] = {}
 
     def create(self) -> None:
         self.dbconn.ensure_table(self.table)
@@ -55,7 +55,8 @@ class WatermarkTable:
         """The write sequence's value ``seen`` and the names (of ``tables``: watermark name -> row
         metadata) with a row numbered above their watermark and at most ``seen``, in one statement."""
         names = tuple(tables)
-        stmt = self._probes.get(names)
+        sig = tuple(tables.items())
+        stmt = self._probes.get(sig)
         if stmt is None:  # built once per set of tables
             s, c = self.seq.table, self.table.c
             probes = []
@@ -63,7 +64,7 @@ class WatermarkTable:
                 mark = sa.select(c.seq).where(c.transform == self._name, c.input_table == name).scalar_subquery()
                 low = sa.func.coalesce(mark, sa.literal(0, sa.BigInteger))
                 probes.append(sa.exists().where(m.c.seq > low, m.c.seq <= s.c.value).label(f"p{i}"))
-            stmt = self._probes[names] = sa.select(s.c.value, *probes).where(s.c.id == 1)
+            stmt = self._probes[sig] = sa.select(s.c.value, *probes).where(s.c.id == 1)
         row = conn.execute(stmt, {"transform": transform}).one()
         return int(row[0]), {n for n, hit in zip(names, row[1:], strict=True) if hit}
 
