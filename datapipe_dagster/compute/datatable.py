@@ -103,8 +103,8 @@ class DataTable(TableWriter):
         self._written = 0  # rows written (and deleted) through this object
         self._analyzed = 0  # of the rows written, those counted by the last statistics check
         self._statistics = AnalyzeOnGrowth()
-        self._keyed_reads: tuple[sa.Table, sa.Select, dict[tuple[Any, ...], sa.Select]] | None = None
-        """``read``'s statements: the data table they were built for, the join, the keyed reads by shape."""
+        self._keyed_reads: tuple[sa.Select, dict[tuple[Any, ...], sa.Select]] | None = None
+        """``read``'s statements, built once: the join of data and metadata, and its keyed reads by shape."""
 
     @property
     def store(self) -> TableStore:
@@ -187,14 +187,14 @@ class DataTable(TableWriter):
         store = self.table_store
         m = self.meta.table
         cols = [c.name for c in store.get_schema()]
-        if self._keyed_reads is None or self._keyed_reads[0] is not d:
-            self._keyed_reads = (d, self._joined()[0], {})  # built once per data table
-        base = self._keyed_reads[1]
+        if self._keyed_reads is None:
+            self._keyed_reads = (self._joined()[0], {})
+        base, built = self._keyed_reads
         if idx is None:
             return self.shape_read(fetch_frame(conn, base.order_by(m.c.seq), cols + ["seq"]))
         sub = [c for c in idx.columns if c in self.primary_keys]
         # The keys filter the metadata too, not only the data (see ``fetch_by_keys``).
-        rows = fetch_rows_by_keys(conn, base, d, sub, idx, also=(m,), built=self._keyed_reads[2])
+        rows = fetch_rows_by_keys(conn, base, d, sub, idx, also=(m,), built=built)
         if rows is not None:
             # Ordered and shaped in Python: the same frame as the pandas steps below, at a fraction
             # of their cost for the few rows of one changed key.

@@ -163,7 +163,7 @@ def stale_keys_query(
     # In pages: a first run's stale keys are every key (see store.paged). Streamed unless the rows are
     # known to be few: a full input or swept output gives at most a row per sequence number above its
     # watermark (a concurrent write adds its own few); an input holding part of the key may fan out.
-    span = sum(current - watermarks.get(roles[i].mark, 0) for i in asked)
+    span = sum(current - wm for wm in params.values())
     stream = span > paged.PAGE_ROWS or any(roles[i].kind not in ("full", "output") for i in asked)
     stmt = _cached_union(conn, roles, tmeta, keys, asked, include_failed)
     for rows in iter_row_pages(conn, stmt, params, stream=stream):

@@ -399,7 +399,8 @@ def test_a_connection_reused_at_once_is_not_pinged(pg_database: str, monkeypatch
         dbconn.engine.dispose()
     own = DBConn(pg_database, pool_pre_ping=True)
     pings.clear()
-    monkeypatch.setattr(own.engine.dialect, "do_ping", lambda c: pings.append(1) or real(c))
+    own_ping = own.engine.dialect.do_ping
+    monkeypatch.setattr(own.engine.dialect, "do_ping", lambda c: pings.append(1) or own_ping(c))
     try:
         for _ in range(4):
             _backend_pid(own)
