@@ -77,8 +77,8 @@ def test_few_keys_fetch_once_per_key_and_in_bounded_batches(dbconn) -> None:
         one = fetch_by_keys(conn, base, t, ["a", "b"], pd.DataFrame({"a": ["k1", "k1", "k0"], "b": [1, 1, 5]}), ["a", "b", "v"])
         assert sorted(one["v"]) == [10], "(k1, 1) once, (k0, 5) does not exist"
         assert len(statements) == 1
-        # On SQLite the leading column's IN rides along (the key index is sought, not scanned).
-        assert ("few.a IN" in statements[0]) == (dbconn.backend == "sqlite"), statements[0]
+        # On SQLite the list is a subquery (the key index is sought once per key, not scanned).
+        assert ("IN (SELECT * FROM (VALUES" in statements[0]) == (dbconn.backend == "sqlite"), statements[0]
         idx = pd.DataFrame({"a": [f"k{i % 3}" for i in range(n)] * 2, "b": list(range(n)) * 2})
         many = fetch_by_keys(conn, base, t, ["a", "b"], idx, ["a", "b", "v"])
         assert sorted(many["v"]) == [i * 10 for i in range(n)]
@@ -104,23 +104,55 @@ def test_key_positions_match_pandas_for_multi_column_keys() -> None:
     assert key_positions(with_nan, pd.DataFrame({"a": ["y", "x"], "b": [np.nan, 1.0]}), ["a", "b"]).tolist() == [1, 0]
 
 
-def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn) -> None:
-    """SQLite plans ``(a, b) IN (VALUES …)`` alone as a scan of the whole table; ``key_clause`` adds the
-    leading column's ``IN`` (``seek_lead``, which the fetch and delete helpers pass on SQLite) so a keyed
-    read costs its keys, not the table."""
-    from datapipe_dagster.store.sql import key_clause
+def _plan(conn: sa.Connection, stmt: sa.Select) -> str:
+    compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+    return " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall())
 
-    if dbconn.backend != "sqlite":
-        return  # PostgreSQL plans the row-value list as index lookups either way
+
+def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn) -> None:
+    """SQLite plans ``(a, b) IN (VALUES …)`` as a scan of the whole table, and a leading column's ``IN``
+    beside it as a seek of ``a`` alone (every row of each ``a`` read). ``key_clause`` and ``key_clause_bound``
+    with ``seek`` (which the fetch and delete helpers pass on SQLite) make the list a subquery, which SQLite
+    plans as one seek of both columns per key when they have the same affinity (two text columns), and
+    otherwise as a seek of the leading column, never a scan. Both select exactly the listed keys, also twice
+    in a statement (a data table joined to its metadata)."""
+    from datapipe_dagster.store.sql import key_clause, key_clause_bound, key_params
+
+    seek = dbconn.backend == "sqlite"
+    schema = sa.MetaData(schema=dbconn.schema)
     t = sa.Table(
-        "seek", sa.MetaData(), sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.Integer, primary_key=True),
+        "seek", schema, sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.String, primary_key=True),
+        sa.Column("v", sa.String),
     )
-    dbconn.ensure_table(t)
-    stmt = sa.select(t.c.a).where(key_clause(t, ["a", "b"], [("x", 1), ("y", 2)], seek_lead=True))
+    mixed = sa.Table(
+        "seek_mixed", schema, sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.Integer, primary_key=True),
+        sa.Column("v", sa.String),
+    )
+    u = t.alias("u")
+    keys = [("x", "1"), ("y", "2"), ("x", "3")]
+    for table in (t, mixed):
+        dbconn.ensure_table(table)
+    with dbconn.begin_write() as conn:
+        conn.execute(t.insert(), [{"a": a, "b": str(b), "v": f"{a}{b}"} for a in "xyz" for b in range(5)])
+        conn.execute(mixed.insert(), [{"a": a, "b": b, "v": f"{a}{b}"} for a in "xyz" for b in range(5)])
+    literal = sa.select(t.c.v).where(key_clause(t, ["a", "b"], keys, seek))
+    bound = sa.select(t.c.v).where(key_clause_bound(t, ["a", "b"], seek))
+    joined = (
+        sa.select(t.c.v).select_from(t.join(u, sa.and_(t.c.a == u.c.a, t.c.b == u.c.b)))
+        .where(key_clause(t, ["a", "b"], keys, seek), key_clause(u, ["a", "b"], keys[:2], seek))
+    )
+    of_mixed = sa.select(mixed.c.v).where(key_clause(mixed, ["a", "b"], [(a, int(b)) for a, b in keys], seek))
     with dbconn.connect() as conn:
-        compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
-        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall())
-    assert "SEARCH seek" in plan and "SCAN seek" not in plan, plan
+        assert sorted(conn.execute(literal).scalars()) == ["x1", "x3", "y2"]
+        assert sorted(conn.execute(bound, key_params(keys)).scalars()) == ["x1", "x3", "y2"]
+        assert sorted(conn.execute(bound, key_params(keys[1:])).scalars()) == ["x3", "y2"]
+        assert sorted(conn.execute(joined).scalars()) == ["x1", "y2"]
+        assert sorted(conn.execute(of_mixed).scalars()) == ["x1", "x3", "y2"]
+        if not seek:
+            return  # PostgreSQL plans the row-value list as index lookups either way
+        plan, plan_mixed = _plan(conn, literal), _plan(conn, of_mixed)
+    assert "SEARCH seek USING" in plan and "(a=? AND b=?)" in plan and "SCAN seek" not in plan, plan
+    assert "SEARCH seek_mixed USING" in plan_mixed and "SCAN seek_mixed" not in plan_mixed, plan_mixed
 
 
 def test_many_keys_longer_than_the_column_match_no_prefix(dbconn) -> None:
@@ -166,7 +198,7 @@ def test_key_clause_bound_is_key_clause(columns: list[str], seek: bool) -> None:
         conn.execute(t.insert(), rows)
         literal = conn.execute(base.where(key_clause(t, columns, values, seek))).fetchall()
         bound = conn.execute(
-            base.where(key_clause_bound(t, columns, seek)), key_params(columns, values, seek)
+            base.where(key_clause_bound(t, columns, seek)), key_params(values)
         ).fetchall()
     assert bound == literal and len(literal) == (4 if len(columns) == 1 else 2)
     import re

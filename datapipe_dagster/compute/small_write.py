@@ -107,7 +107,7 @@ def _fetch(
     if not values:
         return []
     seek = conn.dialect.name == "sqlite"
-    rows = conn.execute(_select(t, pks, cols, alive, seek), key_params(cols, values, seek)).fetchall()
+    rows = conn.execute(_select(t, pks, cols, alive, seek), key_params(values)).fetchall()
     return [tuple(r) for r in rows]
 
 

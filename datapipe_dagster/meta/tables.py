@@ -281,7 +281,7 @@ class TransformMetaTable:
                 where = key_clause_bound(self.table, self.keys, seek)
                 stmt = sa.select(*[c[k] for k in self.keys]).where(newer).where(where)
                 self.statements[("newer_than", seek)] = stmt
-            rows = conn.execute(stmt, {"dp_seq": seq, **key_params(self.keys, values, seek)}).fetchall()
+            rows = conn.execute(stmt, {"dp_seq": seq, **key_params(values)}).fetchall()
             return rows_frame(rows, self.keys)
         base = sa.select(*[self.table.c[k] for k in self.keys]).where(self.table.c.processed_seq > seq)
         return fetch_by_keys(conn, base, self.table, self.keys, keys, self.keys)
