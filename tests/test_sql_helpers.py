@@ -77,8 +77,9 @@ def test_few_keys_fetch_once_per_key_and_in_bounded_batches(dbconn) -> None:
         one = fetch_by_keys(conn, base, t, ["a", "b"], pd.DataFrame({"a": ["k1", "k1", "k0"], "b": [1, 1, 5]}), ["a", "b", "v"])
         assert sorted(one["v"]) == [10], "(k1, 1) once, (k0, 5) does not exist"
         assert len(statements) == 1
-        # On SQLite the list is a subquery (the key index is sought once per key, not scanned).
-        assert ("IN (SELECT * FROM (VALUES" in statements[0]) == (dbconn.backend == "sqlite"), statements[0]
+        # On SQLite the leading column's IN rides along (a text and an integer column: the key index is
+        # sought on the leading column, not scanned).
+        assert ("few.a IN" in statements[0]) == (dbconn.backend == "sqlite"), statements[0]
         idx = pd.DataFrame({"a": [f"k{i % 3}" for i in range(n)] * 2, "b": list(range(n)) * 2})
         many = fetch_by_keys(conn, base, t, ["a", "b"], idx, ["a", "b", "v"])
         assert sorted(many["v"]) == [i * 10 for i in range(n)]
@@ -109,50 +110,62 @@ def _plan(conn: sa.Connection, stmt: sa.Select) -> str:
     return " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall())
 
 
-def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn) -> None:
-    """SQLite plans ``(a, b) IN (VALUES …)`` as a scan of the whole table, and a leading column's ``IN``
-    beside it as a seek of ``a`` alone (every row of each ``a`` read). ``key_clause`` and ``key_clause_bound``
-    with ``seek`` (which the fetch and delete helpers pass on SQLite) make the list a subquery, which SQLite
-    plans as one seek of both columns per key when they have the same affinity (two text columns), and
-    otherwise as a seek of the leading column, never a scan. Both select exactly the listed keys, also twice
-    in a statement (a data table joined to its metadata)."""
-    from datapipe_dagster.store.sql import key_clause, key_clause_bound, key_params
+@pytest.mark.parametrize(
+    "types, sought",
+    [
+        ((sa.String, sa.String), "(a=? AND b=?)"),
+        ((sa.Integer, sa.DateTime), "(a=? AND b=?)"),
+        ((sa.String, sa.Integer), "(a=?)"),
+        ((sa.Integer, sa.String), "(a=?)"),
+    ],
+    ids=["text", "numeric", "text-integer", "integer-text"],
+)
+def test_two_column_key_lists_seek_the_key_index_on_sqlite(dbconn, types, sought) -> None:
+    """SQLite plans ``(a, b) IN (VALUES …)`` as a scan of the whole table. With ``seek`` (which the fetch
+    and delete helpers pass on SQLite) ``key_clause`` and ``key_clause_bound`` write the list so that SQLite
+    seeks the key index: as a subquery when both columns have one affinity class, sought on both columns
+    per key; else with the leading column's list beside it, sought on ``a``. Both forms select exactly the
+    listed keys, also twice in a statement (a data table joined to its metadata)."""
+    import datetime as dt
+
+    from datapipe_dagster.store.key_lists import key_clause, key_clause_bound, key_params
 
     seek = dbconn.backend == "sqlite"
-    schema = sa.MetaData(schema=dbconn.schema)
+    a_type, b_type = types
+
+    def value(t, i):
+        if t is sa.String:
+            return f"s{i}"
+        return dt.datetime(2026, 1, 1 + i) if t is sa.DateTime else i
+
     t = sa.Table(
-        "seek", schema, sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.String, primary_key=True),
-        sa.Column("v", sa.String),
-    )
-    mixed = sa.Table(
-        "seek_mixed", schema, sa.Column("a", sa.String, primary_key=True), sa.Column("b", sa.Integer, primary_key=True),
-        sa.Column("v", sa.String),
+        f"seek_{a_type.__name__}_{b_type.__name__}".lower(), sa.MetaData(schema=dbconn.schema),
+        sa.Column("a", a_type, primary_key=True), sa.Column("b", b_type, primary_key=True), sa.Column("v", sa.String),
     )
     u = t.alias("u")
-    keys = [("x", "1"), ("y", "2"), ("x", "3")]
-    for table in (t, mixed):
-        dbconn.ensure_table(table)
+    dbconn.ensure_table(t)
     with dbconn.begin_write() as conn:
-        conn.execute(t.insert(), [{"a": a, "b": str(b), "v": f"{a}{b}"} for a in "xyz" for b in range(5)])
-        conn.execute(mixed.insert(), [{"a": a, "b": b, "v": f"{a}{b}"} for a in "xyz" for b in range(5)])
+        conn.execute(t.insert(), [{"a": value(a_type, a), "b": value(b_type, b), "v": f"{a}{b}"} for a in range(3) for b in range(5)])
+    keys = [(value(a_type, 0), value(b_type, 1)), (value(a_type, 1), value(b_type, 2)), (value(a_type, 0), value(b_type, 3))]
     literal = sa.select(t.c.v).where(key_clause(t, ["a", "b"], keys, seek))
     bound = sa.select(t.c.v).where(key_clause_bound(t, ["a", "b"], seek))
     joined = (
         sa.select(t.c.v).select_from(t.join(u, sa.and_(t.c.a == u.c.a, t.c.b == u.c.b)))
         .where(key_clause(t, ["a", "b"], keys, seek), key_clause(u, ["a", "b"], keys[:2], seek))
     )
-    of_mixed = sa.select(mixed.c.v).where(key_clause(mixed, ["a", "b"], [(a, int(b)) for a, b in keys], seek))
+    both = sa.select(t.c.v).select_from(t.join(u, sa.and_(t.c.a == u.c.a, t.c.b == u.c.b))).where(
+        key_clause_bound(t, ["a", "b"], seek), key_clause_bound(u, ["a", "b"], seek)
+    )
     with dbconn.connect() as conn:
-        assert sorted(conn.execute(literal).scalars()) == ["x1", "x3", "y2"]
-        assert sorted(conn.execute(bound, key_params(keys)).scalars()) == ["x1", "x3", "y2"]
-        assert sorted(conn.execute(bound, key_params(keys[1:])).scalars()) == ["x3", "y2"]
-        assert sorted(conn.execute(joined).scalars()) == ["x1", "y2"]
-        assert sorted(conn.execute(of_mixed).scalars()) == ["x1", "x3", "y2"]
+        assert sorted(conn.execute(literal).scalars()) == ["01", "03", "12"]
+        assert sorted(conn.execute(bound, key_params((t,), ["a", "b"], keys, seek)).scalars()) == ["01", "03", "12"]
+        assert sorted(conn.execute(bound, key_params((t,), ["a", "b"], keys[1:], seek)).scalars()) == ["03", "12"]
+        assert sorted(conn.execute(joined).scalars()) == ["01", "12"]
+        assert sorted(conn.execute(both, key_params((t, u), ["a", "b"], keys, seek)).scalars()) == ["01", "03", "12"]
         if not seek:
             return  # PostgreSQL plans the row-value list as index lookups either way
-        plan, plan_mixed = _plan(conn, literal), _plan(conn, of_mixed)
-    assert "SEARCH seek USING" in plan and "(a=? AND b=?)" in plan and "SCAN seek" not in plan, plan
-    assert "SEARCH seek_mixed USING" in plan_mixed and "SCAN seek_mixed" not in plan_mixed, plan_mixed
+        plan = _plan(conn, literal)
+    assert f"SEARCH {t.name} USING" in plan and sought in plan and f"SCAN {t.name}" not in plan, plan
 
 
 def test_many_keys_longer_than_the_column_match_no_prefix(dbconn) -> None:
@@ -183,7 +196,7 @@ def test_many_keys_longer_than_the_column_match_no_prefix(dbconn) -> None:
 @pytest.mark.parametrize("seek", [False, True])
 def test_key_clause_bound_is_key_clause(columns: list[str], seek: bool) -> None:
     """The statement built once with bind parameters reads what the one built with the values reads."""
-    from datapipe_dagster.store.sql import key_clause, key_clause_bound, key_params
+    from datapipe_dagster.store.key_lists import key_clause, key_clause_bound, key_params
 
     m = sa.MetaData()
     t = sa.Table(
@@ -198,7 +211,7 @@ def test_key_clause_bound_is_key_clause(columns: list[str], seek: bool) -> None:
         conn.execute(t.insert(), rows)
         literal = conn.execute(base.where(key_clause(t, columns, values, seek))).fetchall()
         bound = conn.execute(
-            base.where(key_clause_bound(t, columns, seek)), key_params(values)
+            base.where(key_clause_bound(t, columns, seek)), key_params((t,), columns, values, seek)
         ).fetchall()
     assert bound == literal and len(literal) == (4 if len(columns) == 1 else 2)
     import re

@@ -33,7 +33,8 @@ import sqlalchemy as sa
 
 from datapipe_dagster.frames import anti_join, key_order
 from datapipe_dagster.store.dbconn import UNIQUE_VIOLATIONS
-from datapipe_dagster.store.sql import key_batches, key_clause
+from datapipe_dagster.store.key_lists import key_clause
+from datapipe_dagster.store.sql import key_batches
 
 if TYPE_CHECKING:
     from datapipe_dagster.compute.table_write import TableWriter, WriteResult

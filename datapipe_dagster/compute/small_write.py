@@ -22,8 +22,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from datapipe_dagster.store.database import TableStoreDB
+from datapipe_dagster.store.key_lists import key_clause_bound, key_params
 from datapipe_dagster.store.records import plain_list, to_records
-from datapipe_dagster.store.sql import key_clause_bound, key_params
 
 if TYPE_CHECKING:
     from datapipe_dagster.compute.table_write import TableWriter, WriteResult
@@ -107,7 +107,7 @@ def _fetch(
     if not values:
         return []
     seek = conn.dialect.name == "sqlite"
-    rows = conn.execute(_select(t, pks, cols, alive, seek), key_params(values)).fetchall()
+    rows = conn.execute(_select(t, pks, cols, alive, seek), key_params((t,), cols, values, seek)).fetchall()
     return [tuple(r) for r in rows]
 
 

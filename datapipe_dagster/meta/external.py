@@ -14,8 +14,9 @@ import sqlalchemy as sa
 
 from datapipe_dagster.meta.tables import EXTERNAL_STATE_TABLE, key_columns_copy, own_table, row_meta_name
 from datapipe_dagster.store.dbconn import DBConn
+from datapipe_dagster.store.key_lists import key_clause
 from datapipe_dagster.store.records import to_records
-from datapipe_dagster.store.sql import fetch_frame, key_batches, key_clause
+from datapipe_dagster.store.sql import fetch_frame, key_batches
 
 
 class ExternalScanState:

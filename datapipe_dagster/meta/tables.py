@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from datapipe_dagster.frames import columns_of
 from datapipe_dagster.meta.keyhash import key_hash
 from datapipe_dagster.store.dbconn import DBConn
+from datapipe_dagster.store.key_lists import key_clause_bound, key_params
 from datapipe_dagster.store.paged import fetch_frame_paged
 from datapipe_dagster.store.records import to_records
 from datapipe_dagster.store.sql import (
@@ -24,8 +25,6 @@ from datapipe_dagster.store.sql import (
     distinct_keys,
     fetch_by_keys,
     fetch_frame,
-    key_clause_bound,
-    key_params,
     pg_unnest,
     rows_frame,
 )
@@ -281,7 +280,7 @@ class TransformMetaTable:
                 where = key_clause_bound(self.table, self.keys, seek)
                 stmt = sa.select(*[c[k] for k in self.keys]).where(newer).where(where)
                 self.statements[("newer_than", seek)] = stmt
-            rows = conn.execute(stmt, {"dp_seq": seq, **key_params(values)}).fetchall()
+            rows = conn.execute(stmt, {"dp_seq": seq, **key_params((self.table,), self.keys, values, seek)}).fetchall()
             return rows_frame(rows, self.keys)
         base = sa.select(*[self.table.c[k] for k in self.keys]).where(self.table.c.processed_seq > seq)
         return fetch_by_keys(conn, base, self.table, self.keys, keys, self.keys)

@@ -15,11 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.sql.sqltypes import TupleType
 
 from datapipe_dagster.frames import columns_of
+from datapipe_dagster.store.key_lists import key_clause, key_clause_bound, key_params
 from datapipe_dagster.store.pgcopy import executemany_frame
 from datapipe_dagster.store.records import plain_list, to_records
 
@@ -53,68 +51,6 @@ def _batched(values: list[Any], columns: list[str], max_params: int = MAX_PARAMS
     step = max_params if len(columns) == 1 else MAX_TUPLES
     for i in range(0, len(values), step):
         yield values[i : i + step]
-
-
-class _RowsInValues(FunctionElement[bool]):
-    """``(cols) IN (SELECT * FROM (VALUES (…), …))``: SQLite seeks an index holding ``cols`` once per row of
-    the list, where it plans the plain row-value list ``(cols) IN (VALUES …)`` as a scan of the whole table
-    (``EXPLAIN QUERY PLAN``: ``SEARCH t USING INDEX … (a=? AND b=?)`` against ``SCAN t``)."""
-
-    inherit_cache = True
-    type = sa.Boolean()
-    name = "dp_rows_in_values"
-    _is_implicitly_boolean = True  # a condition, not a value: no ``= 1`` appended where booleans are integers
-
-
-@compiles(_RowsInValues)
-def _render_rows_in_values(element: _RowsInValues, compiler: Any, **kw: Any) -> str:
-    row, values = element.clauses.clauses
-    return f"{compiler.process(row, **kw)} IN (SELECT * FROM {compiler.process(values, **kw)})"
-
-
-def _rows_in(table: sa.Table | sa.FromClause, columns: list[str], keys: sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
-    return _RowsInValues(sa.tuple_(*[table.c[c] for c in columns]), keys)
-
-
-def _tuple_keys(table: sa.Table | sa.FromClause, columns: list[str], name: str, values: Any = None) -> sa.BindParameter[Any]:
-    row_type = TupleType(*[table.c[c].type for c in columns])
-    if values is None:
-        return sa.bindparam(name, expanding=True, type_=row_type)
-    return sa.bindparam(name, values, expanding=True, type_=row_type, unique=True)
-
-
-def key_clause(
-    table: sa.Table | sa.FromClause, columns: list[str], values: list[Any], seek: bool = False
-) -> sa.ColumnElement[bool]:
-    """``(cols) IN (values)`` for one batch from ``key_batches``.
-
-    With ``seek`` (pass it on SQLite) and several columns, the list is a subquery,
-    ``(cols) IN (SELECT * FROM (VALUES …))``: SQLite plans a row-value ``IN`` list as a scan of the whole
-    table, and the subquery as one seek of the key index per key (1,000 two-column keys of a 1M-row table:
-    one row read per key, where seeking the leading column's values read every row of each). PostgreSQL
-    plans the row values as index lookups already."""
-    if len(columns) == 1:
-        return table.c[columns[0]].in_(values)
-    if not seek:
-        return sa.tuple_(*[table.c[c] for c in columns]).in_(values)
-    return _rows_in(table, columns, _tuple_keys(table, columns, "dp_key_rows", values))
-
-
-def key_clause_bound(
-    table: sa.Table | sa.FromClause, columns: list[str], seek: bool = False
-) -> sa.ColumnElement[bool]:
-    """``key_clause`` with its values left to an expanding bind parameter (the same SQL): a statement built
-    once and run with ``key_params``, when building it would cost more than running it."""
-    if len(columns) == 1:
-        return table.c[columns[0]].in_(sa.bindparam("dp_keys", expanding=True))
-    if not seek:
-        return sa.tuple_(*[table.c[c] for c in columns]).in_(sa.bindparam("dp_keys", expanding=True))
-    return _rows_in(table, columns, _tuple_keys(table, columns, "dp_keys"))
-
-
-def key_params(values: list[Any]) -> dict[str, list[Any]]:
-    """The parameters of ``key_clause_bound`` for one batch of ``values`` from ``key_batches``."""
-    return {"dp_keys": values}
 
 
 @contextmanager
@@ -253,7 +189,7 @@ def fetch_rows_by_keys(
     stmt = built.get((tuple(columns), seek))
     if stmt is None:
         stmt = built[(tuple(columns), seek)] = base.where(*[key_clause_bound(t, columns, seek) for t in (table, *also)])
-    return list(conn.execute(stmt, key_params(values)).fetchall())
+    return list(conn.execute(stmt, key_params((table, *also), columns, values, seek)).fetchall())
 
 
 def delete_by_keys(conn: sa.Connection, table: sa.Table, columns: list[str], idx: pd.DataFrame) -> None:
