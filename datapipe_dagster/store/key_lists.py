@@ -70,37 +70,40 @@ def _row(table: sa.Table | sa.FromClause, columns: list[str]) -> sa.Tuple:
     return sa.tuple_(*[table.c[c] for c in columns])
 
 
-def _typed_rows(table: sa.Table | sa.FromClause, columns: list[str], name: str, values: Any = None) -> sa.BindParameter[Any]:
-    row_type = TupleType(*[table.c[c].type for c in columns])
+def _lead(values: list[Any]) -> list[Any]:
+    """The distinct leading values of a batch of multi-column keys."""
+    return list(dict.fromkeys(v[0] for v in values))
+
+
+def _param(name: str, values: list[Any] | None, type_: Any = None) -> sa.BindParameter[Any]:
+    """An expanding parameter: left to ``key_params`` (``values`` None), or holding ``values``."""
     if values is None:
-        return sa.bindparam(name, expanding=True, type_=row_type)
-    return sa.bindparam(name, values, expanding=True, type_=row_type, unique=True)
+        return sa.bindparam(name, expanding=True, type_=type_)
+    return sa.bindparam(name, values, expanding=True, type_=type_, unique=True)
+
+
+def _clause(table: sa.Table | sa.FromClause, columns: list[str], seek: bool, values: list[Any] | None) -> sa.ColumnElement[bool]:
+    if len(columns) == 1:
+        return table.c[columns[0]].in_(_param("dp_keys", values))
+    row = _row(table, columns)
+    if not seek:
+        return row.in_(_param("dp_keys", values))
+    if seeks_by_subquery(table, columns):
+        return _RowsInValues(row, _param("dp_keys", values, TupleType(*[table.c[c].type for c in columns])))
+    lead = _param("dp_lead", None if values is None else _lead(values))
+    return sa.and_(table.c[columns[0]].in_(lead), row.in_(_param("dp_keys", values)))
 
 
 def key_clause(table: sa.Table | sa.FromClause, columns: list[str], values: list[Any], seek: bool = False) -> sa.ColumnElement[bool]:
     """``(cols) IN (values)`` for one batch of ``values`` (scalars for one column, tuples for several).
     ``seek``: pass it on SQLite, for a plan that seeks the key index (the module's docstring)."""
-    if len(columns) == 1:
-        return table.c[columns[0]].in_(values)
-    if not seek:
-        return _row(table, columns).in_(values)
-    if seeks_by_subquery(table, columns):
-        return _RowsInValues(_row(table, columns), _typed_rows(table, columns, "dp_key_rows", values))
-    lead = list(dict.fromkeys(v[0] for v in values))
-    return sa.and_(table.c[columns[0]].in_(lead), _row(table, columns).in_(values))
+    return _clause(table, columns, seek, values)
 
 
 def key_clause_bound(table: sa.Table | sa.FromClause, columns: list[str], seek: bool = False) -> sa.ColumnElement[bool]:
     """``key_clause`` with its values left to expanding bind parameters (the same SQL): a statement built
     once and run with ``key_params``, when building it would cost more than running it."""
-    keys: sa.BindParameter[Any] = sa.bindparam("dp_keys", expanding=True)
-    if len(columns) == 1:
-        return table.c[columns[0]].in_(keys)
-    if not seek:
-        return _row(table, columns).in_(keys)
-    if seeks_by_subquery(table, columns):
-        return _RowsInValues(_row(table, columns), _typed_rows(table, columns, "dp_keys"))
-    return sa.and_(table.c[columns[0]].in_(sa.bindparam("dp_lead", expanding=True)), _row(table, columns).in_(keys))
+    return _clause(table, columns, seek, None)
 
 
 def key_params(
@@ -110,4 +113,4 @@ def key_params(
     for one batch of ``values``."""
     if len(columns) == 1 or not seek or all(seeks_by_subquery(t, columns) for t in tables):
         return {"dp_keys": values}
-    return {"dp_keys": values, "dp_lead": list(dict.fromkeys(v[0] for v in values))}
+    return {"dp_keys": values, "dp_lead": _lead(values)}
